@@ -1,0 +1,1 @@
+"""The ``biovfm`` command line (click). Heavy imports live inside the commands."""

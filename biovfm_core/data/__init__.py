@@ -1,0 +1,1 @@
+"""Data pipeline: catalog, index, subsets, decoding, views, loader."""

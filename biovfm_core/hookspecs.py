@@ -1,0 +1,112 @@
+"""The four extension points of biovfm.
+
+A plugin is a module (or object) with functions marked ``@biovfm_core.hookimpl``
+named after the hooks below; it is found through the ``biovfm`` entry-point group
+of its distribution::
+
+    # pyproject.toml of your package
+    [project.entry-points.biovfm]
+    my_plugin = "my_package.plugin"
+
+Each hook receives one argument, ``register``, a callable::
+
+    register(name: str, factory: Callable | str, *, description: str = "") -> None
+
+``name`` is what users type (``--objective my_loss``); lowercase letters, digits,
+``_``, ``-`` and ``.``. A name that ends with ``:`` registers a *family*: the user
+writes ``timm:resnet50`` and the factory receives ``variant="resnet50"``.
+
+``factory`` is the class or function that builds the object, or a string
+``"package.module:attr"`` naming it. Prefer the string: it is imported only when a
+command needs that very object, so ``biovfm --help`` and ``biovfm plugins`` stay
+fast even when your plugin imports torch.
+
+Options. Every keyword-only parameter of a factory is a user-facing option, settable
+from YAML (``options: {objective: {teacher_temp: 0.07}}``) or the command line
+(``--opt objective.teacher_temp=0.07``). Give each a default and a type hint
+(``int``, ``float``, ``bool``, ``str``, ``tuple[float, float]``, ``X | None``);
+biovfm checks types and rejects unknown option names, listing the valid ones.
+Describe them in the factory's docstring; ``biovfm plugins --options NAME`` shows
+them. The positional parameters are supplied by biovfm and differ per kind (below).
+
+Two plugins registering the same name for the same kind is an error that names
+both; rename yours. A hook that raises is reported as a warning naming the plugin,
+and every other plugin keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("biovfm")
+
+Register = Callable[..., None]
+
+
+@hookspec
+def biovfm_register_backbones(register: Register) -> None:
+    """Register image encoders.
+
+    Factory signature: ``factory(*, <options>) -> Backbone`` (a family factory also
+    takes ``variant: str``). The result follows ``biovfm_core.protocols.Backbone``:
+    a ``torch.nn.Module`` with ``embed_dim``, ``patch_size``, ``image_size``,
+    ``in_chans``, ``forward_tokens(images, mask=None, keep=None) -> BackboneOutput``
+    and ``num_parameters()``. Token ``mask`` serves iBOT, ``keep`` serves MAE; a
+    backbone that cannot do them raises ``NotImplementedError`` naming itself.
+
+    Example::
+
+        @hookimpl
+        def biovfm_register_backbones(register):
+            register("convnext_med", "my_pkg.models:ConvNextMed",
+                     description="ConvNeXt with a medical stem")
+    """
+
+
+@hookspec
+def biovfm_register_objectives(register: Register) -> None:
+    """Register training objectives (DINOv2, MAE, supervised, yours).
+
+    Factory signature: ``factory(backbone: Backbone, task: TaskInfo, *, <options>)
+    -> Objective``. The factory owns ``backbone`` from then on (deep-copy it for an
+    EMA teacher). ``task`` says whether the data has labels and how many classes.
+
+    The result follows ``biovfm_core.protocols.Objective``: a ``torch.nn.Module``
+    with a ``views: ViewSpec`` attribute (which crops the data pipeline must make),
+    ``training_step(batch, info) -> {"loss": ..., ...}``,
+    ``before_optimizer_step(info)``, ``after_optimizer_step(info) -> dict`` and
+    ``eval_backbone()`` (the module ``biovfm eval`` and export use). Mixing in
+    ``biovfm_core.protocols.ObjectiveBase`` gives no-op step hooks. An objective
+    that needs labels sets ``views.needs_labels`` and raises
+    ``biovfm_core.errors.ConfigError`` when ``task.num_classes`` is ``None``.
+    """
+
+
+@hookspec
+def biovfm_register_augmentations(register: Register) -> None:
+    """Register augmentation recipes.
+
+    Factory signature: ``factory(views: ViewSpec, *, <options>) -> AugmentationRecipe``.
+    The recipe makes the views an objective declared: ``sample_views(image, record)``
+    in CPU workers (albumentations; must pickle) and ``batch_transform(batch)`` on the
+    device (kornia). A recipe registered under a modality id
+    (``biovfm_core.protocols.MODALITIES``: ``ct``, ``mr``, ``xray`` ...) is the one
+    ``--augmentation auto`` applies to samples of that modality; ``default`` serves
+    the rest.
+    """
+
+
+@hookspec
+def biovfm_register_datasets(register: Register) -> None:
+    """Register dataset readers, the ``KIND`` in ``--data KIND:PATH`` and in catalogs.
+
+    Factory signature: ``factory(location: str, tags: SourceTags, *, <options>)
+    -> DatasetReader``. ``location`` is the path the user gave; ``tags`` carries the
+    source name, modality and anatomy from the catalog. The reader follows
+    ``biovfm_core.protocols.DatasetReader``: ``scan()`` yields one ``SampleRecord``
+    per image without decoding pixels (or a ``ScanProblem`` per unusable file), and
+    ``load(record)`` decodes one image, raising ``BadImageError`` naming the file
+    and the reason when it cannot.
+    """

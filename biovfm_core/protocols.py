@@ -1,0 +1,347 @@
+"""What a registered backbone, objective, augmentation recipe and dataset reader provide.
+
+These are the contracts between biovfm's engine and its plugins. They are
+`typing.Protocol` classes, so a plugin never has to inherit from anything in core
+(it may, for the default no-op hooks of `ObjectiveBase`). The small dataclasses
+here (`ViewSpec`, `TaskInfo`, `StepInfo`, `Batch`, `SampleRecord`, ...) are the
+values that cross the boundary.
+
+This module must stay importable without torch: `biovfm --help` and
+`biovfm plugins` import it, and they have to stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import torch
+
+# Canonical modality tags (the ten modalities of BioVFM-21M). Catalogs and readers
+# use these ids; `normalise_modality` maps the spellings found in the wild.
+MODALITIES: tuple[str, ...] = (
+    "xray",
+    "ct",
+    "mr",
+    "us",
+    "nm",
+    "dermoscopy",
+    "endoscopy",
+    "microscopy",
+    "fundus",
+    "octa",
+)
+
+_MODALITY_ALIASES = {
+    "x-ray": "xray",
+    "cr": "xray",
+    "dx": "xray",
+    "radiograph": "xray",
+    "mri": "mr",
+    "ultrasound": "us",
+    "pathology": "microscopy",
+    "histology": "microscopy",
+    "histopathology": "microscopy",
+    "nuclear": "nm",
+    "pet": "nm",
+    "oct": "octa",
+    "dermatology": "dermoscopy",
+}
+
+
+def normalise_modality(tag: str) -> str:
+    """Map a modality spelling (``"X-Ray"``, ``"MRI"``, ``"pathology"``) to its id.
+
+    Raises ``ValueError`` naming the valid ids when the tag is unknown.
+    """
+    key = tag.strip().lower()
+    key = _MODALITY_ALIASES.get(key, key)
+    if key not in MODALITIES:
+        raise ValueError(
+            f"unknown modality {tag!r}; valid modalities: {', '.join(MODALITIES)} "
+            f"(aliases: {', '.join(sorted(_MODALITY_ALIASES))})"
+        )
+    return key
+
+
+# --------------------------------------------------------------------------- views
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The crops an objective wants of every image, declared by the objective.
+
+    The data pipeline turns each decoded image into ``global_crops`` views of
+    ``global_size`` px and ``local_crops`` views of ``local_size`` px, random-resized
+    crops whose area is drawn from the given scale range. ``color_augment`` asks for
+    DINO-style photometric augmentation (colour jitter, blur, solarize); MAE asks
+    only for crop + flip. ``needs_labels`` makes the pipeline fail early, naming the
+    sources without labels, instead of deep inside the first step.
+    """
+
+    global_crops: int = 2
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_crops: int = 8
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    color_augment: bool = True
+    needs_labels: bool = False
+
+    def with_sizes(self, global_size: int, local_size: int | None = None) -> ViewSpec:
+        return replace(
+            self,
+            global_size=global_size,
+            local_size=self.local_size if local_size is None else local_size,
+        )
+
+
+@dataclass
+class Batch:
+    """One training batch as an objective receives it (already on the device).
+
+    ``global_views[i]`` and ``local_views[j]`` are float tensors ``(B, C, H, W)``,
+    normalised, with ``C`` equal to the backbone's input channels. ``labels`` is
+    ``(B,)`` int64 for single-label data, ``(B, L)`` float 0/1 for multi-label data,
+    or ``None`` for unlabelled data. ``modality`` holds one modality id per image.
+    """
+
+    global_views: list[torch.Tensor]
+    local_views: list[torch.Tensor] = field(default_factory=list)
+    labels: torch.Tensor | None = None
+    modality: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.global_views[0].shape[0])
+
+    def to(self, device: Any, non_blocking: bool = True) -> Batch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            global_views=[move(v) for v in self.global_views],
+            local_views=[move(v) for v in self.local_views],
+            labels=None if self.labels is None else move(self.labels),
+            modality=list(self.modality),
+        )
+
+
+# ------------------------------------------------------------------------ backbones
+
+
+@dataclass
+class BackboneOutput:
+    """Tokens out of a backbone's final norm.
+
+    ``cls``: ``(B, D)`` class-token embedding (for models without one, the mean of
+    the patch tokens). ``patches``: ``(B, N, D)`` patch tokens, register tokens
+    excluded; with ``keep`` given to ``forward_tokens``, only the kept ``K`` patches
+    ``(B, K, D)`` in the order of ``keep``.
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """An image encoder (a ``torch.nn.Module``) that objectives and evaluation share.
+
+    Attributes
+    ----------
+    embed_dim: width ``D`` of the CLS and patch embeddings.
+    patch_size: side of a square patch in pixels (1 for CNNs, which have no tokens).
+    image_size: the input side the position embeddings were built for; other sizes
+        are interpolated, so multi-crop local views work.
+    in_chans: input channels (3 for every built-in backbone; gray images are
+        repeated by the data pipeline).
+    """
+
+    embed_dim: int
+    patch_size: int
+    image_size: int
+    in_chans: int
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> BackboneOutput:
+        """Encode ``images`` ``(B, C, H, W)``.
+
+        ``mask``: bool ``(B, N)``, True where a patch token is replaced by the learned
+        mask token before the encoder (iBOT). ``keep``: int64 ``(B, K)`` indices of
+        the patches to keep; all others are dropped before the encoder (MAE). At most
+        one of the two is given. Backbones that cannot mask raise ``NotImplementedError``
+        with a message naming the backbone.
+        """
+        ...
+
+    def num_parameters(self) -> int:
+        """Parameter count, for scaling fits (the study plots against millions)."""
+        ...
+
+
+# ----------------------------------------------------------------------- objectives
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the data tells an objective before training starts.
+
+    ``num_classes`` is ``None`` for unlabelled data. ``multilabel`` marks data whose
+    labels are 0/1 vectors (ChestMNIST's 14 findings).
+    """
+
+    num_classes: int | None = None
+    multilabel: bool = False
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training stands; passed to every objective hook so schedules need no state.
+
+    ``step`` counts optimizer steps from 0; ``total_steps`` is the planned number of
+    optimizer steps; ``steps_per_epoch`` lets recipes stated in epochs (DINOv2's
+    teacher-temperature warm-up, last layer frozen in epoch 0) be followed exactly.
+    """
+
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def epoch(self) -> float:
+        return self.step / max(1, self.steps_per_epoch)
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A self-supervised (or supervised) objective: a ``torch.nn.Module`` owning the
+    backbone it trains and any heads, teachers and buffers it needs.
+
+    The engine moves it to the device, wraps it for distributed training, builds the
+    optimizer over the parameters with ``requires_grad=True`` (an EMA teacher keeps
+    ``requires_grad=False``), and calls, per optimizer step::
+
+        out = objective.training_step(batch, info)   # under autocast
+        out["loss"].backward()
+        objective.before_optimizer_step(info)         # e.g. freeze the last layer
+        optimizer.step()
+        logged = objective.after_optimizer_step(info) # e.g. EMA teacher update
+
+    Everything the objective keeps across steps (teacher weights, centering
+    statistics) must be in its ``state_dict`` so checkpoints and resumption cover it.
+    """
+
+    views: ViewSpec
+
+    def training_step(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": scalar tensor, ...}``; other entries (detached
+        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv."""
+        ...
+
+    def before_optimizer_step(self, info: StepInfo) -> None:
+        """Called after ``backward`` and gradient clipping, before ``optimizer.step``."""
+        ...
+
+    def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
+        """Called after ``optimizer.step``; returns scalars to log (momentum, temperature)."""
+        ...
+
+    def eval_backbone(self) -> Backbone:
+        """The backbone evaluation and export use (for DINOv2, the EMA teacher's)."""
+        ...
+
+
+class ObjectiveBase:
+    """Optional mixin giving the no-op hooks; combine with ``torch.nn.Module``."""
+
+    def before_optimizer_step(self, info: StepInfo) -> None:
+        return None
+
+    def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
+        return {}
+
+
+# --------------------------------------------------------------------- augmentation
+
+
+@runtime_checkable
+class AugmentationRecipe(Protocol):
+    """Turns decoded images into the views an objective asked for.
+
+    ``sample_views`` runs in CPU data-loader workers (so the recipe must pickle):
+    it maps the image as decoded, with its dynamic range intact (uint8, uint16, or
+    float32 Hounsfield units for CT), to ``{"global": [...], "local": [...]}`` of
+    float32 ``(C, H, W)`` arrays. The recipe owns the intensity mapping of its
+    modality (CT windowing, X-ray CLAHE, ...) and the gray → 3-channel step.
+
+    ``batch_transform`` runs once per batch on the training device (kornia), for the
+    photometric part that is cheaper on a GPU; it returns the transformed batch.
+    """
+
+    def sample_views(self, image: np.ndarray, record: SampleRecord) -> dict[str, list[Any]]: ...
+
+    def batch_transform(self, batch: Batch) -> Batch: ...
+
+
+# ------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class SourceTags:
+    """The catalog's description of one source, handed to its reader."""
+
+    source: str
+    modality: str
+    anatomy: str = "unknown"
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One image in the index: enough to find and decode it later, no pixels.
+
+    ``uri`` is a path, optionally with a fragment for an image inside a file
+    (``scan.dcm#frame=3``, ``brain.nii.gz#axis=2&slice=40``, ``pathmnist.npz#train/17``).
+    ``label`` is an int class, a tuple of 0/1 for multi-label data, or ``None``.
+    """
+
+    uri: str
+    source: str
+    modality: str
+    anatomy: str = "unknown"
+    label: int | tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    """A file a reader could not index, with the reason; reported, never fatal."""
+
+    path: str
+    reason: str
+
+
+@runtime_checkable
+class DatasetReader(Protocol):
+    """Reads one source (a folder, a DICOM tree, a NIfTI volume, an npz) where it lies.
+
+    ``scan`` walks the source once and yields a ``SampleRecord`` per image (or a
+    ``ScanProblem`` per file it cannot use); it must not keep decoded pixels, so an
+    index of 21M images fits in memory. ``load`` decodes one record into an array
+    ``(H, W)`` or ``(H, W, C)`` keeping its dynamic range; it raises
+    ``biovfm_core.errors.BadImageError`` naming the file and reason for a corrupt,
+    truncated or undecodable image, and the pipeline skips and reports that image.
+    """
+
+    def scan(self) -> Iterator[SampleRecord | ScanProblem]: ...
+
+    def load(self, record: SampleRecord) -> np.ndarray: ...

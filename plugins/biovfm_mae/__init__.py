@@ -1,0 +1,1 @@
+"""biovfm built-in plugin: mae."""
