@@ -1,0 +1,192 @@
+"""Vision Transformers from timm, wrapped to the ``biovfm_core.protocols.Backbone`` contract.
+
+Token masking (iBOT) and token dropping (MAE) go through lightly's
+``MaskedVisionTransformerTIMM``, which inserts the mask token / gathers kept tokens
+between patch embedding and the transformer blocks, exactly where DINOv2 and MAE do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightly.models.modules import MaskedVisionTransformerTIMM
+from timm.layers import SwiGLUPacked
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from biovfm_core.errors import ConfigError
+from biovfm_core.protocols import BackboneOutput
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    embed_dim: int
+    depth: int
+    num_heads: int
+
+
+# Same widths/depths/heads as timm's vit_*_patch16_224 configs and DINOv2's vit_giant2.
+VIT_SIZES: dict[str, ViTSize] = {
+    "tiny": ViTSize(192, 12, 3),
+    "small": ViTSize(384, 12, 6),
+    "base": ViTSize(768, 12, 12),
+    "large": ViTSize(1024, 24, 16),
+    "huge": ViTSize(1280, 32, 16),
+    "giant": ViTSize(1536, 40, 24),
+}
+
+# SwiGLUPacked takes the fused (gate + value) hidden width. 2/3 * 4 per branch keeps the
+# parameter count of a GELU MLP with ratio 4; for width 1536 it gives DINOv2's 4096.
+_SWIGLU_MLP_RATIO = 2.66667 * 2
+
+
+class ViTBackbone(nn.Module):
+    """A timm ``VisionTransformer`` exposing CLS and patch tokens, with mask/keep support."""
+
+    def __init__(self, vit: VisionTransformer, name: str) -> None:
+        super().__init__()
+        if not getattr(vit, "dynamic_img_size", False):
+            raise ConfigError(f"{name}: the ViT must be built with dynamic_img_size=True")
+        # "skip": keep timm's own initialisation (learned, trunc-normal position
+        # embeddings as in DINOv2) instead of lightly's MAE-specific defaults.
+        self.encoder = MaskedVisionTransformerTIMM(
+            vit, weight_initialization="skip", pos_embed_initialization="skip"
+        )
+        self.name = name
+        self.embed_dim = int(vit.embed_dim)
+        patch = vit.patch_embed.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        img = vit.patch_embed.img_size
+        self.image_size = int(img[0] if isinstance(img, (tuple, list)) else img)
+        self.in_chans = int(vit.patch_embed.proj.in_channels)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.has_class_token = bool(vit.has_class_token)
+
+    @property
+    def vit(self) -> VisionTransformer:
+        return self.encoder.vit
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> BackboneOutput:
+        if mask is not None and keep is not None:
+            raise ValueError(f"{self.name}: give at most one of mask and keep")
+        b = images.shape[0]
+        p = self.num_prefix_tokens
+        # lightly indexes the whole sequence (prefix tokens first); our contract indexes
+        # patches only, so shift indices and never mask or drop the prefix tokens.
+        full_mask = None
+        full_keep = None
+        if mask is not None:
+            prefix = torch.zeros(b, p, dtype=torch.bool, device=mask.device)
+            full_mask = torch.cat([prefix, mask.bool()], dim=1)
+        if keep is not None:
+            prefix_idx = torch.arange(p, device=keep.device).expand(b, p)
+            full_keep = torch.cat([prefix_idx, keep.long() + p], dim=1)
+        tokens = self.encoder.encode(images, idx_keep=full_keep, mask=full_mask)
+        patches = tokens[:, p:]
+        cls = tokens[:, 0] if self.has_class_token else patches.mean(dim=1)
+        return BackboneOutput(cls=cls, patches=patches)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(images).cls
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_vit(
+    size: str,
+    *,
+    patch_size: int = 16,
+    image_size: int = 224,
+    drop_path_rate: float = 0.0,
+    layer_scale_init: float | None = None,
+    num_register_tokens: int = 0,
+    swiglu: bool | None = None,
+    pretrained: bool = False,
+) -> ViTBackbone:
+    """Build a ViT of the given size (``tiny`` ... ``giant``).
+
+    Options: ``patch_size`` 14 or 16; ``image_size`` the side the position embeddings
+    are made for (other sizes are interpolated, so 96 px local crops work; sides should
+    be multiples of the patch size); ``drop_path_rate`` stochastic depth (DINOv2 ViT-L:
+    0.4); ``layer_scale_init`` LayerScale init value (DINOv2: 1e-5) or None;
+    ``num_register_tokens`` extra tokens (Darcet et al.), excluded from the patches;
+    ``swiglu`` SwiGLU FFN (default: only for giant, as DINOv2's ViT-g); ``pretrained``
+    is not available for these configurations.
+    """
+    if size not in VIT_SIZES:
+        raise ConfigError(f"unknown ViT size {size!r}; valid: {', '.join(VIT_SIZES)}")
+    if patch_size not in (14, 16):
+        raise ConfigError(f"vit_{size}: patch_size must be 14 or 16, got {patch_size}")
+    if image_size % patch_size:
+        raise ConfigError(
+            f"vit_{size}: image_size {image_size} is not a multiple of patch_size {patch_size}"
+        )
+    if num_register_tokens < 0:
+        raise ConfigError(f"vit_{size}: num_register_tokens must be >= 0")
+    if pretrained:
+        raise NotImplementedError(
+            f"vit_{size}: pretrained weights are not bundled for this configuration; "
+            "use a timm name with weights, e.g. timm:vit_small_patch14_dinov2, with pretrained=true"
+        )
+    cfg = VIT_SIZES[size]
+    use_swiglu = (size == "giant") if swiglu is None else swiglu
+    extra: dict = {}
+    if use_swiglu:
+        extra = {"mlp_ratio": _SWIGLU_MLP_RATIO, "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
+    vit = VisionTransformer(
+        img_size=image_size,
+        patch_size=patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        num_classes=0,
+        drop_path_rate=drop_path_rate,
+        init_values=layer_scale_init,
+        reg_tokens=num_register_tokens,
+        dynamic_img_size=True,
+        **extra,
+    )
+    return ViTBackbone(vit, name=f"vit_{size}")
+
+
+def _size_factory(size: str):
+    def factory(
+        *,
+        patch_size: int = 16,
+        image_size: int = 224,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float | None = None,
+        num_register_tokens: int = 0,
+        swiglu: bool | None = None,
+        pretrained: bool = False,
+    ) -> ViTBackbone:
+        return build_vit(
+            size,
+            patch_size=patch_size,
+            image_size=image_size,
+            drop_path_rate=drop_path_rate,
+            layer_scale_init=layer_scale_init,
+            num_register_tokens=num_register_tokens,
+            swiglu=swiglu,
+            pretrained=pretrained,
+        )
+
+    factory.__name__ = f"build_vit_{size}"
+    factory.__doc__ = build_vit.__doc__
+    return factory
+
+
+build_vit_tiny = _size_factory("tiny")
+build_vit_small = _size_factory("small")
+build_vit_base = _size_factory("base")
+build_vit_large = _size_factory("large")
+build_vit_huge = _size_factory("huge")
+build_vit_giant = _size_factory("giant")
