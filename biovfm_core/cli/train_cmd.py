@@ -1,0 +1,67 @@
+"""``biovfm train``: pretrain a backbone with an objective on a dataset."""
+
+from __future__ import annotations
+
+import click
+
+from biovfm_core.cli.common import config_options, resolve_config
+from biovfm_core.errors import NotBuiltError
+
+
+@click.command("train")
+@click.option("--objective", help="Registered objective (dinov2, mae, supervised, ...).")
+@click.option("--backbone", help="Registered backbone (vit_tiny ... vit_giant, timm:<name>).")
+@click.option("--augmentation", help="Augmentation recipe, or 'auto' (per modality).")
+@click.option(
+    "--data",
+    multiple=True,
+    metavar="CATALOG|KIND:PATH",
+    help="Catalog YAML or one source (folder:, dicom:, nifti:, medmnist:); repeatable. "
+    "Omitted: the built-in demo data.",
+)
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=int, help="Stop after this many passes over the data.")
+@click.option("--batch-size", type=int, help="Images per optimizer step, all ranks together.")
+@click.option("--output", help="Folder holding run folders (default: runs).")
+@click.option("--name", help="Run folder name.")
+@click.option("--resume", help="Run folder or checkpoint to continue.")
+@click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--seed", type=int)
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the step.")
+@config_options
+@click.option("--dry-run", is_flag=True, help="Resolve and check the config, print it, and stop.")
+def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
+    """Pretrain a backbone (DINOv2 on the built-in demo data when no flags are given)."""
+    from biovfm_core.registry import get_registry
+
+    named = {
+        "objective": flags["objective"],
+        "backbone": flags["backbone"],
+        "augmentation": flags["augmentation"],
+        "data.sources": flags["data"],
+        "train.max_steps": flags["max_steps"],
+        "train.epochs": flags["epochs"],
+        "train.batch_size": flags["batch_size"],
+        "output": flags["output"],
+        "name": flags["name"],
+        "resume": flags["resume"],
+        "train.device": flags["device"],
+        "train.precision": flags["precision"],
+        "train.seed": flags["seed"],
+        "train.compile": compile_,
+    }
+    config = resolve_config(config_path, sets, opts, named)
+    registry = get_registry()
+    config.validate_plugins(registry)
+    if dry_run:
+        for kind in ("objective", "backbone"):
+            name = getattr(config, kind)
+            registration, _ = registry.get(kind + "s", name)
+            click.echo(f"# {kind}: {name} (plugin {registration.plugin})")
+        click.echo(config.to_yaml(), nl=False)
+        return
+    raise NotBuiltError(
+        "the training loop is not built yet (issue 5); the config above resolves — "
+        "`biovfm train --dry-run` prints it"
+    )

@@ -1,0 +1,252 @@
+"""The one run config: typed, loadable from YAML, every field overridable.
+
+Precedence, lowest to highest: defaults < ``--config run.yaml`` < ``--set k=v`` and
+named flags (``--batch-size``) < nothing else. Plugin options live in
+``options.<kind>`` and are checked against the chosen plugin's factory, so a typo
+fails before any compute is spent. The resolved config is written into every run
+folder and reloads into an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from biovfm_core.errors import ConfigError
+from biovfm_core.options import coerce, parse_assignment
+
+PLUGIN_KINDS = ("backbone", "objective", "augmentation", "dataset")
+
+
+@dataclass
+class DataConfig:
+    """What to train on. ``sources`` empty means the built-in demo data."""
+
+    sources: list[str] = field(default_factory=list)
+    """Catalog YAML paths or ``KIND:PATH`` strings (``folder:/data/chest``)."""
+    index: str | None = None
+    """A prebuilt index from ``biovfm data scan``; skips scanning when given."""
+    fraction: float = 1.0
+    """Share of images to use (seeded, stratified by source, nested)."""
+    modalities: list[str] = field(default_factory=list)
+    """Restrict to these modality ids; empty means all."""
+    num_workers: int = 4
+    max_image_pixels: int = 200_000_000
+    """Images larger than this are skipped as decompression bombs."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedules. ``None`` means the objective's published recipe."""
+
+    lr: float | None = None
+    """Peak learning rate; ``None`` scales ``base_lr`` by batch size as the recipe does."""
+    base_lr: float | None = None
+    min_lr: float | None = None
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
+    weight_decay_end: float | None = None
+    betas: tuple[float, float] | None = None
+    grad_clip: float | None = None
+    layer_decay: float | None = None
+    accumulate: int = 1
+    """Micro-batches per optimizer step."""
+
+
+@dataclass
+class TrainConfig:
+    """How long, where and how precisely to train."""
+
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 64
+    """Images per optimizer step across all ranks (before accumulation split)."""
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Saved as ``config.yaml`` in its folder."""
+
+    objective: str = "dinov2"
+    backbone: str = "vit_small"
+    augmentation: str = "auto"
+    output: str = "runs"
+    """Folder that holds run folders."""
+    name: str | None = None
+    """Run folder name; default ``<objective>-<backbone>-<timestamp>``."""
+    resume: str | None = None
+    """A run folder or checkpoint to continue from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {kind: {} for kind in PLUGIN_KINDS}
+    )
+    """Plugin options per kind, e.g. ``options.objective.teacher_temp``."""
+
+    # ---------------------------------------------------------------- (de)serialise
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        return _plain(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level")
+        config = cls()
+        for key, value in raw.items():
+            config.set(key, value, source=source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> RunConfig:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(raw or {}, source=str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the resolved config atomically (never a half-written file)."""
+        return write_atomic(Path(path), self.to_yaml().encode())
+
+    # ------------------------------------------------------------------ overrides
+
+    def set(self, key: str, value: Any, *, source: str = "--set") -> None:
+        """Set a field by dotted key (``train.batch_size``) or a whole section by dict.
+
+        ``options.<kind>.<name>`` keys are stored as given; the chosen plugin checks
+        them (``validate_plugin_options``).
+        """
+        parts = key.split(".")
+        if parts[0] == "options":
+            self._set_option(parts[1:], value, source)
+            return
+        target: Any = self
+        for depth, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(target)}
+            if part not in fields:
+                raise ConfigError(_unknown_key(".".join(parts[: depth + 1]), fields, source))
+            hint = typing.get_type_hints(type(target))[part]
+            current = getattr(target, part)
+            last = depth == len(parts) - 1
+            if dataclasses.is_dataclass(current):
+                if last:
+                    if not isinstance(value, dict):
+                        raise ConfigError(f"{source}: {key} must be a mapping")
+                    for sub_key, sub_value in value.items():
+                        self.set(f"{key}.{sub_key}", sub_value, source=source)
+                    return
+                target = current
+                continue
+            if not last:
+                raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} has no sub-keys")
+            try:
+                setattr(target, part, coerce(value, hint))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}: {key}: {exc}") from None
+            return
+
+    def _set_option(self, parts: list[str], value: Any, source: str) -> None:
+        if not parts and isinstance(value, dict):  # the whole `options:` section
+            for kind, section in value.items():
+                self._set_option([str(kind)], section, source)
+            return
+        if not parts or parts[0] not in PLUGIN_KINDS:
+            raise ConfigError(
+                f"{source}: options must be grouped by kind: "
+                f"{', '.join('options.' + k for k in PLUGIN_KINDS)}"
+            )
+        kind = parts[0]
+        if len(parts) == 1:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: options.{kind} must be a mapping")
+            self.options[kind].update(value)
+        else:
+            self.options[kind][".".join(parts[1:])] = value
+
+    def apply_sets(self, assignments: list[str]) -> None:
+        """Apply ``--set train.batch_size=128`` style overrides (raw strings)."""
+        for text in assignments:
+            key, value = parse_assignment(text)
+            self.set(key, value, source=f"--set {text}")
+
+    def apply_opts(self, assignments: list[str]) -> None:
+        """Apply ``--opt objective.teacher_temp=0.07`` plugin options (raw strings)."""
+        for text in assignments:
+            key, value = parse_assignment(text)
+            self._set_option(key.split("."), value, source=f"--opt {text}")
+
+    def validate_plugins(self, registry: Any) -> None:
+        """Check plugin names and options against the registry; coerce option values.
+
+        ``dataset`` options are checked per source when the data is opened, because
+        each source may use a different reader.
+        """
+        plugin_names = {
+            "backbone": self.backbone,
+            "objective": self.objective,
+        }
+        if self.augmentation != "auto":
+            plugin_names["augmentation"] = self.augmentation
+        for kind, name in plugin_names.items():
+            self.options[kind] = registry.validate(kind + "s", name, self.options[kind])
+
+
+def _unknown_key(key: str, fields: dict[str, Any], source: str) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    base = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    message = f"{source}: unknown config key {key!r}"
+    close = difflib.get_close_matches(leaf, list(fields), n=1)
+    if close:
+        message += f"; did you mean {base + close[0]!r}?"
+    return message + f" Valid keys here: {', '.join(base + f for f in fields)}"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists so the YAML is plain and reloads to the same config."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

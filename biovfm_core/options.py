@@ -1,0 +1,192 @@
+"""Plugin options: read from a factory's keyword-only parameters, checked and coerced.
+
+A factory's keyword-only parameters are its options; their type hints are the
+schema. Values arrive typed from YAML or as strings from ``--opt k=v``; both go
+through the same coercion so ``--opt objective.teacher_temp=0.07`` and
+``teacher_temp: 0.07`` in a config are the same thing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from biovfm_core.errors import ConfigError
+
+_MISSING = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def type_name(self) -> str:
+        return _type_name(self.annotation)
+
+
+def factory_options(factory: Callable[..., Any]) -> dict[str, OptionSpec]:
+    """The keyword-only parameters of ``factory`` (a class or function) as options.
+
+    ``variant`` is not an option: biovfm passes it for family names (``timm:x``).
+    """
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: check names, not types
+        hints = {}
+    specs = {}
+    for param in signature.parameters.values():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name == "variant":
+            continue
+        specs[param.name] = OptionSpec(param.name, hints.get(param.name, Any), param.default)
+    return specs
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """Split ``"objective.teacher_temp=0.07"`` into key and raw value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def validate_options(
+    specs: Mapping[str, OptionSpec],
+    given: Mapping[str, Any],
+    *,
+    where: str,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Return ``given`` coerced to the option types; reject unknown or ill-typed ones."""
+    checked: dict[str, Any] = {}
+    for key, value in given.items():
+        spec = specs.get(key)
+        if spec is None:
+            raise ConfigError(_unknown_option(key, specs, where, prefix))
+        try:
+            checked[key] = coerce(value, spec.annotation)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"option {prefix}{key} of {where}: {exc} (expected {spec.type_name()})"
+            ) from None
+    missing = [s.name for s in specs.values() if s.required and s.name not in checked]
+    if missing:
+        raise ConfigError(f"{where} needs option(s): {', '.join(prefix + m for m in missing)}")
+    return checked
+
+
+def _unknown_option(key: str, specs: Mapping[str, OptionSpec], where: str, prefix: str) -> str:
+    valid = sorted(specs)
+    message = f"unknown option {prefix}{key} for {where}"
+    close = difflib.get_close_matches(key, valid, n=1)
+    if close:
+        message += f"; did you mean {prefix}{close[0]}?"
+    listing = ", ".join(f"{prefix}{n} ({specs[n].type_name()})" for n in valid)
+    return message + f" Valid options: {listing or '(none)'}"
+
+
+def coerce(value: Any, annotation: Any) -> Any:
+    """Coerce a YAML or command-line value to ``annotation``; raise ValueError if it can't."""
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return _parse_if_str(value)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        is_null = value is None or (
+            isinstance(value, str) and value.lower() in ("none", "null", "~")
+        )
+        if is_null and type(None) in args:
+            return None
+        errors = []
+        # Try str last so "0.5" becomes a float when float is allowed too.
+        for arg in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+            try:
+                return coerce(value, arg)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors) or f"{value!r} is not allowed")
+    if origin is typing.Literal:
+        parsed = value if not isinstance(value, str) else _parse_if_str(value)
+        for choice in args:
+            if value == choice or parsed == choice:
+                return choice
+        raise ValueError(f"{value!r} is not one of {', '.join(map(repr, args))}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{value!r} is not a string")
+    if annotation is bool:
+        value = _parse_if_str(value)
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{value!r} is not true/false")
+    if annotation is int:
+        value = _parse_if_str(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{value!r} is not an integer")
+    if annotation is float:
+        value = _parse_if_str(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{value!r} is not a number")
+    if origin in (tuple, list):
+        value = _parse_if_str(value)
+        if isinstance(value, (int, float, str)):
+            value = [value]  # a single value where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{value!r} is not a list")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"{value!r} must have {len(args)} items")
+            items = [coerce(v, a) for v, a in zip(value, args, strict=True)]
+        else:
+            item_type = args[0] if args else Any
+            items = [coerce(v, item_type) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or annotation is dict:
+        value = _parse_if_str(value)
+        if isinstance(value, dict):
+            return value
+        raise ValueError(f"{value!r} is not a mapping")
+    return value
+
+
+def _parse_if_str(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    if isinstance(parsed, str):
+        try:
+            return float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+        except ValueError:
+            return parsed
+    return parsed
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return "any"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

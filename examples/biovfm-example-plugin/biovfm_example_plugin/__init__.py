@@ -1,0 +1,1 @@
+"""An example biovfm plugin: registers the ``barlow_twins`` objective."""

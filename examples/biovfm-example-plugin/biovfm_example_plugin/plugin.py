@@ -1,0 +1,12 @@
+"""Entry-point module: only the hookimpl, no torch import, so `biovfm plugins` stays fast."""
+
+from biovfm_core import hookimpl
+
+
+@hookimpl
+def biovfm_register_objectives(register):
+    register(
+        "barlow_twins",
+        "biovfm_example_plugin.objective:BarlowTwins",
+        description="Barlow Twins redundancy reduction on CLS embeddings",
+    )
