@@ -1,0 +1,290 @@
+"""DINOv2: DINO CLS-token loss + iBOT masked-patch loss + KoLeo, with an EMA teacher.
+
+Defaults are DINOv2's ``ssl_default_config`` for ViT-L (with the Sinkhorn-Knopp
+centering of its ViT-L/g recipes). For a CPU demo use
+``prototypes=1024, local_crops=4, global_size=64, local_size=32`` on ``vit_tiny``
+(patch 16), and ``warmup_teacher_temp_epochs`` no longer than the run.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import update_momentum
+from torch import Tensor, nn
+
+from biovfm_core.errors import ConfigError
+from biovfm_core.protocols import Backbone, Batch, ObjectiveBase, StepInfo, TaskInfo, ViewSpec
+from biovfm_core.schedules import cosine_schedule, linear_warmup
+from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
+from biovfm_dinov2.loss.teacher_targets import CENTERINGS, TeacherTargets
+from biovfm_dinov2.masking import sample_ibot_masks
+
+
+def _make_head(embed_dim: int, hidden: int, bottleneck: int, prototypes: int) -> nn.Module:
+    # norm_last_layer: weight-normalised prototypes with the norm fixed at 1, as DINOv2.
+    return DINOProjectionHead(
+        input_dim=embed_dim,
+        hidden_dim=hidden,
+        bottleneck_dim=bottleneck,
+        output_dim=prototypes,
+        batch_norm=False,
+        norm_last_layer=True,
+    )
+
+
+def _copy_head(head: nn.Module, embed_dim: int, hidden: int, bottleneck: int, k: int) -> nn.Module:
+    # weight_norm's hooks make deepcopy fail, so build a twin and copy the weights.
+    twin = _make_head(embed_dim, hidden, bottleneck, k)
+    twin.load_state_dict(head.state_dict())
+    return twin
+
+
+class DINOv2Objective(ObjectiveBase, nn.Module):
+    """Student (backbone + heads, trained) and teacher (EMA copy, no gradient)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        prototypes: int,
+        head_hidden_dim: int,
+        head_bottleneck_dim: int,
+        ibot_separate_head: bool,
+        centering: str,
+        sinkhorn_iterations: int,
+        center_momentum: float,
+        student_temp: float,
+        teacher_temp: float,
+        warmup_teacher_temp: float,
+        warmup_teacher_temp_epochs: float,
+        momentum_teacher: float,
+        final_momentum_teacher: float,
+        freeze_last_layer_epochs: float,
+        dino_loss_weight: float,
+        ibot_loss_weight: float,
+        koleo_loss_weight: float,
+        mask_ratio_min_max: tuple[float, float],
+        mask_sample_probability: float,
+        views: ViewSpec,
+    ) -> None:
+        super().__init__()
+        self.views = views
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.momentum_teacher = momentum_teacher
+        self.final_momentum_teacher = final_momentum_teacher
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.dino_loss_weight = dino_loss_weight
+        self.ibot_loss_weight = ibot_loss_weight
+        self.koleo_loss_weight = koleo_loss_weight
+        self.mask_ratio_min_max = tuple(mask_ratio_min_max)
+        self.mask_sample_probability = mask_sample_probability
+        self.ibot_separate_head = ibot_separate_head
+
+        dims = (backbone.embed_dim, head_hidden_dim, head_bottleneck_dim, prototypes)
+        student = {"backbone": backbone, "dino_head": _make_head(*dims)}
+        if ibot_separate_head:
+            student["ibot_head"] = _make_head(*dims)
+        self.student = nn.ModuleDict(student)
+        teacher = {"backbone": copy.deepcopy(backbone)}
+        for name in student:
+            if name != "backbone":
+                teacher[name] = _copy_head(student[name], *dims)
+        self.teacher = nn.ModuleDict(teacher)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+        self.dino_targets = TeacherTargets(
+            prototypes, centering, center_momentum, sinkhorn_iterations
+        )
+        self.ibot_targets = TeacherTargets(
+            prototypes, centering, center_momentum, sinkhorn_iterations
+        )
+        self.dino_loss = DINOClsTokenLoss(student_temp)
+        self.ibot_loss = IBOTPatchLoss(student_temp)
+        self.koleo_loss = KoLeoLoss()
+
+    # The teacher never uses dropout / stochastic depth (DINOv2 builds it without).
+    def train(self, mode: bool = True) -> DINOv2Objective:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _ibot_head(self, which: nn.ModuleDict) -> nn.Module:
+        return which["ibot_head"] if self.ibot_separate_head else which["dino_head"]
+
+    def current_teacher_temp(self, info: StepInfo) -> float:
+        warmup_steps = self.warmup_teacher_temp_epochs * max(1, info.steps_per_epoch)
+        return linear_warmup(info.step, warmup_steps, self.warmup_teacher_temp, self.teacher_temp)
+
+    def current_momentum(self, info: StepInfo) -> float:
+        return cosine_schedule(
+            info.step, info.total_steps, self.momentum_teacher, self.final_momentum_teacher
+        )
+
+    def training_step(self, batch: Batch, info: StepInfo) -> dict[str, Tensor]:
+        n_global = len(batch.global_views)
+        n_local = len(batch.local_views)
+        images = torch.cat(batch.global_views)
+        backbone = self.student["backbone"]
+        teacher_temp = self.current_teacher_temp(info)
+
+        use_ibot = self.ibot_loss_weight > 0
+        masks = None
+        if use_ibot:
+            p = backbone.patch_size
+            grid = (images.shape[-2] // p, images.shape[-1] // p)
+            masks = sample_ibot_masks(
+                images.shape[0], grid, self.mask_ratio_min_max, self.mask_sample_probability
+            ).to(images.device)
+            has_masked = bool(masks.any())
+
+        with torch.no_grad():
+            t_out = self.teacher["backbone"].forward_tokens(images)
+            t_cls_logits = self.teacher["dino_head"](t_out.cls)
+            t_cls_targets = self.dino_targets(t_cls_logits, teacher_temp).chunk(n_global)
+            if use_ibot and has_masked:
+                t_patch_logits = self._ibot_head(self.teacher)(t_out.patches[masks])
+                t_patch_targets = self.ibot_targets(t_patch_logits, teacher_temp)
+
+        s_global = backbone.forward_tokens(images, mask=masks if use_ibot else None)
+        student_logits = list(self.student["dino_head"](s_global.cls).chunk(n_global))
+        if n_local:
+            s_local = backbone.forward_tokens(torch.cat(batch.local_views)).cls
+            student_logits += list(self.student["dino_head"](s_local).chunk(n_local))
+
+        dino = self.dino_loss(student_logits, list(t_cls_targets))
+        koleo = self.koleo_loss.per_crop_sum(s_global.cls, n_global)
+        loss = self.dino_loss_weight * dino + self.koleo_loss_weight * koleo
+        out = {"dino_loss": dino.detach(), "koleo_loss": koleo.detach()}
+        if use_ibot:
+            if has_masked:
+                s_patch_logits = self._ibot_head(self.student)(s_global.patches[masks])
+                ibot = self.ibot_loss(s_patch_logits, t_patch_targets, masks)
+            else:
+                ibot = images.new_zeros(())
+            loss = loss + self.ibot_loss_weight * ibot
+            out["ibot_loss"] = ibot.detach()
+        out["loss"] = loss
+        return out
+
+    def before_optimizer_step(self, info: StepInfo) -> None:
+        if info.epoch < self.freeze_last_layer_epochs:
+            for name, head in self.student.items():
+                if name != "backbone":
+                    for param in head.last_layer.parameters():
+                        param.grad = None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
+        m = self.current_momentum(info)
+        for name, module in self.student.items():
+            update_momentum(module, self.teacher[name], m)
+        return {"teacher_momentum": m, "teacher_temp": self.current_teacher_temp(info)}
+
+    def eval_backbone(self) -> Backbone:
+        return self.teacher["backbone"]
+
+
+def build_dinov2(
+    backbone: Backbone,
+    task: TaskInfo,
+    *,
+    prototypes: int = 65536,
+    head_hidden_dim: int = 2048,
+    head_bottleneck_dim: int = 256,
+    ibot_separate_head: bool = False,
+    centering: str = "sinkhorn_knopp",
+    sinkhorn_iterations: int = 3,
+    center_momentum: float = 0.9,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.07,
+    warmup_teacher_temp: float = 0.04,
+    warmup_teacher_temp_epochs: float = 30.0,
+    momentum_teacher: float = 0.992,
+    final_momentum_teacher: float = 1.0,
+    freeze_last_layer_epochs: float = 1.0,
+    dino_loss_weight: float = 1.0,
+    ibot_loss_weight: float = 1.0,
+    koleo_loss_weight: float = 0.1,
+    mask_ratio_min_max: tuple[float, float] = (0.1, 0.5),
+    mask_sample_probability: float = 0.5,
+    global_size: int = 224,
+    local_size: int = 96,
+    local_crops: int = 8,
+    global_scale: tuple[float, float] = (0.32, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.32),
+) -> DINOv2Objective:
+    """DINOv2 self-distillation (DINO + iBOT + KoLeo) with an EMA teacher.
+
+    Heads: ``prototypes`` K (65,536), ``head_hidden_dim`` (2048), ``head_bottleneck_dim``
+    (256); ``ibot_separate_head`` gives iBOT its own head. Teacher targets:
+    ``centering`` "sinkhorn_knopp" (``sinkhorn_iterations`` 3) or "centering"
+    (running mean, ``center_momentum`` 0.9). Temperatures: ``student_temp`` 0.1, teacher
+    ``warmup_teacher_temp`` 0.04 -> ``teacher_temp`` 0.07 linearly over
+    ``warmup_teacher_temp_epochs`` (30). Teacher EMA momentum cosine
+    ``momentum_teacher`` 0.992 -> ``final_momentum_teacher`` 1.0. Head last layers frozen
+    for ``freeze_last_layer_epochs`` (1). Loss weights ``dino_loss_weight`` 1,
+    ``ibot_loss_weight`` 1 (0 disables iBOT, allowing CNN backbones),
+    ``koleo_loss_weight`` 0.1. iBOT masks: ratio in ``mask_ratio_min_max`` (0.1, 0.5) for
+    a share ``mask_sample_probability`` (0.5) of the global crops. Views: 2 global crops
+    of ``global_size`` (224, scale ``global_scale``) and ``local_crops`` (8) local crops of
+    ``local_size`` (96, scale ``local_scale``). CPU demo: prototypes=1024,
+    local_crops=4, global_size=64, local_size=32 with vit_tiny, patch 16.
+    """
+    del task  # self-supervised: labels, if any, are ignored
+    if centering not in CENTERINGS:
+        raise ConfigError(
+            f"dinov2: centering must be one of {', '.join(CENTERINGS)}, got {centering!r}"
+        )
+    if prototypes < 1 or local_crops < 0:
+        raise ConfigError("dinov2: prototypes must be >= 1 and local_crops >= 0")
+    if ibot_loss_weight > 0:
+        if backbone.patch_size <= 1:
+            raise ConfigError(
+                f"dinov2: the iBOT term masks patch tokens, which {type(backbone).__name__} "
+                "lacks; use a ViT or set ibot_loss_weight=0"
+            )
+        if global_size % backbone.patch_size:
+            raise ConfigError(
+                f"dinov2: global_size {global_size} must be a multiple of the patch size "
+                f"{backbone.patch_size}"
+            )
+    views = ViewSpec(
+        global_crops=2,
+        global_size=global_size,
+        global_scale=tuple(global_scale),
+        local_crops=local_crops,
+        local_size=local_size,
+        local_scale=tuple(local_scale),
+        color_augment=True,
+        needs_labels=False,
+    )
+    return DINOv2Objective(
+        backbone,
+        prototypes=prototypes,
+        head_hidden_dim=head_hidden_dim,
+        head_bottleneck_dim=head_bottleneck_dim,
+        ibot_separate_head=ibot_separate_head,
+        centering=centering,
+        sinkhorn_iterations=sinkhorn_iterations,
+        center_momentum=center_momentum,
+        student_temp=student_temp,
+        teacher_temp=teacher_temp,
+        warmup_teacher_temp=warmup_teacher_temp,
+        warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+        momentum_teacher=momentum_teacher,
+        final_momentum_teacher=final_momentum_teacher,
+        freeze_last_layer_epochs=freeze_last_layer_epochs,
+        dino_loss_weight=dino_loss_weight,
+        ibot_loss_weight=ibot_loss_weight,
+        koleo_loss_weight=koleo_loss_weight,
+        mask_ratio_min_max=mask_ratio_min_max,
+        mask_sample_probability=mask_sample_probability,
+        views=views,
+    )
