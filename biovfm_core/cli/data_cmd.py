@@ -1,10 +1,24 @@
-"""``biovfm data``: scan sources into an index, print statistics."""
+"""``biovfm data``: scan sources into an index, print statistics.
+
+numpy, the readers and the catalog code are imported inside the commands, so
+``biovfm --help`` does not pay for them.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import sys
+from typing import Any
+
 import click
 
-from biovfm_core.errors import NotBuiltError
+DATA_HELP = (
+    "Catalog YAML, the shipped catalog 'biovfm21m', or one source KIND:PATH "
+    "(folder:, dicom:, nifti:, medmnist:, demo), tags/options after '?': "
+    "folder:/data/cxr?modality=xray&anatomy=chest. Repeatable. Omitted: the built-in demo data."
+)
 
 
 @click.group("data")
@@ -12,13 +26,149 @@ def data() -> None:
     """Index and inspect pretraining data (catalogs, folders, DICOM, NIfTI, MedMNIST)."""
 
 
+def _status_table(report: Any) -> list[str]:
+    lines = [
+        f"{'source':<24} {'reader':<8} {'status':<8} {'found':>10} {'expected':>10} {'problems':>8}"
+    ]
+    for s in report.sources:
+        exp = "" if s.expected is None else str(s.expected)
+        lines.append(
+            f"{s.name[:24]:<24} {s.reader:<8} {s.status:<8} {s.found:>10} {exp:>10} {s.problems:>8}"
+        )
+        if s.error:
+            lines.append(f"    error: {s.error}")
+    return lines
+
+
 @data.command("scan")
-def scan() -> None:
-    """Build the sample index of --data (not built yet)."""
-    raise NotBuiltError("`biovfm data scan` is not built yet (issue 3)")
+@click.option("--data", "data_specs", multiple=True, metavar="SPEC", help=DATA_HELP)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Index file to write (.npz).",
+)
+@click.option(
+    "--root", type=click.Path(file_okay=False), help="Override the catalog's root folder."
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="CSV of files that could not be used (default: INDEX.problems.csv).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the scan report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-source progress lines.")
+def scan(
+    data_specs: tuple[str, ...],
+    output: str,
+    root: str | None,
+    report_path: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Build the sample index of --data and report present / missing / short sources and bad files."""
+    from biovfm_core.data.catalog import resolve_data
+    from biovfm_core.data.scan import default_problem_path, scan_sources
+
+    sources, _ = resolve_data(data_specs, root=root)
+    progress = None if (quiet or as_json) else (lambda m: click.echo(m, err=True))
+    index, report = scan_sources(sources, progress=progress)
+    path = index.save(output)
+    problems = report_path or default_problem_path(path)
+    report.write_problems(problems)
+    if as_json:
+        out = report.as_dict()
+        out.update(index=path, problems_file=problems, problem_count=len(report.problems))
+        out.pop("problems")
+        click.echo(json.dumps(out, indent=2))
+        return
+    for line in _status_table(report):
+        click.echo(line)
+    counts = {
+        st: len(report.by_status(st)) for st in ("present", "short", "missing", "empty", "error")
+    }
+    click.echo(
+        f"{report.total} images from {len(report.sources)} sources "
+        f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}); "
+        f"{len(report.problems)} unusable files listed in {problems}"
+    )
+    click.echo(f"index written to {path}")
 
 
 @data.command("stats")
-def stats() -> None:
-    """Counts by source / modality / anatomy (not built yet)."""
-    raise NotBuiltError("`biovfm data stats` is not built yet (issue 3)")
+@click.option(
+    "--index",
+    "index_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="An index from `biovfm data scan`.",
+)
+@click.option(
+    "--data",
+    "data_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="Scan these sources instead of reading an index. " + DATA_HELP,
+)
+@click.option(
+    "--root", type=click.Path(file_okay=False), help="Override the catalog's root folder."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the counts to this CSV file (columns: by, name, images).",
+)
+def stats(
+    index_path: str | None,
+    data_specs: tuple[str, ...],
+    root: str | None,
+    as_json: bool,
+    csv_path: str | None,
+) -> None:
+    """Counts by source / modality / anatomy (of --index, or of --data scanned now)."""
+    from biovfm_core.errors import ConfigError
+
+    report = None
+    if index_path and data_specs:
+        raise ConfigError("give --index or --data, not both")
+    if index_path:
+        from biovfm_core.data.index import SampleIndex
+
+        index = SampleIndex.load(index_path)
+    else:
+        from biovfm_core.data.catalog import resolve_data
+        from biovfm_core.data.scan import scan_sources
+
+        sources, _ = resolve_data(data_specs, root=root)
+        index, report = scan_sources(sources)
+    counts = {by: index.counts(by) for by in ("source", "modality", "anatomy")}
+    result: dict[str, Any] = {"total": len(index), **counts}
+    if report is not None:
+        result["sources_status"] = {s.name: s.status for s in report.sources}
+        result["problems"] = len(report.problems)
+    else:
+        expected = {k: v.get("expected_count") for k, v in index.sources_meta.items()}
+        result["expected"] = {k: v for k, v in expected.items() if v}
+    if csv_path:
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["by", "name", "images"])
+            for by, table in counts.items():
+                for name, n in table.items():
+                    w.writerow([by, name, n])
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{len(index)} images")
+    for by, table in counts.items():
+        click.echo(f"\nby {by}:")
+        for name, n in table.items():
+            share = 100.0 * n / max(1, len(index))
+            click.echo(f"  {name:<28} {n:>10}  {share:5.1f}%")
+    if report is not None and report.problems:
+        click.echo(f"\n{len(report.problems)} unusable files (run `biovfm data scan` for the list)")
+    if csv_path:
+        click.echo(f"\ncounts written to {os.path.abspath(csv_path)}", file=sys.stderr)
