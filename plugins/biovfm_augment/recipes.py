@@ -1,0 +1,408 @@
+"""Multi-crop augmentation recipes, one per modality.
+
+A recipe turns a decoded image with its dynamic range intact (uint8, uint16, float32
+HU) into the views an objective declared in its ``ViewSpec``. Order, per view:
+
+1. random-resized crop + horizontal flip on the raw values (albumentations, float32)
+   — cropping first means the modality step below runs on small arrays;
+2. the modality's intensity mapping to [0, 1] (CT windowing, MR bias field, X-ray
+   CLAHE, HED stain jitter, speckle, colour constancy), drawn anew per view;
+3. gray → 3 channels (repeat), normalise with mean/std, ``(C, H, W)`` float32.
+
+Whole-image statistics the mapping needs (percentiles for 16-bit and MR data) are
+computed once per image before cropping, so a dark crop is not stretched to full
+contrast. ``batch_transform`` adds DINO-style colour jitter, grayscale, blur and
+solarize on the training device with kornia when ``views.color_augment`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from biovfm_core.protocols import Batch, SampleRecord, ViewSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _stats(image: np.ndarray) -> tuple[float, float]:
+    """Robust low/high (0.5th / 99.5th percentile) on a subsample; fast on big images."""
+    flat = image.reshape(-1)
+    if flat.size > 65536:
+        flat = flat[:: flat.size // 65536]
+    lo, hi = np.percentile(flat.astype(np.float32), (0.5, 99.5))
+    if hi <= lo:
+        lo, hi = float(flat.min()), float(flat.max())
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def to_unit_range(crop: np.ndarray, stats: tuple[float, float], dtype: np.dtype) -> np.ndarray:
+    """uint8 → /255; anything else → robust percentile range of the whole image."""
+    if dtype == np.uint8:
+        return crop / np.float32(255.0)
+    lo, hi = stats
+    return np.clip((crop - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+class MultiCropRecipe:
+    """``views.global_crops`` views of ``global_size`` px and ``local_crops`` of
+    ``local_size`` px, random-resized crops with the view spec's area scales.
+
+    Options
+    -------
+    flip: random horizontal flip per view.
+    mean, std: per-channel normalisation after mapping to [0, 1].
+    jitter_p: probability of colour jitter per view (on device, with colour_augment).
+    blur_global: blur probabilities of the first and other global views (DINO: 1.0, 0.1).
+    solarize_p: solarize probability of the second global view (DINO: 0.2).
+    """
+
+    def __init__(
+        self,
+        views: ViewSpec,
+        *,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
+    ) -> None:
+        self.views = views
+        self.flip = flip
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.jitter_p = jitter_p
+        self.blur_global = blur_global
+        self.solarize_p = solarize_p
+        self._build_crops()
+        self._device_ops: Any = None
+
+    # Albumentations pipelines and kornia modules are rebuilt after unpickling in a
+    # worker instead of being pickled with the recipe.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_global_crop"] = state["_local_crop"] = state["_device_ops"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._build_crops()
+
+    def _build_crops(self) -> None:
+        import albumentations as A
+
+        v = self.views
+        flip = [A.HorizontalFlip(p=0.5)] if self.flip else []
+        self._global_crop = A.Compose(
+            [
+                A.RandomResizedCrop(
+                    size=(v.global_size, v.global_size), scale=v.global_scale, p=1.0
+                ),
+                *flip,
+            ]
+        )
+        self._local_crop = A.Compose(
+            [
+                A.RandomResizedCrop(size=(v.local_size, v.local_size), scale=v.local_scale, p=1.0),
+                *flip,
+            ]
+        )
+
+    # ------------------------------------------------------------- per sample
+    def prepare(self, image: np.ndarray, record: SampleRecord) -> Any:
+        """Whole-image statistics the intensity mapping needs (before cropping)."""
+        return None if image.dtype == np.uint8 else _stats(image)
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Map one crop (float32, raw values) to [0, 1]; modality recipes override this."""
+        return to_unit_range(crop, state, dtype)
+
+    def sample_views(self, image: np.ndarray, record: SampleRecord) -> dict[str, list[Any]]:
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        dtype = image.dtype
+        state = self.prepare(image, record)
+        raw = image.astype(np.float32, copy=False)
+        rng = np.random.default_rng()
+        out: dict[str, list[Any]] = {"global": [], "local": []}
+        for key, crop, n in (
+            ("global", self._global_crop, self.views.global_crops),
+            ("local", self._local_crop, self.views.local_crops),
+        ):
+            for _ in range(n):
+                view = crop(image=raw)["image"]
+                view = self.intensity(view, state, dtype, rng)
+                out[key].append(self._finish(view))
+        return out
+
+    def _finish(self, view: np.ndarray) -> np.ndarray:
+        view = np.clip(view, 0.0, 1.0).astype(np.float32, copy=False)
+        if view.ndim == 2:
+            view = np.repeat(view[..., None], 3, axis=-1)
+        view = (view - self.mean) / self.std
+        return np.ascontiguousarray(view.transpose(2, 0, 1))
+
+    # -------------------------------------------------------------- per batch
+    def _ops(self, device: Any) -> Any:
+        if self._device_ops is None:
+            import kornia.augmentation as K
+            import torch
+
+            jitter = torch.nn.Sequential(
+                K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=self.jitter_p),
+                K.RandomGrayscale(p=0.2),
+            )
+            blur = [K.RandomGaussianBlur((23, 23), (0.1, 2.0), p=p) for p in self.blur_global]
+            local_blur = K.RandomGaussianBlur((9, 9), (0.1, 2.0), p=0.5)
+            solarize = K.RandomSolarize(thresholds=0.0, additions=0.0, p=self.solarize_p)
+            self._device_ops = (jitter, blur, local_blur, solarize)
+        return self._device_ops
+
+    def batch_transform(self, batch: Batch) -> Batch:
+        if not self.views.color_augment or not batch.global_views:
+            return batch
+        import torch
+
+        device = batch.global_views[0].device
+        jitter, blur, local_blur, solarize = self._ops(device)
+        mean = torch.as_tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.as_tensor(self.std, device=device).view(1, 3, 1, 1)
+
+        def run(x: torch.Tensor, *ops: Any) -> torch.Tensor:
+            y = (x.float() * std + mean).clamp(0, 1)
+            for op in ops:
+                y = op(y)
+            return ((y - mean) / std).to(x.dtype)
+
+        with torch.no_grad():
+            globals_ = []
+            for i, v in enumerate(batch.global_views):
+                ops = [jitter, blur[min(i, len(blur) - 1)]]
+                if i == 1:
+                    ops.append(solarize)
+                globals_.append(run(v, *ops))
+            locals_ = [run(v, jitter, local_blur) for v in batch.local_views]
+        return Batch(
+            global_views=globals_, local_views=locals_, labels=batch.labels, modality=batch.modality
+        )
+
+
+class CTRecipe(MultiCropRecipe):
+    """CT in Hounsfield units: each view picks a clinical window (level/width) and
+    jitters it, then maps [level - width/2, level + width/2] to [0, 1].
+
+    Options (besides the multi-crop ones)
+    -------
+    windows: comma list of ``level/width`` presets (soft tissue, lung, bone, brain).
+    jitter: relative jitter of level and width.
+    """
+
+    def __init__(
+        self,
+        views: ViewSpec,
+        *,
+        windows: str = "40/400,-600/1500,400/1800,40/80",
+        jitter: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(views, **kwargs)
+        self.windows = [
+            tuple(float(x) for x in w.split("/")) for w in windows.split(",") if w.strip()
+        ]
+        self.jitter = jitter
+
+    def prepare(self, image: np.ndarray, record: SampleRecord) -> Any:
+        # CT stored as uint8 (e.g. PNG exports) is already windowed; treat it as gray.
+        if image.dtype == np.uint8:
+            return None
+        return "hu"
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        if state != "hu":
+            return super().intensity(crop, None, dtype, rng)
+        level, width = self.windows[rng.integers(len(self.windows))]
+        level += rng.uniform(-self.jitter, self.jitter) * width
+        width *= 1.0 + rng.uniform(-self.jitter, self.jitter)
+        return window(crop, level, width)
+
+
+def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Hounsfield window → [0, 1]."""
+    lo = level - width / 2.0
+    return np.clip((hu - np.float32(lo)) / np.float32(width), 0.0, 1.0)
+
+
+class MRRecipe(MultiCropRecipe):
+    """MR: percentile normalisation, a smooth multiplicative bias field (quadratic
+    polynomial, as scanners' coil inhomogeneity looks), and a random gamma.
+
+    Options: bias (max field amplitude), gamma (range), p (probability of each).
+    """
+
+    def __init__(
+        self,
+        views: ViewSpec,
+        *,
+        bias: float = 0.3,
+        gamma: tuple[float, float] = (0.7, 1.5),
+        p: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(views, **kwargs)
+        self.bias, self.gamma, self.p = bias, gamma, p
+
+    def prepare(self, image: np.ndarray, record: SampleRecord) -> Any:
+        return _stats(image)
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        x = to_unit_range(crop, state, np.dtype(np.float32))
+        if rng.random() < self.p:
+            h, w = x.shape[:2]
+            yy, xx = np.meshgrid(
+                np.linspace(-1, 1, h, dtype=np.float32),
+                np.linspace(-1, 1, w, dtype=np.float32),
+                indexing="ij",
+            )
+            c = rng.uniform(-1, 1, 5).astype(np.float32)
+            field = c[0] * xx + c[1] * yy + c[2] * xx * yy + c[3] * xx**2 + c[4] * yy**2
+            field = np.exp(self.bias * field / max(1e-6, float(np.abs(field).max())))
+            x = x * (field[..., None] if x.ndim == 3 else field)
+        if rng.random() < self.p:
+            x = np.clip(x, 0, 1) ** np.float32(rng.uniform(*self.gamma))
+        return x
+
+
+class XRayRecipe(MultiCropRecipe):
+    """X-ray: CLAHE (contrast-limited adaptive histogram equalisation) on a 16-bit or
+    8-bit mapping, then random contrast/brightness.
+
+    Options: clahe_p, clip_limit, contrast (± range), brightness (± range).
+    """
+
+    def __init__(
+        self,
+        views: ViewSpec,
+        *,
+        clahe_p: float = 0.5,
+        clip_limit: float = 2.0,
+        contrast: float = 0.2,
+        brightness: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(views, **kwargs)
+        self.clahe_p, self.clip_limit = clahe_p, clip_limit
+        self.contrast, self.brightness = contrast, brightness
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        import cv2
+
+        x = to_unit_range(crop, state, dtype)
+        if rng.random() < self.clahe_p:
+            clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(8, 8))
+            gray = x if x.ndim == 2 else x.mean(axis=-1)
+            x = clahe.apply((gray * 65535).astype(np.uint16)).astype(np.float32) / 65535.0
+        c = 1.0 + rng.uniform(-self.contrast, self.contrast)
+        b = rng.uniform(-self.brightness, self.brightness)
+        return (x - 0.5) * np.float32(c) + np.float32(0.5 + b)
+
+
+class MicroscopyRecipe(MultiCropRecipe):
+    """Pathology: HED stain jitter (Tellez et al. 2018): RGB → haematoxylin / eosin /
+    DAB optical densities, each scaled by ``1 ± sigma`` and shifted by ``± bias``,
+    back to RGB. Gray microscopy (fluorescence, phase contrast) is left as is.
+
+    Options: sigma, bias, p.
+    """
+
+    def __init__(
+        self,
+        views: ViewSpec,
+        *,
+        sigma: float = 0.05,
+        bias: float = 0.05,
+        p: float = 0.8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(views, **kwargs)
+        self.sigma, self.bias, self.p = sigma, bias, p
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        x = to_unit_range(crop, state, dtype)
+        if x.ndim != 3 or rng.random() >= self.p:
+            return x
+        from skimage.color import hed2rgb, rgb2hed
+
+        hed = rgb2hed(np.clip(x, 0, 1))
+        alpha = rng.uniform(1 - self.sigma, 1 + self.sigma, 3)
+        beta = rng.uniform(-self.bias, self.bias, 3)
+        return hed2rgb(hed * alpha + beta * np.abs(hed).max(axis=(0, 1))).astype(np.float32)
+
+
+class UltrasoundRecipe(MultiCropRecipe):
+    """Ultrasound: multiplicative speckle, gamma-distributed with mean 1 (the
+    fully developed speckle model), strength drawn per view.
+
+    Options: strength (max std of the speckle), p.
+    """
+
+    def __init__(
+        self, views: ViewSpec, *, strength: float = 0.15, p: float = 0.5, **kwargs: Any
+    ) -> None:
+        super().__init__(views, **kwargs)
+        self.strength, self.p = strength, p
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        x = to_unit_range(crop, state, dtype)
+        if rng.random() < self.p:
+            s = rng.uniform(0.02, self.strength)
+            k = 1.0 / (s * s)  # gamma(k, 1/k): mean 1, std s
+            noise = rng.gamma(k, 1.0 / k, size=x.shape[:2]).astype(np.float32)
+            x = x * (noise[..., None] if x.ndim == 3 else noise)
+        return x
+
+
+class ColourConstancyRecipe(MultiCropRecipe):
+    """Fundus and dermoscopy: shades-of-gray colour constancy (Finlayson & Trezzi
+    2004; standard for ISIC) removes the camera's illuminant cast, applied with
+    probability ``p`` so the model also sees the raw colours.
+
+    Options: power (Minkowski norm; 6 is the ISIC choice), p.
+    """
+
+    def __init__(
+        self, views: ViewSpec, *, power: float = 6.0, p: float = 0.5, **kwargs: Any
+    ) -> None:
+        super().__init__(views, **kwargs)
+        self.power, self.p = power, p
+
+    def intensity(
+        self, crop: np.ndarray, state: Any, dtype: np.dtype, rng: np.random.Generator
+    ) -> np.ndarray:
+        x = to_unit_range(crop, state, dtype)
+        if x.ndim == 3 and rng.random() < self.p:
+            x = shades_of_gray(x, self.power)
+        return x
+
+
+def shades_of_gray(rgb: np.ndarray, power: float = 6.0) -> np.ndarray:
+    """Scale channels so their Minkowski-p means are equal (illuminant → gray)."""
+    illum = np.power(np.mean(np.power(np.clip(rgb, 0, 1), power), axis=(0, 1)), 1.0 / power)
+    illum = illum / max(1e-6, float(np.sqrt(np.sum(illum**2))))
+    gain = 1.0 / (illum * np.sqrt(3.0) + 1e-6)
+    return np.clip(rgb * gain.astype(np.float32), 0.0, 1.0)
