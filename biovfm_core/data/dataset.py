@@ -1,0 +1,163 @@
+"""Torch dataset and collate: decode via the source's reader, make views, skip bad images.
+
+A bad image (``BadImageError``) never stops training: the sample becomes a
+``Skipped`` marker, ``collate`` drops it and carries ``(uri, reason)`` on the batch
+(``batch.skipped``), and ``BadImageLog`` in the main process counts them and writes
+the report file to the run folder. Workers cannot share a counter, so the list
+travels with the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from biovfm_core.errors import BadImageError, BiovfmError
+from biovfm_core.protocols import AugmentationRecipe, Batch
+
+from .index import SampleIndex
+
+
+@dataclass(frozen=True)
+class Skipped:
+    uri: str
+    reason: str
+
+
+class ImageDataset:
+    """``index[i]`` decoded by its source's reader and turned into views by ``recipe``.
+
+    ``recipe`` is one recipe, or a mapping modality id → recipe with a ``"default"``
+    entry (``--augmentation auto``). ``open_reader(index, source)`` builds readers;
+    by default the registry rebuilds them from what the index recorded. Readers are
+    built lazily per worker process.
+    """
+
+    def __init__(
+        self,
+        index: SampleIndex,
+        recipe: AugmentationRecipe | Mapping[str, AugmentationRecipe],
+        open_reader: Callable[[SampleIndex, str], Any] | None = None,
+    ) -> None:
+        self.index = index
+        self.recipes = dict(recipe) if isinstance(recipe, Mapping) else {"default": recipe}
+        if "default" not in self.recipes:
+            raise BiovfmError("a per-modality recipe mapping needs a 'default' entry")
+        if open_reader is None:
+            from .scan import open_reader as _open
+
+            open_reader = _open
+        self._open_reader = open_reader
+        self._readers: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def reader(self, source: str) -> Any:
+        r = self._readers.get(source)
+        if r is None:
+            r = self._readers[source] = self._open_reader(self.index, source)
+        return r
+
+    def recipe_for(self, modality: str) -> AugmentationRecipe:
+        return self.recipes.get(modality, self.recipes["default"])
+
+    def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
+        record = self.index.record(i)
+        try:
+            image = self.reader(record.source).load(record)
+            if (
+                not isinstance(image, np.ndarray)
+                or image.ndim not in (2, 3)
+                or min(image.shape[:2]) < 1
+            ):
+                raise BadImageError(
+                    record.uri, f"reader returned no usable image ({getattr(image, 'shape', None)})"
+                )
+            views = self.recipe_for(record.modality).sample_views(image, record)
+        except BadImageError as exc:
+            return Skipped(record.uri, exc.reason)
+        except (ValueError, OSError) as exc:  # e.g. a degenerate image the crop cannot handle
+            return Skipped(record.uri, f"{type(exc).__name__}: {exc}")
+        return {"views": views, "label": record.label, "modality": record.modality}
+
+
+def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | None:
+    """Stack views into ``Batch``; skipped samples are dropped and listed on
+    ``batch.skipped``. Returns ``None`` when every sample of the batch was bad."""
+    import torch
+
+    good = [s for s in samples if not isinstance(s, Skipped)]
+    skipped = [(s.uri, s.reason) for s in samples if isinstance(s, Skipped)]
+    if not good:
+        return _EmptyBatch(skipped)  # type: ignore[return-value]
+    n_global = len(good[0]["views"]["global"])
+    n_local = len(good[0]["views"]["local"])
+    global_views = [
+        torch.from_numpy(np.stack([s["views"]["global"][k] for s in good])) for k in range(n_global)
+    ]
+    local_views = [
+        torch.from_numpy(np.stack([s["views"]["local"][k] for s in good])) for k in range(n_local)
+    ]
+    labels_raw = [s["label"] for s in good]
+    labels = None
+    if all(lb is not None for lb in labels_raw):
+        if isinstance(labels_raw[0], tuple):
+            labels = torch.tensor(labels_raw, dtype=torch.float32)
+        else:
+            labels = torch.tensor(labels_raw, dtype=torch.int64)
+    batch = Batch(
+        global_views=global_views,
+        local_views=local_views,
+        labels=labels,
+        modality=[s["modality"] for s in good],
+    )
+    batch.skipped = skipped  # type: ignore[attr-defined]
+    return batch
+
+
+class _EmptyBatch:
+    """What ``collate`` returns when a whole batch was unusable; carries the reasons."""
+
+    def __init__(self, skipped: list[tuple[str, str]]) -> None:
+        self.skipped = skipped
+
+
+class BadImageLog:
+    """Counts skipped images in the main process and writes them to a report file."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def add(self, batch: Any) -> None:
+        self.entries.extend(getattr(batch, "skipped", ()))
+
+    def track(self, batches: Iterable[Any]) -> Iterator[Batch]:
+        """Yield the usable batches of a loader, logging what each skipped."""
+        for b in batches:
+            self.add(b)
+            if isinstance(b, Batch):
+                yield b
+
+    def reasons(self) -> Counter[str]:
+        return Counter(r.split(":")[0] for _, r in self.entries)
+
+    def write(self, path: str) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["uri", "reason"])
+            w.writerows(self.entries)
