@@ -234,7 +234,7 @@ def test_medmnist_multilabel_gray_and_bad_layout(tmp_path):
     assert recs[0].modality == "xray" and reader.multilabel
     assert recs[2].label == tuple(int(v) for v in arrays["train_labels"][2])
     assert reader.load(recs[2]).shape == (28, 28)
-    imgs, labels = reader.split_arrays("val")
+    _imgs, labels = reader.split_arrays("val")
     assert labels.shape == (4, 14)
 
     np.savez(tmp_path / "pathmnist.npz", images=np.zeros((3, 28, 28), np.uint8))
@@ -252,7 +252,7 @@ def test_demo_dataset_real_images_with_honest_tags():
     from biovfm_readers.demo import DemoReader
 
     reader = DemoReader()
-    recs, probs = _split(list(reader.scan()))
+    recs, _probs = _split(list(reader.scan()))
     mods = {r.modality for r in recs}
     assert {"ct", "mr", "us", "fundus", "microscopy"} <= mods
     assert len(recs) >= 50
