@@ -42,8 +42,13 @@ def child_build(n: int, path: str) -> dict[str, float]:
     t1 = time.perf_counter()
     index.save(path)
     t2 = time.perf_counter()
-    return {"build_s": t1 - t0, "save_s": t2 - t1, "peak_mb": _peak_mb(),
-            "file_mb": os.path.getsize(path) / 2**20, "index_mb": index.nbytes() / 2**20}
+    return {
+        "build_s": t1 - t0,
+        "save_s": t2 - t1,
+        "peak_mb": _peak_mb(),
+        "file_mb": os.path.getsize(path) / 2**20,
+        "index_mb": index.nbytes() / 2**20,
+    }
 
 
 def child_load(path: str) -> dict[str, float]:
@@ -58,8 +63,9 @@ def child_load(path: str) -> dict[str, float]:
 
 
 def run_child(*args: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -75,14 +81,19 @@ def main() -> None:
         else:
             print(json.dumps(child_load(a.child[1])))
         return
-    print("| entries | build s | build peak RSS MB | save s | file MB | load s | load peak RSS MB |")
+    print(
+        "| entries | build s | build peak RSS MB | save s | file MB | load s | load peak RSS MB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in a.sizes:
         path = os.path.join(a.dir, f"bench_index_{n}.npz")
         b = run_child("build", str(n), path)
         ld = run_child("load", path)
-        print(f"| {n:,} | {b['build_s']:.1f} | {b['peak_mb']:.0f} | {b['save_s']:.1f} | "
-              f"{b['file_mb']:.0f} | {ld['load_s']:.2f} | {ld['peak_mb']:.0f} |", flush=True)
+        print(
+            f"| {n:,} | {b['build_s']:.1f} | {b['peak_mb']:.0f} | {b['save_s']:.1f} | "
+            f"{b['file_mb']:.0f} | {ld['load_s']:.2f} | {ld['peak_mb']:.0f} |",
+            flush=True,
+        )
         os.unlink(path)
 
 

@@ -54,4 +54,4 @@ def test_hundred_thousand_entries_fast(tmp_path):
     index = b.build()
     assert index.nbytes() <= 100_000 * 41  # ~17 bytes of name + 24 of columns
     loaded = SampleIndex.load(index.save(tmp_path / "big.npz"))
-    assert loaded.uri(99_999) == "/data/s5/img_0099999.png"
+    assert loaded.uri(99_999) == "/data/s4/img_0099999.png"

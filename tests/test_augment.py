@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from biovfm_augment.recipes import (
+    ColourConstancyRecipe,
+    CTRecipe,
+    MicroscopyRecipe,
+    MRRecipe,
+    MultiCropRecipe,
+    UltrasoundRecipe,
+    XRayRecipe,
+    shades_of_gray,
+    window,
+)
+
+from biovfm_core.protocols import Batch, SampleRecord, ViewSpec
+
+VIEWS = ViewSpec(global_crops=2, global_size=64, local_crops=3, local_size=32)
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def _unnorm(v):
+    return v * STD[:, None, None] + MEAN[:, None, None]
+
+
+@pytest.mark.parametrize(
+    ("cls", "image"),
+    [
+        (MultiCropRecipe, np.random.default_rng(0).integers(0, 255, (100, 120), dtype=np.uint8)),
+        (XRayRecipe, np.random.default_rng(0).integers(0, 65535, (100, 120), dtype=np.uint16)),
+        (MRRecipe, np.random.default_rng(0).normal(500, 100, (80, 90)).astype(np.int16)),
+        (MicroscopyRecipe, np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8)),
+        (UltrasoundRecipe, np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8)),
+        (
+            ColourConstancyRecipe,
+            np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8),
+        ),
+        (CTRecipe, np.random.default_rng(0).uniform(-1024, 2000, (70, 70)).astype(np.float32)),
+    ],
+)
+def test_views_shapes_channels_and_range(cls, image):
+    recipe = pickle.loads(pickle.dumps(cls(VIEWS)))  # recipes must survive worker pickling
+    out = recipe.sample_views(image, SampleRecord("x", "s", "ct"))
+    assert len(out["global"]) == 2 and len(out["local"]) == 3
+    for v in out["global"]:
+        assert v.shape == (3, 64, 64) and v.dtype == np.float32
+    for v in out["local"]:
+        assert v.shape == (3, 32, 32)
+    x = _unnorm(out["global"][0])
+    assert x.min() >= -1e-5 and x.max() <= 1 + 1e-5
+    if image.ndim == 2:  # gray repeated into three identical channels
+        np.testing.assert_allclose(x[0], x[1], atol=1e-5)
+
+
+def test_ct_window_maps_hounsfield_to_unit_range():
+    hu = np.array([-2000.0, -160.0, 40.0, 240.0, 3000.0], np.float32)
+    np.testing.assert_allclose(window(hu, 40, 400), [0, 0, 0.5, 1, 1])
+    recipe = CTRecipe(
+        ViewSpec(global_crops=1, global_size=16, local_crops=0),
+        windows="40/400",
+        jitter=0.0,
+        flip=False,
+    )
+    img = np.full((40, 40), 40.0, np.float32)  # soft tissue at the window centre
+    (v,) = recipe.sample_views(img, SampleRecord("x", "s", "ct"))["global"]
+    np.testing.assert_allclose(_unnorm(v), 0.5, atol=1e-5)
+    air = recipe.sample_views(np.full((40, 40), -1000.0, np.float32), SampleRecord("x", "s", "ct"))
+    np.testing.assert_allclose(_unnorm(air["global"][0]), 0.0, atol=1e-5)
+
+
+def test_16bit_range_kept_until_recipe():
+    # A 16-bit image whose values all sit above 255 must not saturate: it is mapped
+    # by its own percentiles, so a dark and a bright half stay distinct.
+    img = np.zeros((64, 64), np.uint16)
+    img[:, :32], img[:, 32:] = 30000, 60000
+    r = MultiCropRecipe(
+        ViewSpec(global_crops=1, global_size=64, global_scale=(1.0, 1.0), local_crops=0), flip=False
+    )
+    (v,) = r.sample_views(img, SampleRecord("x", "s", "xray"))["global"]
+    x = _unnorm(v)[0]
+    assert x[:, :20].mean() < 0.05 and x[:, -20:].mean() > 0.95
+
+
+def test_shades_of_gray_removes_colour_cast():
+    rgb = np.random.default_rng(0).uniform(0.2, 0.6, (32, 32, 3)).astype(np.float32)
+    cast = rgb * np.array([1.0, 0.7, 0.5], np.float32)
+    out = shades_of_gray(cast)
+    means = out.reshape(-1, 3).mean(0)
+    assert means.max() / means.min() < 1.1
+
+
+def test_batch_transform_on_device_keeps_shapes():
+    import torch
+
+    r = MultiCropRecipe(VIEWS)
+    b = Batch(
+        [torch.zeros(2, 3, 64, 64) for _ in range(2)],
+        [torch.zeros(2, 3, 32, 32)],
+        modality=["ct", "mr"],
+    )
+    out = r.batch_transform(b)
+    assert [v.shape for v in out.global_views] == [(2, 3, 64, 64)] * 2 and out.modality == [
+        "ct",
+        "mr",
+    ]
+    no_colour = MultiCropRecipe(ViewSpec(color_augment=False))
+    assert no_colour.batch_transform(b) is b
+
+
+def test_recipes_registered_under_modality_ids():
+    from biovfm_core.registry import get_registry
+
+    names = set(get_registry().names("augmentations"))
+    assert {"default", "ct", "mr", "xray", "microscopy", "us", "fundus", "dermoscopy"} <= names
+    recipe = get_registry().build("augmentations", "ct", VIEWS, options={"jitter": 0.05})
+    assert isinstance(recipe, CTRecipe) and recipe.jitter == 0.05
