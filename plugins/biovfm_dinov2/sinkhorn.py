@@ -46,13 +46,16 @@ def sinkhorn_knopp(
     num_prototypes = q.shape[0]
     num_samples = _all_reduce(torch.tensor(float(q.shape[1]), device=q.device))
 
+    # A prototype whose scores all underflow (far from every sample at a low
+    # temperature) has zero mass; clamping keeps it at zero instead of 0/0 = NaN.
+    tiny = torch.finfo(q.dtype).tiny
     q /= _all_reduce(q.sum())
     for _ in range(n_iterations):
         # Each prototype (row) gets total mass 1/K ...
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
         q /= num_prototypes
         # ... then each sample (column) gets mass 1/B.
-        q /= q.sum(dim=0, keepdim=True)
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
         q /= num_samples
     # Rescale columns from mass 1/B to probability distributions.
     q *= num_samples
