@@ -89,9 +89,11 @@ def biovfm_register_augmentations(register: Register) -> None:
     """Register augmentation recipes.
 
     Factory signature: ``factory(views: ViewSpec, *, <options>) -> AugmentationRecipe``.
-    The recipe makes the views an objective declared: ``sample_views(image, record)``
-    in CPU workers (albumentations; must pickle) and ``batch_transform(batch)`` on the
-    device (kornia). A recipe registered under a modality id
+    The recipe makes the views an objective declared:
+    ``sample_views(image, record, rng)`` in CPU workers (albumentations; must pickle),
+    drawing every random choice from ``rng: numpy.random.Generator`` so a seeded
+    sample is reproducible, and ``batch_transform(batch)`` on the device (kornia,
+    torch's global generator). A recipe registered under a modality id
     (``biovfm_core.protocols.MODALITIES``: ``ct``, ``mr``, ``xray`` ...) is the one
     ``--augmentation auto`` applies to samples of that modality; ``default`` serves
     the rest.

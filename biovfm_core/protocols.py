@@ -284,12 +284,19 @@ class AugmentationRecipe(Protocol):
     float32 Hounsfield units for CT), to ``{"global": [...], "local": [...]}`` of
     float32 ``(C, H, W)`` arrays. The recipe owns the intensity mapping of its
     modality (CT windowing, X-ray CLAHE, ...) and the gray → 3-channel step.
+    Every random choice of ``sample_views`` (crops, flips, windows, noise, and those
+    of libraries it calls, such as albumentations) must be drawn from ``rng``, never
+    from a global or private generator: the loader seeds ``rng`` per sample, so equal
+    seeds give bitwise-equal views, in any worker, after pickling, and on resume.
 
     ``batch_transform`` runs once per batch on the training device (kornia), for the
-    photometric part that is cheaper on a GPU; it returns the transformed batch.
+    photometric part that is cheaper on a GPU; it returns the transformed batch. Its
+    randomness comes from torch's global generator, which checkpoints save.
     """
 
-    def sample_views(self, image: np.ndarray, record: SampleRecord) -> dict[str, list[Any]]: ...
+    def sample_views(
+        self, image: np.ndarray, record: SampleRecord, rng: np.random.Generator
+    ) -> dict[str, list[Any]]: ...
 
     def batch_transform(self, batch: Batch) -> Batch: ...
 

@@ -72,8 +72,16 @@ class ImageDataset:
     def recipe_for(self, modality: str) -> AugmentationRecipe:
         return self.recipes.get(modality, self.recipes["default"])
 
-    def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
-        record = self.index.record(i)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | Skipped:
+        """Sample ``key``: an index ``i``, or ``(i, seed)`` for views that depend only
+        on ``seed`` (a sampler yielding pairs makes an epoch replayable on resume,
+        whatever the worker count). A plain ``i`` draws from fresh OS entropy."""
+        if isinstance(key, tuple):
+            i, seed = key
+            rng = np.random.default_rng(seed)
+        else:
+            i, rng = key, np.random.default_rng()
+        record = self.index.record(int(i))
         try:
             image = self.reader(record.source).load(record)
             if (
@@ -84,7 +92,7 @@ class ImageDataset:
                 raise BadImageError(
                     record.uri, f"reader returned no usable image ({getattr(image, 'shape', None)})"
                 )
-            views = self.recipe_for(record.modality).sample_views(image, record)
+            views = self.recipe_for(record.modality).sample_views(image, record, rng)
         except BadImageError as exc:
             return Skipped(record.uri, exc.reason)
         except (ValueError, OSError) as exc:  # e.g. a degenerate image the crop cannot handle

@@ -17,6 +17,7 @@ solarize on the training device with kornia when ``views.color_augment`` is set.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
@@ -122,14 +123,26 @@ class MultiCropRecipe:
         """Map one crop (float32, raw values) to [0, 1]; modality recipes override this."""
         return to_unit_range(crop, state, dtype)
 
-    def sample_views(self, image: np.ndarray, record: SampleRecord) -> dict[str, list[Any]]:
+    def sample_views(
+        self, image: np.ndarray, record: SampleRecord, rng: np.random.Generator
+    ) -> dict[str, list[Any]]:
+        """Views of one image; every random choice is drawn from ``rng``, so the same
+        generator state gives bitwise the same views (resumable, reproducible runs)."""
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
         dtype = image.dtype
         state = self.prepare(image, record)
         raw = image.astype(np.float32, copy=False)
-        rng = np.random.default_rng()
+        # Albumentations draws from its own generators. Handing it ``rng`` plus one
+        # Python Random seeded from it, once per sample, costs ~6 us; reseeding each
+        # view's Compose (``set_random_seed``) builds 3 generator pairs per view,
+        # ~40 us a view, twice the crops' own cost. The composes are then bound to
+        # this call's generators: a recipe must not serve two threads at once
+        # (loader workers are processes, each with its own copy).
+        py_random = random.Random(int(rng.integers(2**63)))
+        self._global_crop.set_random_state(rng, py_random)
+        self._local_crop.set_random_state(rng, py_random)
         out: dict[str, list[Any]] = {"global": [], "local": []}
         for key, crop, n in (
             ("global", self._global_crop, self.views.global_crops),
