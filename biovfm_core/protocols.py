@@ -113,6 +113,8 @@ class Batch:
     local_views: list[torch.Tensor] = field(default_factory=list)
     labels: torch.Tensor | None = None
     modality: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(uri, reason)`` of the images the loader dropped from this batch."""
 
     @property
     def size(self) -> int:

@@ -7,10 +7,10 @@ import pickle
 import numpy as np
 from biovfm_augment.recipes import MultiCropRecipe
 
-from biovfm_core.data.dataset import ImageDataset
+from biovfm_core.data.dataset import BadImageLog, EmptyBatch, ImageDataset, collate
 from biovfm_core.data.index import build_index
 from biovfm_core.errors import BadImageError
-from biovfm_core.protocols import SampleRecord, ViewSpec
+from biovfm_core.protocols import Batch, SampleRecord, ViewSpec
 
 VIEWS = ViewSpec(global_crops=2, global_size=32, local_crops=2, local_size=16)
 
@@ -53,3 +53,19 @@ def test_seeded_item_is_reproducible_across_copies_and_differs_by_seed():
 def test_unseeded_items_differ():
     ds = _dataset(["/d/0.png"])
     assert _flat(ds[0]) != _flat(ds[0])
+
+
+def test_collate_lists_skipped_on_the_batch_and_log_counts_them():
+    ds = _dataset(["/d/0.png", "/d/bad1.png", "/d/2.png", "/d/bad3.png", "/d/bad4.png"])
+    batches = [collate([ds[(k, k)] for k in ks]) for ks in ([0, 1, 2], [3, 4])]
+    first, second = batches
+    assert isinstance(first, Batch) and first.size == 2
+    assert first.skipped == [("/d/bad1.png", "truncated")]
+    assert first.labels.tolist() == [0, 2] and first.modality == ["xray", "xray"]
+    # Nothing usable: not a Batch an objective could be handed, but it keeps the reasons.
+    assert isinstance(second, EmptyBatch) and not isinstance(second, Batch)
+    assert second.skipped == [("/d/bad3.png", "truncated"), ("/d/bad4.png", "truncated")]
+
+    log = BadImageLog()
+    assert [b.size for b in log.track(batches)] == [2]
+    assert log.count == 3 and log.reasons() == {"truncated": 3}

@@ -2,8 +2,9 @@
 
 A bad image (``BadImageError``) never stops training: the sample becomes a
 ``Skipped`` marker, ``collate`` drops it and carries ``(uri, reason)`` on the batch
-(``batch.skipped``), and ``BadImageLog`` in the main process counts them and writes
-the report file to the run folder. Workers cannot share a counter, so the list
+(``batch.skipped``; an ``EmptyBatch`` when no image of the batch was usable), and
+``BadImageLog`` in the main process counts them and writes the report file to the
+run folder. Workers cannot share a counter, so the list
 travels with the batch.
 """
 
@@ -100,15 +101,26 @@ class ImageDataset:
         return {"views": views, "label": record.label, "modality": record.modality}
 
 
-def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | None:
+@dataclass(frozen=True)
+class EmptyBatch:
+    """What ``collate`` returns when every sample of a batch was unusable.
+
+    Not a ``Batch`` (it has no views, so an objective cannot be handed one by
+    mistake); it still carries the reasons so ``BadImageLog`` counts the images.
+    """
+
+    skipped: list[tuple[str, str]]
+
+
+def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | EmptyBatch:
     """Stack views into ``Batch``; skipped samples are dropped and listed on
-    ``batch.skipped``. Returns ``None`` when every sample of the batch was bad."""
+    ``batch.skipped``. Returns ``EmptyBatch`` when every sample of the batch was bad."""
     import torch
 
     good = [s for s in samples if not isinstance(s, Skipped)]
     skipped = [(s.uri, s.reason) for s in samples if isinstance(s, Skipped)]
     if not good:
-        return _EmptyBatch(skipped)  # type: ignore[return-value]
+        return EmptyBatch(skipped)
     n_global = len(good[0]["views"]["global"])
     n_local = len(good[0]["views"]["local"])
     global_views = [
@@ -124,21 +136,13 @@ def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | None:
             labels = torch.tensor(labels_raw, dtype=torch.float32)
         else:
             labels = torch.tensor(labels_raw, dtype=torch.int64)
-    batch = Batch(
+    return Batch(
         global_views=global_views,
         local_views=local_views,
         labels=labels,
         modality=[s["modality"] for s in good],
+        skipped=skipped,
     )
-    batch.skipped = skipped  # type: ignore[attr-defined]
-    return batch
-
-
-class _EmptyBatch:
-    """What ``collate`` returns when a whole batch was unusable; carries the reasons."""
-
-    def __init__(self, skipped: list[tuple[str, str]]) -> None:
-        self.skipped = skipped
 
 
 class BadImageLog:
@@ -151,10 +155,10 @@ class BadImageLog:
     def count(self) -> int:
         return len(self.entries)
 
-    def add(self, batch: Any) -> None:
-        self.entries.extend(getattr(batch, "skipped", ()))
+    def add(self, batch: Batch | EmptyBatch) -> None:
+        self.entries.extend(batch.skipped)
 
-    def track(self, batches: Iterable[Any]) -> Iterator[Batch]:
+    def track(self, batches: Iterable[Batch | EmptyBatch]) -> Iterator[Batch]:
         """Yield the usable batches of a loader, logging what each skipped."""
         for b in batches:
             self.add(b)
