@@ -169,3 +169,62 @@ def test_albumentations_draws_only_from_the_given_rng():
     random.seed(99)
     b = _views(recipe, image, 5)
     assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+
+
+# ------------------------------------------------------------------ options
+# One real recipe-specific option per registered name, with a string value as
+# `--opt augmentation.k=v` delivers it and the typed value it must coerce to.
+OWN_OPTION = {
+    "default": ("solarize_p", "0.1", 0.1),
+    "ct": ("windows", "40/400", "40/400"),
+    "mr": ("gamma", "[0.8, 1.2]", (0.8, 1.2)),
+    "xray": ("clip_limit", "3", 3.0),
+    "microscopy": ("sigma", "0.1", 0.1),
+    "us": ("strength", "0.2", 0.2),
+    "fundus": ("power", "4", 4.0),
+    "dermoscopy": ("power", "4", 4.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_OPTION))
+def test_registry_validates_recipe_options(name):
+    from biovfm_core.errors import ConfigError
+    from biovfm_core.registry import get_registry
+
+    registry = get_registry()
+    key, raw, value = OWN_OPTION[name]
+    checked = registry.validate(
+        "augmentations", name, {key: raw, "flip": "false", "mean": [0.5, 0.5, 0.5]}
+    )
+    assert checked == {key: value, "flip": False, "mean": (0.5, 0.5, 0.5)}
+    with pytest.raises(ConfigError, match=rf"unknown option augmentation\.{key}x.*did you mean"):
+        registry.validate("augmentations", name, {key + "x": raw})
+    with pytest.raises(ConfigError, match="expected tuple"):
+        registry.validate("augmentations", name, {"std": [0.2, 0.2]})
+
+
+def test_recipe_options_reach_the_recipe():
+    from biovfm_core.registry import get_registry
+
+    recipe = get_registry().build(
+        "augmentations", "ct", VIEWS, options={"flip": "false", "windows": "-600/1500"}
+    )
+    assert recipe.flip is False and recipe.windows == [(-600.0, 1500.0)]
+    assert len(recipe._global_crop.transforms) == 1  # the crop alone, no flip
+
+
+def test_multi_crop_option_defaults_agree_across_recipes():
+    import inspect
+
+    base = inspect.signature(MultiCropRecipe).parameters
+    for cls in (
+        CTRecipe,
+        MRRecipe,
+        XRayRecipe,
+        MicroscopyRecipe,
+        UltrasoundRecipe,
+        ColourConstancyRecipe,
+    ):
+        params = inspect.signature(cls).parameters
+        for name in ("flip", "mean", "std", "jitter_p", "blur_global", "solarize_p"):
+            assert params[name].default == base[name].default, (cls.__name__, name)

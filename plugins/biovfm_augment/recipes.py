@@ -210,10 +210,12 @@ class CTRecipe(MultiCropRecipe):
     """CT in Hounsfield units: each view picks a clinical window (level/width) and
     jitters it, then maps [level - width/2, level + width/2] to [0, 1].
 
-    Options (besides the multi-crop ones)
+    Options
     -------
     windows: comma list of ``level/width`` presets (soft tissue, lung, bone, brain).
     jitter: relative jitter of level and width.
+    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
+    ``MultiCropRecipe``).
     """
 
     def __init__(
@@ -222,9 +224,22 @@ class CTRecipe(MultiCropRecipe):
         *,
         windows: str = "40/400,-600/1500,400/1800,40/80",
         jitter: float = 0.1,
-        **kwargs: Any,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
     ) -> None:
-        super().__init__(views, **kwargs)
+        super().__init__(
+            views,
+            flip=flip,
+            mean=mean,
+            std=std,
+            jitter_p=jitter_p,
+            blur_global=blur_global,
+            solarize_p=solarize_p,
+        )
         self.windows = [
             tuple(float(x) for x in w.split("/")) for w in windows.split(",") if w.strip()
         ]
@@ -257,7 +272,13 @@ class MRRecipe(MultiCropRecipe):
     """MR: percentile normalisation, a smooth multiplicative bias field (quadratic
     polynomial, as scanners' coil inhomogeneity looks), and a random gamma.
 
-    Options: bias (max field amplitude), gamma (range), p (probability of each).
+    Options
+    -------
+    bias: maximum amplitude of the log bias field.
+    gamma: range the gamma exponent is drawn from.
+    p: probability of the bias field, and separately of the gamma, per view.
+    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
+    ``MultiCropRecipe``).
     """
 
     def __init__(
@@ -267,9 +288,22 @@ class MRRecipe(MultiCropRecipe):
         bias: float = 0.3,
         gamma: tuple[float, float] = (0.7, 1.5),
         p: float = 0.5,
-        **kwargs: Any,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
     ) -> None:
-        super().__init__(views, **kwargs)
+        super().__init__(
+            views,
+            flip=flip,
+            mean=mean,
+            std=std,
+            jitter_p=jitter_p,
+            blur_global=blur_global,
+            solarize_p=solarize_p,
+        )
         self.bias, self.gamma, self.p = bias, gamma, p
 
     def prepare(self, image: np.ndarray, record: SampleRecord) -> Any:
@@ -299,7 +333,14 @@ class XRayRecipe(MultiCropRecipe):
     """X-ray: CLAHE (contrast-limited adaptive histogram equalisation) on a 16-bit or
     8-bit mapping, then random contrast/brightness.
 
-    Options: clahe_p, clip_limit, contrast (± range), brightness (± range).
+    Options
+    -------
+    clahe_p: probability of CLAHE per view.
+    clip_limit: CLAHE contrast limit (OpenCV's ``clipLimit``; 8x8 tiles).
+    contrast: contrast factor drawn from ``1 ± contrast``.
+    brightness: offset drawn from ``± brightness``.
+    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
+    ``MultiCropRecipe``).
     """
 
     def __init__(
@@ -310,9 +351,22 @@ class XRayRecipe(MultiCropRecipe):
         clip_limit: float = 2.0,
         contrast: float = 0.2,
         brightness: float = 0.1,
-        **kwargs: Any,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
     ) -> None:
-        super().__init__(views, **kwargs)
+        super().__init__(
+            views,
+            flip=flip,
+            mean=mean,
+            std=std,
+            jitter_p=jitter_p,
+            blur_global=blur_global,
+            solarize_p=solarize_p,
+        )
         self.clahe_p, self.clip_limit = clahe_p, clip_limit
         self.contrast, self.brightness = contrast, brightness
 
@@ -336,7 +390,13 @@ class MicroscopyRecipe(MultiCropRecipe):
     DAB optical densities, each scaled by ``1 ± sigma`` and shifted by ``± bias``,
     back to RGB. Gray microscopy (fluorescence, phase contrast) is left as is.
 
-    Options: sigma, bias, p.
+    Options
+    -------
+    sigma: stain scale drawn from ``1 ± sigma`` per channel.
+    bias: stain shift drawn from ``± bias`` (times the channel's largest density).
+    p: probability of the stain jitter per view.
+    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
+    ``MultiCropRecipe``).
     """
 
     def __init__(
@@ -346,9 +406,22 @@ class MicroscopyRecipe(MultiCropRecipe):
         sigma: float = 0.05,
         bias: float = 0.05,
         p: float = 0.8,
-        **kwargs: Any,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
     ) -> None:
-        super().__init__(views, **kwargs)
+        super().__init__(
+            views,
+            flip=flip,
+            mean=mean,
+            std=std,
+            jitter_p=jitter_p,
+            blur_global=blur_global,
+            solarize_p=solarize_p,
+        )
         self.sigma, self.bias, self.p = sigma, bias, p
 
     def intensity(
@@ -369,13 +442,36 @@ class UltrasoundRecipe(MultiCropRecipe):
     """Ultrasound: multiplicative speckle, gamma-distributed with mean 1 (the
     fully developed speckle model), strength drawn per view.
 
-    Options: strength (max std of the speckle), p.
+    Options
+    -------
+    strength: largest speckle standard deviation (drawn from [0.02, strength]).
+    p: probability of speckle per view.
+    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
+    ``MultiCropRecipe``).
     """
 
     def __init__(
-        self, views: ViewSpec, *, strength: float = 0.15, p: float = 0.5, **kwargs: Any
+        self,
+        views: ViewSpec,
+        *,
+        strength: float = 0.15,
+        p: float = 0.5,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
     ) -> None:
-        super().__init__(views, **kwargs)
+        super().__init__(
+            views,
+            flip=flip,
+            mean=mean,
+            std=std,
+            jitter_p=jitter_p,
+            blur_global=blur_global,
+            solarize_p=solarize_p,
+        )
         self.strength, self.p = strength, p
 
     def intensity(
@@ -395,13 +491,36 @@ class ColourConstancyRecipe(MultiCropRecipe):
     2004; standard for ISIC) removes the camera's illuminant cast, applied with
     probability ``p`` so the model also sees the raw colours.
 
-    Options: power (Minkowski norm; 6 is the ISIC choice), p.
+    Options
+    -------
+    power: Minkowski norm of the illuminant estimate (6 is the ISIC choice).
+    p: probability of the correction per view.
+    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
+    ``MultiCropRecipe``).
     """
 
     def __init__(
-        self, views: ViewSpec, *, power: float = 6.0, p: float = 0.5, **kwargs: Any
+        self,
+        views: ViewSpec,
+        *,
+        power: float = 6.0,
+        p: float = 0.5,
+        flip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_p: float = 0.8,
+        blur_global: tuple[float, float] = (1.0, 0.1),
+        solarize_p: float = 0.2,
     ) -> None:
-        super().__init__(views, **kwargs)
+        super().__init__(
+            views,
+            flip=flip,
+            mean=mean,
+            std=std,
+            jitter_p=jitter_p,
+            blur_global=blur_global,
+            solarize_p=solarize_p,
+        )
         self.power, self.p = power, p
 
     def intensity(
