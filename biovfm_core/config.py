@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import ConfigError
 from biovfm_core.options import coerce, parse_assignment
 
@@ -39,7 +40,7 @@ class DataConfig:
     modalities: list[str] = field(default_factory=list)
     """Restrict to these modality ids; empty means all."""
     num_workers: int = 4
-    max_image_pixels: int = 200_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     """Images larger than this are skipped as decompression bombs."""
 
 

@@ -265,3 +265,19 @@ def test_demo_dataset_real_images_with_honest_tags():
     assert fundus.shape == (256, 256, 3) and fundus.dtype == np.uint8
     brain = [r for r in recs if r.anatomy == "brain"]
     assert brain and reader.load(brain[0]).ndim == 2
+
+
+def test_max_pixels_defaults_come_from_one_constant():
+    import inspect
+
+    from biovfm_readers.dicom import DicomReader
+    from biovfm_readers.folder import FolderReader
+    from biovfm_readers.nifti import NiftiReader
+
+    from biovfm_core.config import DataConfig
+    from biovfm_core.data import DEFAULT_MAX_PIXELS
+
+    assert DEFAULT_MAX_PIXELS == 200_000_000
+    assert DataConfig().max_image_pixels == DEFAULT_MAX_PIXELS
+    for reader in (FolderReader, DicomReader, NiftiReader):
+        assert inspect.signature(reader).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS

@@ -9,11 +9,6 @@ from urllib.parse import parse_qsl, urlencode
 from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import MODALITIES, SourceTags, normalise_modality
 
-# A 2D medical image is at most a few tens of megapixels (a mammogram is ~30 MP);
-# anything far above is a decompression bomb or a whole-slide image that needs a
-# tiling reader, and decoding it would exhaust a worker's memory.
-DEFAULT_MAX_PIXELS = 100_000_000
-
 # Sidecar files that dataset downloads carry next to their images; they are not
 # images, and listing them as problems would drown the real ones.
 SIDECAR_EXTENSIONS = frozenset(

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
 from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags, normalise_modality
 
 from ._common import (
-    DEFAULT_MAX_PIXELS,
     SIDECAR_EXTENSIONS,
     allowed_modalities,
     join_uri,

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
 from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
 
 from ._common import (
-    DEFAULT_MAX_PIXELS,
     allowed_modalities,
     join_uri,
     modality_from_path,
