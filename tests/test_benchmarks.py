@@ -31,3 +31,27 @@ def test_train_step_benchmark_runs_and_counts_flops(capsys):
     assert results[0].gflop_step > results[1].gflop_step
     out = capsys.readouterr().out
     assert "| dinov2 | vit_tiny |" in out and "| mae | vit_tiny |" in out
+
+
+def test_loader_benchmark_runs_and_reports_positive_rates(capsys):
+    bench = _load("bench_loader")
+    results = bench.main(
+        [
+            "--images", "6", "--batch-size", "2", "--workers", "1",
+            "--global-size", "32", "--local-size", "16", "--local-crops", "2",
+            "--steps", "1", "--warmup", "0",
+        ]
+    )  # fmt: skip
+    rows = [(r.recipe, r.stage, r.setting) for r in results]
+    assert rows == [
+        ("default", "loader", "0 workers"),
+        ("default", "loader", "1 workers"),
+        ("default", "batch_transform", "cpu"),
+        ("ct", "loader", "0 workers"),
+        ("ct", "loader", "1 workers"),
+        ("ct", "batch_transform", "cpu"),
+    ]
+    # The first batch is not timed (worker start-up): 2 of the 3 batches are.
+    assert [r.images for r in results if r.stage == "loader"] == [4, 4, 4, 4]
+    assert all(r.images_s > 0 for r in results)
+    assert "| ct | loader | 1 workers | 2 | 4 |" in capsys.readouterr().out
