@@ -137,15 +137,21 @@ class RunConfig:
 
     # ------------------------------------------------------------------ overrides
 
-    def set(self, key: str, value: Any, *, source: str = "--set") -> None:
+    @property
+    def explicit(self) -> set[str]:
+        """Dotted keys a user set (file, flags); presets fill only the others."""
+        return self.__dict__.setdefault("_explicit", set())
+
+    def set(self, key: str, value: Any, *, source: str = "--set", record: bool = True) -> None:
         """Set a field by dotted key (``train.batch_size``) or a whole section by dict.
 
         ``options.<kind>.<name>`` keys are stored as given; the chosen plugin checks
-        them (``validate_plugin_options``).
+        them (``validate_plugins``). ``record=False`` is for presets: the key is not
+        marked as the user's choice.
         """
         parts = key.split(".")
         if parts[0] == "options":
-            self._set_option(parts[1:], value, source)
+            self._set_option(parts[1:], value, source, record=record)
             return
         target: Any = self
         for depth, part in enumerate(parts):
@@ -160,7 +166,7 @@ class RunConfig:
                     if not isinstance(value, dict):
                         raise ConfigError(f"{source}: {key} must be a mapping")
                     for sub_key, sub_value in value.items():
-                        self.set(f"{key}.{sub_key}", sub_value, source=source)
+                        self.set(f"{key}.{sub_key}", sub_value, source=source, record=record)
                     return
                 target = current
                 continue
@@ -170,12 +176,16 @@ class RunConfig:
                 setattr(target, part, coerce(value, hint))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{source}: {key}: {exc}") from None
+            if record:
+                self.explicit.add(key)
             return
 
-    def _set_option(self, parts: list[str], value: Any, source: str) -> None:
+    def _set_option(
+        self, parts: list[str], value: Any, source: str, *, record: bool = True
+    ) -> None:
         if not parts and isinstance(value, dict):  # the whole `options:` section
             for kind, section in value.items():
-                self._set_option([str(kind)], section, source)
+                self._set_option([str(kind)], section, source, record=record)
             return
         if not parts or parts[0] not in PLUGIN_KINDS:
             raise ConfigError(
@@ -186,9 +196,12 @@ class RunConfig:
         if len(parts) == 1:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: options.{kind} must be a mapping")
-            self.options[kind].update(value)
+            updates = dict(value)
         else:
-            self.options[kind][".".join(parts[1:])] = value
+            updates = {".".join(parts[1:]): value}
+        self.options[kind].update(updates)
+        if record:
+            self.explicit.update(f"options.{kind}.{name}" for name in updates)
 
     def apply_sets(self, assignments: list[str]) -> None:
         """Apply ``--set train.batch_size=128`` style overrides (raw strings)."""

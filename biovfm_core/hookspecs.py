@@ -10,7 +10,8 @@ of its distribution::
 
 Each hook receives one argument, ``register``, a callable::
 
-    register(name: str, factory: Callable | str, *, description: str = "") -> None
+    register(name: str, factory: Callable | str, *, description: str = "",
+             presets: dict[str, dict] | None = None) -> None
 
 ``name`` is what users type (``--objective my_loss``); lowercase letters, digits,
 ``_``, ``-`` and ``.``. A name that ends with ``:`` registers a *family*: the user
@@ -20,6 +21,10 @@ writes ``timm:resnet50`` and the factory receives ``variant="resnet50"``.
 ``"package.module:attr"`` naming it. Prefer the string: it is imported only when a
 command needs that very object, so ``biovfm --help`` and ``biovfm plugins`` stay
 fast even when your plugin imports torch.
+
+``presets`` names option sets for a setting; biovfm knows ``"cpu"``: the values
+``biovfm train`` uses on a machine without a GPU for options the user did not set
+(e.g. fewer prototypes, smaller crops), so the demo finishes in minutes there.
 
 Options. Every keyword-only parameter of a factory is a user-facing option, settable
 from YAML (``options: {objective: {teacher_temp: 0.07}}``) or the command line

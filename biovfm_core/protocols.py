@@ -192,6 +192,34 @@ class Backbone(Protocol):
 
 
 @dataclass(frozen=True)
+class OptimRecipe:
+    """An objective's published optimisation recipe (``Objective.optim_recipe``).
+
+    The engine starts from it and lets every ``optim.*`` config field override it.
+    Peak learning rate = ``base_lr`` scaled by ``batch / reference_batch``
+    (``lr_scaling="linear"``, MAE's and DeiT's rule) or its square root
+    (``"sqrt"``, DINOv2's rule). Weight decay follows a cosine from
+    ``weight_decay`` to ``weight_decay_end`` (``None``: constant). Norms, biases,
+    position embeddings and class/mask/register tokens never decay.
+    ``layer_decay`` multiplies the learning rate of backbone layer ``i`` of ``L`` by
+    ``layer_decay ** (L + 1 - i)``; ``patch_embed_lr_mult`` scales the patch
+    embedding's further (DINOv2: 0.2).
+    """
+
+    base_lr: float = 1e-3
+    reference_batch: int = 256
+    lr_scaling: str = "linear"
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10.0
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 3.0
+    layer_decay: float | None = None
+    patch_embed_lr_mult: float = 1.0
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """What the data tells an objective before training starts.
 
@@ -242,9 +270,14 @@ class Objective(Protocol):
 
     Everything the objective keeps across steps (teacher weights, centering
     statistics) must be in its ``state_dict`` so checkpoints and resumption cover it.
+    Randomness must come from torch's (or numpy's / Python's) global generators, which
+    checkpoints save and restore, so a resumed run repeats the uninterrupted one.
+
+    ``optim_recipe`` is optional: without it the engine uses ``OptimRecipe()``.
     """
 
     views: ViewSpec
+    optim_recipe: OptimRecipe
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar tensor, ...}``; other entries (detached

@@ -52,6 +52,7 @@ class Registration:
     factory: Callable[..., Any] | str
     plugin: str
     description: str = ""
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_family(self) -> bool:
@@ -158,7 +159,11 @@ class Registry:
 
     def _registrar(self, kind: str, info: PluginInfo) -> Callable[..., None]:
         def register(
-            name: str, factory: Callable[..., Any] | str, *, description: str = ""
+            name: str,
+            factory: Callable[..., Any] | str,
+            *,
+            description: str = "",
+            presets: Mapping[str, Mapping[str, Any]] | None = None,
         ) -> None:
             if not isinstance(name, str) or not _NAME_RE.match(name):
                 raise PluginError(
@@ -178,7 +183,14 @@ class Registry:
                     f"{existing.plugin!r} ({self._dist_of(existing.plugin)}) and by plugin "
                     f"{info.name!r} ({info.distribution}); uninstall or rename one"
                 )
-            self._entries[kind][name] = Registration(kind, name, factory, info.name, description)
+            self._entries[kind][name] = Registration(
+                kind,
+                name,
+                factory,
+                info.name,
+                description,
+                {k: dict(v) for k, v in (presets or {}).items()},
+            )
             info.registered[kind].append(name)
 
         return register
@@ -217,6 +229,10 @@ class Registry:
         if sep and variant and f"{family}:" in entries:
             return entries[f"{family}:"], variant
         raise UnknownNameError(_unknown_message(KIND_SINGULAR[kind], name, entries))
+
+    def preset(self, kind: str, name: str, preset: str) -> dict[str, Any]:
+        """The option values ``name`` recommends for ``preset`` (e.g. ``"cpu"``), or {}."""
+        return dict(self.get(kind, name)[0].presets.get(preset, {}))
 
     def options(self, kind: str, name: str) -> dict[str, OptionSpec]:
         return self.get(kind, name)[0].options()

@@ -151,7 +151,7 @@ def test_plugins_register_lazily_without_importing_torch() -> None:
         "import biovfm_timm.plugin as t, biovfm_dinov2.plugin as d\n"
         "import biovfm_mae.plugin as m, biovfm_supervised.plugin as s\n"
         "names = []\n"
-        "reg = lambda name, factory, description='': names.append((name, factory))\n"
+        "reg = lambda name, factory, **kw: names.append((name, factory))\n"
         "t.biovfm_register_backbones(reg)\n"
         "for p in (d, m, s): p.biovfm_register_objectives(reg)\n"
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from biovfm_core import __version__
@@ -86,10 +87,15 @@ def test_unbuilt_commands_fail_plainly(command):
     assert "not built yet" in result.output
 
 
-def test_train_without_dry_run_says_not_built():
-    result = CliRunner().invoke(cli, ["train", "--objective", "mae", "--backbone", "vit_tiny"])
-    assert result.exit_code == 2
-    assert "not built yet" in result.output
+def test_train_dry_run_shows_the_cpu_preset_for_unset_values():
+    result = CliRunner().invoke(cli, ["train", "--device", "cpu", "--batch-size", "4", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "# cpu preset for values not set: backbone=vit_tiny" in result.stdout
+    resolved = yaml.safe_load(
+        "\n".join(x for x in result.stdout.splitlines() if not x.startswith("#"))
+    )
+    assert resolved["train"]["batch_size"] == 4  # the user's value wins over the preset
+    assert resolved["options"]["objective"]["prototypes"] == 1024
 
 
 def test_train_dry_run_resolves_flags_config_and_options(tmp_path):
@@ -116,6 +122,8 @@ def test_train_dry_run_resolves_flags_config_and_options(tmp_path):
             "folder:/data/a",
             "--data",
             "dicom:/data/b",
+            "--device",
+            "cpu",
             "--dry-run",
         ],
     )
@@ -127,7 +135,9 @@ def test_train_dry_run_resolves_flags_config_and_options(tmp_path):
     assert resolved.objective == "mae"  # from the file
     assert resolved.backbone == "vit_tiny"  # flag beats file
     assert resolved.train.batch_size == 8  # named flag beats --set beats file
-    assert resolved.options["objective"] == {"mask_ratio": 0.6}
+    # The user's option stands; the CPU preset filled only the unset ones.
+    assert resolved.options["objective"]["mask_ratio"] == 0.6
+    assert resolved.options["objective"]["decoder_depth"] == 2
     assert resolved.options["backbone"] == {"patch_size": 14}
     assert resolved.data.sources == ["folder:/data/a", "dicom:/data/b"]
 

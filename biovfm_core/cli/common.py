@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
 
 from biovfm_core.config import RunConfig
+from biovfm_core.errors import ConfigError
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,9 +46,22 @@ def resolve_config(
     sets: tuple[str, ...],
     opts: tuple[str, ...],
     named: Mapping[str, Any],
+    *,
+    resume_from_run: bool = False,
 ) -> RunConfig:
-    """Defaults < YAML file < --set < named flags (those not left at None) < --opt."""
-    config = RunConfig.from_yaml(config_path) if config_path else RunConfig()
+    """Defaults < YAML file < --set < named flags (those not left at None) < --opt.
+
+    With ``resume_from_run`` and ``--resume RUN`` but no ``--config``, the run's own
+    saved config is the starting point, so ``biovfm train --resume RUN`` continues
+    the same run and flags such as ``--max-steps`` extend it.
+    """
+    resume = named.get("resume")
+    if config_path:
+        config = RunConfig.from_yaml(config_path)
+    elif resume_from_run and resume:
+        config = RunConfig.from_yaml(_saved_config(Path(resume)))
+    else:
+        config = RunConfig()
     config.apply_sets(list(sets))
     for key, value in named.items():
         if value is None or value == ():
@@ -54,3 +69,11 @@ def resolve_config(
         config.set(key, list(value) if isinstance(value, tuple) else value, source="--" + key)
     config.apply_opts(list(opts))
     return config
+
+
+def _saved_config(path: Path) -> Path:
+    # RUN/config.yaml, or RUN/checkpoints/step_N/ -> RUN/config.yaml
+    for candidate in (path / "config.yaml", path.parent.parent / "config.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"--resume {path}: no config.yaml of a biovfm run found there")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from biovfm_core.cli.common import config_options, resolve_config
-from biovfm_core.errors import NotBuiltError
+from biovfm_core.train.presets import apply_machine_preset
 
 
 @click.command("train")
@@ -51,9 +51,21 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         "train.seed": flags["seed"],
         "train.compile": compile_,
     }
-    config = resolve_config(config_path, sets, opts, named)
+    config = resolve_config(config_path, sets, opts, named, resume_from_run=True)
+    if config.resume:
+        from biovfm_core.train.loop import check_resume_names
+
+        check_resume_names(config)
     registry = get_registry()
+    device_type = _device_type(config.train.device)
+    applied = apply_machine_preset(config, registry, device_type)
     config.validate_plugins(registry)
+    if applied:
+        click.echo(
+            f"# {device_type} preset for values not set: "
+            + ", ".join(f"{k}={v}" for k, v in applied.items()),
+            err=not dry_run,
+        )
     if dry_run:
         for kind in ("objective", "backbone"):
             name = getattr(config, kind)
@@ -61,7 +73,14 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             click.echo(f"# {kind}: {name} (plugin {registration.plugin})")
         click.echo(config.to_yaml(), nl=False)
         return
-    raise NotBuiltError(
-        "the training loop is not built yet (issue 5); the config above resolves — "
-        "`biovfm train --dry-run` prints it"
-    )
+    from biovfm_core.train.loop import train as run_training
+
+    run_training(config, registry)
+
+
+def _device_type(device: str) -> str:
+    if device != "auto":
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,11 +17,36 @@ from lightly.models.utils import update_momentum
 from torch import Tensor, nn
 
 from biovfm_core.errors import ConfigError
-from biovfm_core.protocols import Backbone, Batch, ObjectiveBase, StepInfo, TaskInfo, ViewSpec
+from biovfm_core.protocols import (
+    Backbone,
+    Batch,
+    ObjectiveBase,
+    OptimRecipe,
+    StepInfo,
+    TaskInfo,
+    ViewSpec,
+)
 from biovfm_core.schedules import cosine_schedule, linear_warmup
 from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
 from biovfm_dinov2.loss.teacher_targets import CENTERINGS, TeacherTargets
 from biovfm_dinov2.masking import sample_ibot_masks
+
+# DINOv2's ssl_default_config optim section: lr = 0.004 * sqrt(batch / 1024), 10 warm-up
+# epochs, weight decay cosine 0.04 -> 0.4, clip 3.0, layer-wise decay 0.9, patch
+# embedding at 0.2x.
+RECIPE = OptimRecipe(
+    base_lr=0.004,
+    reference_batch=1024,
+    lr_scaling="sqrt",
+    min_lr=1e-6,
+    warmup_epochs=10.0,
+    weight_decay=0.04,
+    weight_decay_end=0.4,
+    betas=(0.9, 0.999),
+    grad_clip=3.0,
+    layer_decay=0.9,
+    patch_embed_lr_mult=0.2,
+)
 
 
 def _make_head(embed_dim: int, hidden: int, bottleneck: int, prototypes: int) -> nn.Module:
@@ -73,6 +98,7 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
     ) -> None:
         super().__init__()
         self.views = views
+        self.optim_recipe = RECIPE
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs

@@ -7,8 +7,29 @@ from lightly.models.modules import MaskedVisionTransformerDecoderTIMM
 from torch import Tensor, nn
 
 from biovfm_core.errors import ConfigError
-from biovfm_core.protocols import Backbone, Batch, ObjectiveBase, StepInfo, TaskInfo, ViewSpec
+from biovfm_core.protocols import (
+    Backbone,
+    Batch,
+    ObjectiveBase,
+    OptimRecipe,
+    StepInfo,
+    TaskInfo,
+    ViewSpec,
+)
 from biovfm_mae.loss import mae_loss, patchify, random_keep
+
+# MAE's pre-training recipe (He et al., 2022, Table 8): lr = 1.5e-4 * batch / 256,
+# 40 warm-up epochs, cosine to 0, weight decay 0.05, betas (0.9, 0.95), no clipping.
+RECIPE = OptimRecipe(
+    base_lr=1.5e-4,
+    reference_batch=256,
+    lr_scaling="linear",
+    min_lr=0.0,
+    warmup_epochs=40.0,
+    weight_decay=0.05,
+    betas=(0.9, 0.95),
+    grad_clip=None,
+)
 
 
 class MAEObjective(ObjectiveBase, nn.Module):
@@ -26,6 +47,7 @@ class MAEObjective(ObjectiveBase, nn.Module):
     ) -> None:
         super().__init__()
         self.views = views
+        self.optim_recipe = RECIPE
         self.encoder = backbone
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss

@@ -12,4 +12,7 @@ def biovfm_register_objectives(register: Register) -> None:
         "mae",
         "biovfm_mae.objective:build_mae",
         description="masked autoencoder: 75% patches dropped, ViT decoder, norm-pix loss",
+        presets={
+            "cpu": {"image_size": 64, "decoder_depth": 2, "decoder_dim": 128, "decoder_heads": 4}
+        },
     )

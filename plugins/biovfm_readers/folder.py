@@ -135,6 +135,7 @@ def _image_size(path: str, ext: str) -> tuple[int, int]:
 def load_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one image file to ``(H, W)`` or ``(H, W, 3)`` keeping its bit depth."""
     ext = os.path.splitext(path)[1].lower()
+    _raise_pillow_limit(max_pixels)
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "zero-byte file")
@@ -149,12 +150,19 @@ def load_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return _canonical(arr, path)
 
 
+def _raise_pillow_limit(max_pixels: int) -> None:
+    # Pillow refuses images over 2 x its own MAX_IMAGE_PIXELS (~179M) while opening
+    # them, before our limit is checked; lift its limit to ours so ours decides.
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _decode_pil(path: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        # Pillow's own bomb guard would raise a warning or error at its own limit;
-        # ours was checked before, so decode exactly what we decided to accept.
         im.load()
         mode = im.mode
         if mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):

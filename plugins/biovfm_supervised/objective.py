@@ -7,10 +7,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biovfm_core.errors import ConfigError
-from biovfm_core.protocols import Backbone, Batch, ObjectiveBase, StepInfo, TaskInfo, ViewSpec
+from biovfm_core.protocols import (
+    Backbone,
+    Batch,
+    ObjectiveBase,
+    OptimRecipe,
+    StepInfo,
+    TaskInfo,
+    ViewSpec,
+)
 
 HEADS = ("linear", "mlp")
 POOLS = ("cls", "mean")
+
+
+# DeiT's recipe for ViTs trained from scratch: lr = 5e-4 * batch / 512, 5 warm-up
+# epochs, cosine to 1e-5, weight decay 0.05.
+RECIPE = OptimRecipe(
+    base_lr=5e-4,
+    reference_batch=512,
+    lr_scaling="linear",
+    min_lr=1e-5,
+    warmup_epochs=5.0,
+    weight_decay=0.05,
+    betas=(0.9, 0.999),
+    grad_clip=None,
+)
 
 
 class SupervisedObjective(ObjectiveBase, nn.Module):
@@ -28,6 +50,7 @@ class SupervisedObjective(ObjectiveBase, nn.Module):
     ) -> None:
         super().__init__()
         self.views = views
+        self.optim_recipe = RECIPE
         self.backbone = backbone
         self.multilabel = multilabel
         self.pool = pool

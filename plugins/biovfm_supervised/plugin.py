@@ -12,4 +12,5 @@ def biovfm_register_objectives(register: Register) -> None:
         "supervised",
         "biovfm_supervised.objective:build_supervised",
         description="classification head on the backbone; cross-entropy or multi-label BCE",
+        presets={"cpu": {"image_size": 64}},
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from lightly.models.modules import MaskedVisionTransformerTIMM
-from timm.layers import SwiGLUPacked
+from timm.layers import GluMlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -98,6 +98,50 @@ class ViTBackbone(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Weights in timm's own ``VisionTransformer`` layout, and how timm rebuilds it.
+
+        The description's ``timm`` entry is ``create_model`` arguments: with
+        ``pretrained=True`` and ``pretrained_cfg_overlay={"file": <the safetensors>}``
+        timm loads the exported weights itself (``num_classes=0``: no classifier).
+        """
+        vit = self.vit
+        size = self.name.removeprefix("vit_")
+        swiglu = isinstance(vit.blocks[0].mlp, GluMlp)  # SwiGLUPacked is a GluMlp partial
+        model_args = {
+            "img_size": self.image_size,
+            "patch_size": self.patch_size,
+            "reg_tokens": int(getattr(vit, "num_reg_tokens", 0)),
+            "init_values": _layer_scale_init(vit),
+            "dynamic_img_size": True,
+            "num_classes": 0,
+        }
+        description: dict = {"embed_dim": self.embed_dim, "patch_size": self.patch_size}
+        # timm's registered model whose widths match; kwargs above override the rest.
+        base = _TIMM_NAMES.get(size)
+        if base is not None and swiglu == (size == "giant"):
+            description["timm"] = {"model_name": base, "kwargs": model_args}
+        return dict(vit.state_dict()), description
+
+
+# timm's registered models with our sizes' widths, depths and heads (and, for giant,
+# DINOv2's SwiGLU MLP); patch and image size are passed as overrides.
+_TIMM_NAMES = {
+    "tiny": "vit_tiny_patch16_224",
+    "small": "vit_small_patch16_224",
+    "base": "vit_base_patch16_224",
+    "large": "vit_large_patch16_224",
+    "huge": "vit_huge_patch14_224",
+    "giant": "vit_giant_patch14_dinov2",
+}
+
+
+def _layer_scale_init(vit: VisionTransformer) -> float | None:
+    ls = getattr(vit.blocks[0], "ls1", None)
+    gamma = getattr(ls, "gamma", None)
+    # The trained gamma no longer equals the init; any value re-creates the parameter.
+    return None if gamma is None else 1e-5
 
 
 def build_vit(

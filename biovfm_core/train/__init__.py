@@ -1,0 +1,1 @@
+"""The training engine: optimizer, precision, distribution, checkpoints, the loop."""

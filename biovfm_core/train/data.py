@@ -1,0 +1,202 @@
+"""The training data stream: index → subset → seeded per-rank order → loader → batches.
+
+Every image's position in an epoch and its augmentation seed are functions of
+``(seed, epoch, position)`` alone, so a run resumed at batch ``k`` of epoch ``e``
+sees exactly the images and crops the uninterrupted run saw, and the ranks of a
+distributed run see disjoint shards of each epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biovfm_core.config import RunConfig
+from biovfm_core.errors import ConfigError
+from biovfm_core.protocols import AugmentationRecipe, ViewSpec
+
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def sample_seeds(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
+    """A distinct 63-bit augmentation seed per (seed, epoch, position)."""
+    with np.errstate(over="ignore"):
+        mixed = (
+            np.uint64(seed) * _MIX[0]
+            + np.uint64(epoch + 1) * _MIX[1]
+            + positions.astype(np.uint64) * _MIX[2]
+        )
+        mixed ^= mixed >> np.uint64(31)
+    return (mixed >> np.uint64(1)).astype(np.int64)
+
+
+class RunOrder(torch.utils.data.Sampler):
+    """This rank's ``(index, seed)`` pairs, epoch after epoch, from a given position.
+
+    Each epoch is a fresh seeded permutation; this rank takes every ``world_size``-th
+    entry, cut to whole batches so no batch straddles two epochs. One sampler covers
+    the whole run, so the loader's workers (and the readers they opened) live for the
+    whole run instead of being restarted every epoch.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        batch: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ) -> None:
+        self.size, self.batch, self.seed = size, batch, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = epoch, start_batch
+        self.batches_per_epoch = (size // world_size) // batch
+
+    def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(self.size)
+        used = self.batches_per_epoch * self.batch
+        positions = np.arange(self.rank, used * self.world_size, self.world_size)
+        return order[positions], sample_seeds(self.seed, epoch, positions)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self.start_batch * self.batch
+        while True:
+            indices, seeds = self.epoch_pairs(epoch)
+            yield from zip(indices[skip:].tolist(), seeds[skip:].tolist(), strict=True)
+            epoch, skip = epoch + 1, 0
+
+
+@dataclass
+class TrainData:
+    """Everything the loop needs from the data side."""
+
+    dataset: torch.utils.data.Dataset
+    batch_recipe: AugmentationRecipe
+    num_images: int
+
+
+def open_index(config: RunConfig, run_dir: Path | None = None):
+    """The configured subset of the data's index, and a report of how it was built.
+
+    Scans ``data.sources`` (the demo data when empty) unless ``data.index`` names a
+    prebuilt index; files that cannot be indexed go to ``scan_problems.csv``.
+    """
+    from biovfm_core.data.catalog import resolve_data
+    from biovfm_core.data.index import SampleIndex
+    from biovfm_core.data.scan import scan_sources
+    from biovfm_core.data.subsets import subset
+
+    report: dict = {}
+    if config.data.index:
+        index = SampleIndex.load(config.data.index)
+        report["index"] = config.data.index
+    else:
+        sources, _ = resolve_data(config.data.sources)
+        sources = [_with_pixel_limit(spec, config.data.max_image_pixels) for spec in sources]
+        index, scan_report = scan_sources(sources)
+        report.update(scan_report.as_dict())
+        if scan_report.problems and run_dir is not None:
+            scan_report.write_problems(str(run_dir / "scan_problems.csv"))
+        missing = [s.name for s in scan_report.sources if s.status in ("missing", "error")]
+        if len(index) == 0:
+            raise ConfigError(
+                f"no images found in --data {' '.join(config.data.sources) or '(demo)'}"
+                + (f"; missing or unreadable sources: {', '.join(missing)}" if missing else "")
+            )
+    index = subset(
+        index,
+        fraction=config.data.fraction,
+        modalities=config.data.modalities or None,
+        seed=config.train.seed,
+    )
+    report["images"] = len(index)
+    report["by_source"] = index.counts("source")
+    report["by_modality"] = index.counts("modality")
+    return index, report
+
+
+def _with_pixel_limit(spec, limit: int):
+    """The run's decompression-bomb limit for readers that take one, unless the source set it."""
+    from dataclasses import replace
+
+    from biovfm_core.registry import get_registry
+
+    if "max_pixels" in spec.options:
+        return spec
+    if "max_pixels" not in get_registry().options("datasets", spec.reader):
+        return spec
+    return replace(spec, options={**spec.options, "max_pixels": limit})
+
+
+def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainData:
+    """Attach the augmentation recipes the objective's views need to the index."""
+    from biovfm_core.data.dataset import ImageDataset
+
+    num_classes, _ = index.task_info()
+    if views.needs_labels and num_classes is None:
+        raise ConfigError(
+            f"objective {config.objective!r} needs labels, but the data has unlabelled images "
+            f"(sources: {', '.join(index.sources)})"
+        )
+    recipes = _recipes(config, views, registry, index.counts("modality"))
+    return TrainData(
+        dataset=ImageDataset(index, recipes),
+        batch_recipe=recipes["default"],
+        num_images=len(index),
+    )
+
+
+def _recipes(config: RunConfig, views: ViewSpec, registry, modalities) -> dict:
+    options = config.options["augmentation"]
+    if config.augmentation != "auto":
+        return {
+            "default": registry.build("augmentations", config.augmentation, views, options=options)
+        }
+    # One recipe per modality present that has its own, the default for the rest.
+    # Options given with `auto` go to every recipe that accepts them.
+    names = set(registry.names("augmentations"))
+    wanted = ["default", *(m for m in modalities if m in names and m != "default")]
+    recipes = {}
+    for name in wanted:
+        accepted = registry.options("augmentations", name)
+        recipes[name] = registry.build(
+            "augmentations",
+            name,
+            views,
+            options={k: v for k, v in options.items() if k in accepted},
+        )
+    return recipes
+
+
+def make_loader(
+    data: TrainData,
+    order: RunOrder,
+    *,
+    num_workers: int,
+    pin_memory: bool,
+) -> torch.utils.data.DataLoader:
+    from biovfm_core.data.dataset import collate
+
+    return torch.utils.data.DataLoader(
+        data.dataset,
+        batch_size=order.batch,
+        sampler=order,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        # Worker seeds come from this generator, not the global RNG, so creating the
+        # loader does not shift the random stream a resumed run must replay.
+        generator=torch.Generator().manual_seed(order.seed * 1_000_003 + order.epoch),
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def batches_per_epoch(num_images: int, micro_batch: int, world_size: int) -> int:
+    return (num_images // world_size) // micro_batch

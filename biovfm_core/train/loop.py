@@ -1,0 +1,476 @@
+"""The training loop: one loop for every objective, from a CPU demo to torchrun on many GPUs.
+
+Per optimizer step: set lr and weight decay from the plan; for each micro-batch,
+move it to the device, apply the recipe's per-batch transform, run the objective's
+step under autocast and backpropagate (gradient all-reduce only on the last
+micro-batch); average the logged losses over ranks — a non-finite value on any rank
+stops every rank before the optimizer step, leaving the last checkpoint as it was;
+clip, call the objective's hooks around ``optimizer.step`` (last-layer freeze, EMA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from biovfm_core.config import RunConfig, write_atomic
+from biovfm_core.errors import BiovfmError, ConfigError
+from biovfm_core.protocols import Batch, OptimRecipe, StepInfo, TaskInfo
+from biovfm_core.train import checkpoint as ckpt
+from biovfm_core.train import distributed as D
+from biovfm_core.train.data import (
+    RunOrder,
+    batches_per_epoch,
+    make_loader,
+    open_index,
+    training_data,
+)
+from biovfm_core.train.export import export_backbone
+from biovfm_core.train.metrics import MetricsLog
+from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
+
+DEFAULT_EPOCHS = 100  # DINOv2's and a common MAE schedule length, when none is given
+
+
+class TrainingDiverged(BiovfmError):
+    """The loss became NaN or infinite; the run stopped before corrupting its state."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    checkpoint: Path | None
+    export: Path | None
+    last: dict[str, float] = field(default_factory=dict)
+    rank_checksums: list[float] = field(default_factory=list)
+
+
+def run_folder(config: RunConfig) -> Path:
+    if config.resume:
+        path = Path(config.resume)
+        # A checkpoint folder's run is two levels up: RUN/checkpoints/step_N.
+        return path.parent.parent if (path / "state.pt").is_file() else path
+    name = config.name or f"{config.objective}-{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(config.output) / name
+
+
+def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResult:
+    """Run (or resume) the training ``config`` describes; return where it left things."""
+    if registry is None:
+        from biovfm_core.registry import get_registry
+
+        registry = get_registry()
+    if config.resume:
+        check_resume_names(config)
+    config.validate_plugins(registry)
+    runtime = D.start(config.train.device, config.train.precision)
+    try:
+        return _Trainer(config, registry, runtime, progress).run()
+    finally:
+        D.stop(runtime)
+
+
+def check_resume_names(config: RunConfig) -> None:
+    # Before option checks: "this checkpoint is a DINOv2 run" says more than
+    # "unknown option prototypes for mae".
+    found = ckpt.latest_checkpoint(Path(config.resume))
+    if found is None:
+        raise ConfigError(f"--resume {config.resume}: no checkpoint found there")
+    held = ckpt.read_meta(found)
+    if (held.get("objective"), held.get("backbone")) != (config.objective, config.backbone):
+        raise ConfigError(
+            f"checkpoint {found} holds objective {held.get('objective')!r} on backbone "
+            f"{held.get('backbone')!r}; this run is objective {config.objective!r} on backbone "
+            f"{config.backbone!r}. Resume it with the same objective and backbone, or start a "
+            "new run without --resume"
+        )
+
+
+class _Trainer:
+    def __init__(self, config: RunConfig, registry, runtime: D.Runtime, progress: bool) -> None:
+        self.config = config
+        self.registry = registry
+        self.rt = runtime
+        self.progress = progress and runtime.is_main
+        self.run_dir = run_folder(config)
+        self.position = [0, 0]  # (epoch, loader batches consumed in it)
+        self.bad_images = 0
+        self.bad_entries: list[tuple[str, str]] = []
+
+    # ---------------------------------------------------------------- set-up
+
+    def run(self) -> RunResult:
+        cfg, rt = self.config, self.rt
+        resume_from = self._resume_checkpoint()
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.yaml")
+        rt.barrier()
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        index, data_report = open_index(cfg, self.run_dir if rt.is_main else None)
+        num_classes, multilabel = index.task_info()
+        backbone = self.registry.build("backbones", cfg.backbone, options=cfg.options["backbone"])
+        objective = self.registry.build(
+            "objectives",
+            cfg.objective,
+            backbone,
+            TaskInfo(num_classes=num_classes, multilabel=multilabel),
+            options=cfg.options["objective"],
+        )
+        data = training_data(index, objective.views, cfg, self.registry)
+        self._accelerate(objective)
+        objective.to(rt.device)
+
+        micro, steps_per_epoch, total_steps = self._schedule_shape(data.num_images)
+        recipe = getattr(objective, "optim_recipe", None) or OptimRecipe()
+        plan = make_plan(
+            recipe,
+            cfg.optim,
+            batch_size=cfg.train.batch_size,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+        )
+        optimizer = build_optimizer(objective, backbone, plan, rt.device)
+        scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
+        identity = ckpt.Identity(
+            cfg.objective, cfg.backbone, cfg.options["objective"], cfg.options["backbone"]
+        )
+
+        step, epoch, batch_in_epoch = 0, 0, 0
+        if resume_from is not None:
+            step, epoch, batch_in_epoch = self._restore(
+                resume_from, identity, objective, optimizer, scaler
+            )
+        else:
+            torch.manual_seed(cfg.train.seed + rt.rank)  # per-rank masks and drop-path
+
+        model = D.wrap(objective, rt, cfg.train.distributed)
+        metrics = MetricsLog(self.run_dir, resume_step=step, enabled=rt.is_main)
+        if rt.is_main:
+            summary = {
+                "images": data.num_images,
+                "world_size": rt.world_size,
+                "device": str(rt.device),
+                "precision": rt.precision,
+                "micro_batch_per_rank": micro,
+                "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps,
+                "plan": plan.__dict__,
+                "data": data_report,
+            }
+            write_atomic(
+                self.run_dir / "data_report.json",
+                json.dumps(summary, indent=2, default=str).encode(),
+            )
+            self._say(
+                f"training {cfg.objective} on {cfg.backbone} "
+                f"({backbone.num_parameters() / 1e6:.1f}M parameters) with {data.num_images} "
+                f"images on {rt.world_size}x {rt.device} ({rt.precision}); {total_steps} steps "
+                f"of {cfg.train.batch_size} images, peak lr {plan.lr:.3g}; run folder {self.run_dir}"
+            )
+
+        stream = self._batches(data, micro, epoch, batch_in_epoch)
+        last: dict[str, float] = {}
+        bar = self._progress_bar(step, total_steps)
+        tick = time.perf_counter()
+        while step < total_steps:
+            info = StepInfo(step, total_steps, steps_per_epoch)
+            lr, wd = apply_schedule(optimizer, plan, step)
+            parts: dict[str, torch.Tensor] = {}
+            for m in range(cfg.optim.accumulate):
+                batch = next(stream).to(rt.device)
+                batch = data.batch_recipe.batch_transform(batch)
+                with D.no_sync(model, m < cfg.optim.accumulate - 1):
+                    with rt.autocast():
+                        out = model(batch, info)
+                    loss = out["loss"] / cfg.optim.accumulate
+                    (scaler.scale(loss) if scaler else loss).backward()
+                for key, value in out.items():
+                    parts[key] = parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
+            values = self._reduce(parts)
+            if not all(math.isfinite(v) for v in values.values()):
+                last_good = ckpt.latest_checkpoint(self.run_dir)
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step} ({_fmt(values)}); stopped before the "
+                    f"optimizer step. Last good checkpoint: {last_good or 'none yet'}"
+                )
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = self._clip(objective, plan.grad_clip)
+            objective.before_optimizer_step(info)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            logged = dict(objective.after_optimizer_step(info))
+            step += 1
+
+            now = time.perf_counter()
+            seconds, tick = now - tick, now
+            row = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                **values,
+                "lr": lr,
+                "weight_decay": wd,
+                "grad_norm": grad_norm,
+                **logged,
+                "images_per_s": cfg.train.batch_size / seconds,
+                "memory_gb": _memory_gb(rt.device),
+                "bad_images": self.bad_images,
+            }
+            metrics.log(row)
+            last = row
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+            elif step % cfg.train.log_every == 0 or step == total_steps:
+                self._say(
+                    f"step {step}/{total_steps} loss {values['loss']:.4f} lr {lr:.3g} "
+                    f"{row['images_per_s']:.1f} img/s"
+                )
+            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
+                self._save(step, objective, optimizer, scaler, identity)
+        if bar is not None:
+            bar.close()
+        metrics.close()
+
+        checksums = D.all_equal_across_ranks(_checksum(objective), rt)
+        result = RunResult(
+            self.run_dir,
+            step,
+            ckpt.latest_checkpoint(self.run_dir),
+            None,
+            last,
+            checksums,
+        )
+        if rt.is_main:
+            self._write_bad_images()
+            result.export = export_backbone(
+                objective.eval_backbone(),
+                self.run_dir / "export",
+                backbone_name=cfg.backbone,
+                backbone_options=cfg.options["backbone"],
+                step=step,
+                source=f"{cfg.objective} run {self.run_dir.name}",
+            )
+            write_atomic(
+                self.run_dir / "summary.json",
+                json.dumps(
+                    {"steps": step, "last": last, "rank_weight_checksums": checksums},
+                    indent=2,
+                ).encode(),
+            )
+            if len(set(checksums)) > 1:
+                raise BiovfmError(f"ranks ended with different weights: checksums {checksums}")
+            self._say(f"done: {step} steps; backbone exported to {result.export}")
+        rt.barrier()
+        return result
+
+    def _schedule_shape(self, num_images: int) -> tuple[int, int, int]:
+        cfg, rt = self.config, self.rt
+        per_rank, rest = divmod(cfg.train.batch_size, rt.world_size)
+        if rest:
+            raise ConfigError(
+                f"train.batch_size {cfg.train.batch_size} is not divisible by the "
+                f"{rt.world_size} processes"
+            )
+        micro, rest = divmod(per_rank, cfg.optim.accumulate)
+        if rest or micro == 0:
+            raise ConfigError(
+                f"the per-process batch {per_rank} is not divisible into optim.accumulate="
+                f"{cfg.optim.accumulate} micro-batches"
+            )
+        loader_batches = batches_per_epoch(num_images, micro, rt.world_size)
+        steps_per_epoch = loader_batches // cfg.optim.accumulate
+        if steps_per_epoch == 0:
+            raise ConfigError(
+                f"{num_images} images are fewer than one batch of {cfg.train.batch_size}; "
+                "lower --batch-size or add data"
+            )
+        if cfg.train.max_steps is not None:
+            total = cfg.train.max_steps
+        else:
+            total = (cfg.train.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+        return micro, steps_per_epoch, total
+
+    def _accelerate(self, objective: torch.nn.Module) -> None:
+        if self.config.train.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+                apply_activation_checkpointing,
+            )
+
+            blocks = {id(b) for b in D._repeated_blocks(objective)}
+            apply_activation_checkpointing(objective, check_fn=lambda m: id(m) in blocks)
+        if self.config.train.compile:
+            # Whole-step compilation would break on data-dependent masking; the
+            # transformer blocks carry the FLOPs and compile cleanly one by one.
+            D.for_each_block(objective, lambda block: block.compile())
+
+    # -------------------------------------------------------------- data
+
+    def _batches(self, data, micro: int, epoch: int, batch_in_epoch: int) -> Iterator[Batch]:
+        """Batches forever, epoch after epoch; tracks the position for checkpoints."""
+        cfg, rt = self.config, self.rt
+        order = RunOrder(
+            data.num_images,
+            batch=micro,
+            seed=cfg.train.seed,
+            rank=rt.rank,
+            world_size=rt.world_size,
+            epoch=epoch,
+            start_batch=batch_in_epoch,
+        )
+        loader = make_loader(
+            data, order, num_workers=cfg.data.num_workers, pin_memory=rt.device.type == "cuda"
+        )
+        self.position = [epoch, batch_in_epoch]
+        for item in loader:
+            epoch_done = self.position[1] + 1 == order.batches_per_epoch
+            self.position = (
+                [self.position[0] + 1, 0]
+                if epoch_done
+                else [
+                    self.position[0],
+                    self.position[1] + 1,
+                ]
+            )
+            skipped = getattr(item, "skipped", [])
+            self.bad_images += len(skipped)
+            self.bad_entries.extend(skipped)
+            if isinstance(item, Batch):
+                yield item
+
+    def _write_bad_images(self) -> None:
+        import csv
+
+        path = self.run_dir / "bad_images.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["uri", "reason"])
+            writer.writerows(self.bad_entries)
+
+    # ------------------------------------------------------------ numerics
+
+    def _reduce(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean over ranks of each logged value, in one collective and one sync."""
+        keys = sorted(parts)
+        stacked = torch.stack([parts[k].reshape(()) for k in keys])
+        if self.rt.distributed:
+            dist.all_reduce(stacked)
+            stacked /= self.rt.world_size
+        return dict(zip(keys, stacked.tolist(), strict=True))
+
+    def _clip(self, objective: torch.nn.Module, max_norm: float | None) -> float:
+        params = [p for p in objective.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        limit = max_norm if max_norm is not None else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+
+    # ------------------------------------------------------- checkpoints
+
+    def _resume_checkpoint(self) -> Path | None:
+        if not self.config.resume:
+            return None
+        found = ckpt.latest_checkpoint(Path(self.config.resume))
+        if found is None:
+            raise ConfigError(f"--resume {self.config.resume}: no checkpoint found there")
+        return found
+
+    def _save(self, step, objective, optimizer, scaler, identity: ckpt.Identity) -> None:
+        rt = self.rt
+        rngs = [ckpt.rng_state()]
+        if rt.distributed:
+            rngs = [None] * rt.world_size
+            dist.all_gather_object(rngs, ckpt.rng_state())
+        if rt.is_main:
+            state = {
+                "step": step,
+                "epoch": self.position[0],
+                "batch_in_epoch": self.position[1],
+                "bad_images": self.bad_images,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler else {},
+                "rng": rngs,
+                "identity": identity.to_dict(),
+                "world_size": rt.world_size,
+            }
+            ckpt.save_checkpoint(
+                self.run_dir,
+                step,
+                objective.state_dict(),
+                state,
+                keep_last=self.config.train.keep_last,
+            )
+        rt.barrier()
+
+    def _restore(self, path, identity, objective, optimizer, scaler) -> tuple[int, int, int]:
+        weights, state = ckpt.load_checkpoint(path)
+        ckpt.check_identity(path, state["identity"], identity)
+        missing, unexpected = objective.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ConfigError(
+                f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) == self.rt.world_size:
+            ckpt.set_rng_state(rngs[self.rt.rank])
+        else:
+            torch.manual_seed(self.config.train.seed + self.rt.rank + state["step"])
+            self._say(
+                f"warning: checkpoint was written by {len(rngs)} processes, this run has "
+                f"{self.rt.world_size}; random streams restart (data order is kept)"
+            )
+        self.bad_images = int(state.get("bad_images", 0))
+        self._say(f"resumed from {path} at step {state['step']}")
+        return int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+
+    # ------------------------------------------------------------ output
+
+    def _progress_bar(self, step: int, total: int):
+        if not (self.progress and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
+
+    def _say(self, message: str) -> None:
+        if self.rt.is_main and self.progress:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _checksum(module: torch.nn.Module) -> float:
+    with torch.no_grad():
+        return float(
+            sum(p.double().sum() for p in module.state_dict().values() if p.is_floating_point())
+        )
+
+
+def _memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())

@@ -1,0 +1,90 @@
+"""metrics.csv and TensorBoard events of a run, continued cleanly on resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from biovfm_core.config import write_atomic
+
+
+class MetricsLog:
+    """One CSV row and one set of TensorBoard scalars per optimizer step (rank 0 only).
+
+    On resume, rows after the checkpoint's step (logged by the killed process after
+    its last checkpoint) are dropped, so the curve continues exactly where the
+    resumed state stands, with no duplicated steps.
+    """
+
+    def __init__(self, run_dir: Path, *, resume_step: int = 0, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.csv"
+        self.columns: list[str] | None = None
+        self._handle = None
+        self._writer = None
+        self._tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            self._truncate_after(resume_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but keep training without it
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            self._tb = SummaryWriter(
+                str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = list(rows[0].keys()) if rows else None
+        kept = [r for r in rows if int(float(r["step"])) <= step]
+        if columns is None:
+            self.path.unlink()
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(kept)
+        write_atomic(self.path, buffer.getvalue().encode())
+        self.columns = columns
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._writer is None:
+            new_file = self.columns is None
+            self.columns = self.columns or list(row)
+            # Held open across steps (closed in close()); one open per step would cost more.
+            self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self._writer = csv.DictWriter(
+                self._handle, fieldnames=self.columns, extrasaction="ignore"
+            )
+            if new_file:
+                self._writer.writeheader()
+        self._writer.writerow({k: _cell(row.get(k)) for k in self.columns})
+        self._handle.flush()  # a killed run keeps every step it logged
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+            self._writer = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value

@@ -1,0 +1,42 @@
+"""Defaults that depend on the machine: a CPU gets a run that finishes in minutes.
+
+The paper-scale defaults (ViT-S, 65,536 prototypes, 2×224 + 8×96 crops) would take
+hours per epoch on a laptop. On a CPU, every value the user did not set comes from
+the CPU preset below and from the plugins' own ``"cpu"`` presets; on a GPU nothing
+changes. What was applied is printed and saved with the resolved config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from biovfm_core.config import RunConfig
+
+CPU_RUN: dict[str, Any] = {
+    "backbone": "vit_tiny",
+    "train.batch_size": 16,
+    "train.max_steps": 60,
+    "train.checkpoint_every": 20,
+    "train.log_every": 5,
+    "data.num_workers": 2,
+}
+
+
+def apply_machine_preset(config: RunConfig, registry, device_type: str) -> dict[str, Any]:
+    """Fill unset values for ``device_type``; return ``{key: value}`` of what was filled."""
+    if device_type != "cpu":
+        return {}
+    applied: dict[str, Any] = {}
+    run_length_set = {"train.max_steps", "train.epochs"} & config.explicit
+    for key, value in CPU_RUN.items():
+        if key in config.explicit or (key == "train.max_steps" and run_length_set):
+            continue
+        config.set(key, value, record=False)
+        applied[key] = value
+    for kind, name in (("objective", config.objective), ("backbone", config.backbone)):
+        for option, value in registry.preset(kind + "s", name, "cpu").items():
+            key = f"options.{kind}.{option}"
+            if key not in config.explicit:
+                config.options[kind][option] = value
+                applied[key] = value
+    return applied

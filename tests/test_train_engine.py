@@ -1,0 +1,303 @@
+"""The training engine on real data (the bundled demo images) and tiny real models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from biovfm_core import hookimpl
+from biovfm_core.config import RunConfig
+from biovfm_core.errors import ConfigError
+from biovfm_core.protocols import ObjectiveBase, ViewSpec
+from biovfm_core.registry import get_registry
+from biovfm_core.train import checkpoint as ckpt
+from biovfm_core.train.loop import TrainingDiverged, train
+
+# Small enough for seconds per run on 2 cores, big enough to exercise every part
+# of DINOv2 (teacher, Sinkhorn, iBOT masks, KoLeo, multi-crop, last-layer freeze).
+TINY = [
+    "--backbone", "vit_tiny",
+    "--batch-size", "8",
+    "--set", "data.num_workers=0",
+    "--set", "train.checkpoint_every=2",
+    "--set", "train.log_every=1",
+    "--opt", "objective.prototypes=128",
+    "--opt", "objective.head_hidden_dim=64",
+    "--opt", "objective.head_bottleneck_dim=32",
+    "--opt", "objective.local_crops=2",
+    "--opt", "objective.global_size=32",
+    "--opt", "objective.local_size=16",
+    "--opt", "backbone.drop_path_rate=0.1",
+]  # fmt: skip
+
+
+def biovfm(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "biovfm_core.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out + err
+
+
+def final_state(run: Path) -> tuple[dict, dict]:
+    latest = ckpt.latest_checkpoint(run)
+    return load_file(str(latest / "model.safetensors")), torch.load(
+        latest / "state.pt", weights_only=True
+    )
+
+
+def assert_same_tensors(a, b, what: str) -> None:
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=what)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{what}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, what
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+    steps = "8"
+    code, log = finish(
+        biovfm("train", *TINY, "--max-steps", steps, "--output", str(tmp_path), "--name", "whole")
+    )
+    assert code == 0, log
+
+    victim = biovfm(
+        "train", *TINY, "--max-steps", steps, "--output", str(tmp_path), "--name", "killed"
+    )
+    fourth = tmp_path / "killed" / "checkpoints" / "step_00000004"
+    deadline = time.time() + 240
+    while not fourth.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert fourth.exists(), "the run never reached its step-4 checkpoint"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    done = [p.name for p in ckpt.list_checkpoints(tmp_path / "killed")]
+    assert "step_00000008" not in done, "killed too late to test anything"
+
+    code, log = finish(biovfm("train", "--resume", str(tmp_path / "killed")))
+    assert code == 0, log
+    assert "resumed from" in log
+
+    whole_w, whole_s = final_state(tmp_path / "whole")
+    killed_w, killed_s = final_state(tmp_path / "killed")
+    assert killed_s["step"] == whole_s["step"] == 8
+    assert (killed_s["epoch"], killed_s["batch_in_epoch"]) == (
+        whole_s["epoch"],
+        whole_s["batch_in_epoch"],
+    )
+    assert any(k.startswith("teacher.") for k in whole_w)  # the EMA teacher is compared too
+    assert_same_tensors(killed_w, whole_w, "weights")
+    assert_same_tensors(killed_s["optimizer"], whole_s["optimizer"], "optimizer")
+
+    # The loss curve continues where it stopped: one row per step, same values.
+    whole_rows, killed_rows = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "killed")
+    assert [r["step"] for r in killed_rows] == [str(i) for i in range(1, 9)]
+    for a, b in zip(whole_rows, killed_rows, strict=True):
+        assert math.isclose(float(a["loss"]), float(b["loss"]), rel_tol=1e-4), (a, b)
+
+
+def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(29500 + os.getpid() % 1000),
+            "-m", "biovfm_core.cli.main", "train", *TINY, "--max-steps", "3",
+            "--device", "cpu", "--output", str(tmp_path), "--name", "ddp",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    code, log = finish(process)
+    assert code == 0, log
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    checksums = summary["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    report = json.loads((tmp_path / "ddp" / "data_report.json").read_text())
+    assert report["world_size"] == 2 and report["micro_batch_per_rank"] == 4
+
+
+def test_rank_shards_are_disjoint_and_cover_an_epoch():
+    from biovfm_core.train.data import RunOrder
+
+    orders = [RunOrder(103, batch=5, seed=3, rank=r, world_size=3) for r in range(3)]
+    firsts = [o.epoch_pairs(0)[0] for o in orders]
+    assert all(len(f) == 5 * (103 // 3 // 5) for f in firsts)
+    union = set().union(*map(set, firsts))
+    assert len(union) == sum(len(f) for f in firsts)  # disjoint
+    # Resuming at batch 2 of epoch 1 yields exactly the tail of the full stream.
+    full = iter(RunOrder(103, batch=5, seed=3, rank=1, world_size=3))
+    per_epoch = orders[1].batches_per_epoch * 5
+    for _ in range(per_epoch + 2 * 5):
+        next(full)
+    resumed = iter(RunOrder(103, batch=5, seed=3, rank=1, world_size=3, epoch=1, start_batch=2))
+    assert [next(resumed) for _ in range(20)] == [next(full) for _ in range(20)]
+    # A new epoch is a new order.
+    assert not (orders[0].epoch_pairs(0)[0] == orders[0].epoch_pairs(1)[0]).all()
+
+
+class _NaNAfter(ObjectiveBase, torch.nn.Module):
+    """A real (tiny) objective whose loss turns NaN at a chosen step."""
+
+    def __init__(self, backbone, task, *, nan_at: int = 3) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.nan_at = nan_at
+        self.views = ViewSpec(global_crops=1, global_size=32, local_crops=0)
+
+    def training_step(self, batch, info):
+        loss = self.backbone.forward_tokens(batch.global_views[0]).cls.pow(2).mean()
+        if info.step >= self.nan_at:
+            loss = loss * float("nan")
+        return {"loss": loss}
+
+    def eval_backbone(self):
+        return self.backbone
+
+
+class _NaNPlugin:
+    @hookimpl
+    def biovfm_register_objectives(self, register):
+        register("nan_after", _NaNAfter)
+
+
+def _tiny_config(tmp_path: Path, **changes) -> RunConfig:
+    config = RunConfig(objective="nan_after", backbone="vit_tiny", output=str(tmp_path), name="run")
+    config.train.batch_size = 4
+    config.train.max_steps = 6
+    config.train.checkpoint_every = 2
+    config.data.num_workers = 0
+    for key, value in changes.items():
+        config.set(key, value)
+    return config
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    with pytest.raises(TrainingDiverged) as excinfo:
+        train(_tiny_config(tmp_path, **{"options.objective.nan_at": 3}), registry, progress=False)
+    message = str(excinfo.value)
+    assert "not finite at step 3" in message and "step_00000002" in message
+    run = tmp_path / "run"
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002"]
+    weights, state = final_state(run)
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not list((run / "checkpoints").glob(".tmp*"))
+
+
+def test_interrupted_checkpoint_write_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    weights = {"w": torch.ones(3)}
+    ckpt.save_checkpoint(run, 1, weights, {"step": 1}, keep_last=3)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(run, 2, {"w": torch.zeros(3)}, {"step": 2}, keep_last=3)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000001"]
+    assert not list((run / "checkpoints").glob(".tmp*"))
+    loaded, state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    assert state["step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    for step in range(1, 6):
+        ckpt.save_checkpoint(
+            tmp_path, step, {"w": torch.full((2,), float(step))}, {"step": step}, keep_last=2
+        )
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
+
+
+def test_resuming_with_another_objective_says_what_the_checkpoint_holds(tmp_path):
+    code, log = finish(
+        biovfm("train", *TINY, "--max-steps", "2", "--output", str(tmp_path), "--name", "a")
+    )
+    assert code == 0, log
+    code, log = finish(
+        biovfm("train", "--resume", str(tmp_path / "a"), "--objective", "mae", "--max-steps", "4")
+    )
+    assert code == 2
+    assert "holds objective 'dinov2' on backbone 'vit_tiny'" in log
+    assert "this run is objective 'mae'" in log
+
+
+def test_export_loads_in_timm_and_matches_the_teacher(tmp_path):
+    import timm
+
+    code, log = finish(
+        biovfm("train", *TINY, "--max-steps", "2", "--output", str(tmp_path), "--name", "e")
+    )
+    assert code == 0, log
+    run = tmp_path / "e"
+    description = json.loads((run / "export" / "backbone.json").read_text())
+    assert description["biovfm"]["backbone"] == "vit_tiny" and description["biovfm"]["step"] == 2
+    model = timm.create_model(
+        description["timm"]["model_name"],
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(run / "export" / "backbone.safetensors")},
+        **description["timm"]["kwargs"],
+    ).eval()
+    weights, _ = final_state(run)
+    teacher_keys = {
+        k: v for k, v in weights.items() if k.startswith("teacher.backbone.encoder.vit.")
+    }
+    exported = model.state_dict()
+    for key, value in teacher_keys.items():
+        torch.testing.assert_close(
+            exported[key.removeprefix("teacher.backbone.encoder.vit.")], value
+        )
+
+
+def test_cpu_preset_fills_only_unset_values():
+    from biovfm_core.train.presets import apply_machine_preset
+
+    config = RunConfig()
+    config.apply_sets(["train.batch_size=4"])
+    config.apply_opts(["objective.prototypes=64"])
+    applied = apply_machine_preset(config, get_registry(), "cpu")
+    config.validate_plugins(get_registry())
+    assert config.backbone == "vit_tiny" and config.train.max_steps == 60
+    assert config.train.batch_size == 4 and config.options["objective"]["prototypes"] == 64
+    assert "train.batch_size" not in applied and applied["options.objective.global_size"] == 64
+    assert apply_machine_preset(RunConfig(), get_registry(), "cuda") == {}
+
+
+def test_objective_needing_labels_fails_before_training(tmp_path):
+    config = RunConfig(objective="supervised", backbone="vit_tiny", output=str(tmp_path))
+    config.data.num_workers = 0
+    with pytest.raises(ConfigError, match="has no labels"):
+        train(config, progress=False)
