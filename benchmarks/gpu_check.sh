@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# The device check: one script run on a lent GPU machine (see benchmarks/README.md).
-# It installs biovfm without dependencies next to the machine's own torch/timm
-# (lightly travels as a wheel in .whl/), then runs the CUDA path and the benchmarks.
+# The device check: one script for a lent GPU machine, run from the repository root.
+# The machine has torch/timm but no internet: biovfm is installed without
+# dependencies beside them, and the missing pure/binary wheels travel in .whl/
+# (see benchmarks/README.md for how they were fetched). Each part is time-boxed.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . || exit 1
-export PYTHONPATH=/tmp/site
+BIOVFM="python3 -m biovfm_core.cli.main"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 - <<'PY'
-import torch, timm
-from timm.layers import use_fused_attn
-print(f"torch {torch.__version__} cuda {torch.version.cuda} timm {timm.__version__} fused_attn {use_fused_attn()}")
-PY
-bench="python3 benchmarks/bench_train_step.py --device cuda"
+python3 -c "import torch, timm; from timm.layers import use_fused_attn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'fused_attn', use_fused_attn())"
+echo "== biovfm train on the GPU (demo data, paper-scale DINOv2 ViT-S/16, bf16)"
+timeout 150 $BIOVFM train --output /tmp/runs --name gpu --backbone vit_small --batch-size 64 \
+  --max-steps 30 --set train.log_every=10 --set data.num_workers=8 2>&1 | tail -8
+cp /tmp/runs/gpu/metrics.csv "$OUT/train_metrics.csv" 2>/dev/null
+echo "== torchrun, 1 GPU, MAE ViT-B"
+timeout 120 torchrun --nproc_per_node 1 -m biovfm_core.cli.main train --objective mae \
+  --backbone vit_base --batch-size 64 --max-steps 20 --output /tmp/runs --name ddp1 \
+  --set train.log_every=10 --set data.num_workers=8 2>&1 | tail -5
+echo "== train step, bf16"
+bench="timeout 200 python3 benchmarks/bench_train_step.py --device cuda"
 $bench --backbones vit_small,vit_base,vit_large --batch-size 64 --steps 10 --warmup 3 | tee "$OUT/step_bf16.md"
-$bench --backbones vit_large --batch-size 64 --steps 5 --warmup 2 --precision fp32 | tee "$OUT/step_fp32.md"
+echo "== train step, ViT-L, compiled blocks"
 $bench --backbones vit_large --batch-size 64 --steps 10 --warmup 3 --compile | tee "$OUT/step_compile.md"
-$bench --backbones vit_giant --patch-size 14 --batch-size 32 --steps 5 --warmup 2 | tee "$OUT/step_giant.md"
+echo "== loader"
+timeout 90 python3 benchmarks/bench_loader.py --device cuda --workers 8 | tee "$OUT/loader.md"
+echo "== train step, fp32 ViT-L"
+$bench --backbones vit_large --batch-size 64 --steps 4 --warmup 2 --precision fp32 | tee "$OUT/step_fp32.md"
+echo "== train step, ViT-g/14"
+$bench --backbones vit_giant --patch-size 14 --batch-size 32 --steps 4 --warmup 2 | tee "$OUT/step_giant.md"
