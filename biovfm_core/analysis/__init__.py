@@ -1,0 +1,1 @@
+"""Scaling analysis: fits, task properties, correlations, plots and report."""

@@ -1,0 +1,1 @@
+"""Evaluation: frozen features, linear probe / kNN / fine-tuning, metrics, results."""
