@@ -69,35 +69,34 @@ def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
     """Read a results CSV (ours or one produced elsewhere), checking the schema."""
     path = Path(path)
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read results table {path}: {exc}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ConfigError(
-                f"{path}: results table lacks column(s) {', '.join(missing)}; "
-                f"required: {', '.join(REQUIRED)} (see biovfm_core/results.py)"
-            )
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            values: dict = {}
-            for name in COLUMNS:
-                text = (raw.get(name) or "").strip()
-                try:
-                    if name in _FLOATS:
-                        values[name] = float(text) if text else None
-                    elif name in _INTS:
-                        values[name] = int(float(text)) if text else None
-                    else:
-                        values[name] = text
-                except ValueError:
-                    raise ConfigError(
-                        f"{path}:{line}: column {name!r} is not a number: {text!r}"
-                    ) from None
-            if values["value"] is None:
-                raise ConfigError(f"{path}:{line}: empty value")
-            rows.append(ResultRow(**values))
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ConfigError(
+            f"{path}: results table lacks column(s) {', '.join(missing)}; "
+            f"required: {', '.join(REQUIRED)} (see biovfm_core/results.py)"
+        )
+    rows = []
+    for line, raw in enumerate(reader, start=2):
+        values: dict = {}
+        for name in COLUMNS:
+            text = (raw.get(name) or "").strip()
+            try:
+                if name in _FLOATS:
+                    values[name] = float(text) if text else None
+                elif name in _INTS:
+                    values[name] = int(float(text)) if text else None
+                else:
+                    values[name] = text
+            except ValueError:
+                raise ConfigError(
+                    f"{path}:{line}: column {name!r} is not a number: {text!r}"
+                ) from None
+        if values["value"] is None:
+            raise ConfigError(f"{path}:{line}: empty value")
+        rows.append(ResultRow(**values))
     return rows
