@@ -127,24 +127,40 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
         assert math.isclose(float(a["loss"]), float(b["loss"]), rel_tol=1e-4), (a, b)
 
 
-def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+def torchrun(tmp_path: Path, name: str, *extra: str) -> tuple[int, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = 29500 + (os.getpid() + len(name)) % 1000
     process = subprocess.Popen(
         [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(29500 + os.getpid() % 1000),
-            "-m", "biovfm_core.cli.main", "train", *TINY, "--max-steps", "3",
-            "--device", "cpu", "--output", str(tmp_path), "--name", "ddp",
+            "--master_port", str(port), "-m", "biovfm_core.cli.main", "train", *TINY,
+            "--max-steps", "3", "--device", "cpu", "--output", str(tmp_path), "--name", name,
+            *extra,
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    code, log = finish(process)
+    return finish(process)
+
+
+def test_two_gloo_processes_end_with_identical_weights_under_ddp_and_fsdp(tmp_path):
+    code, log = torchrun(tmp_path, "ddp")
     assert code == 0, log
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     checksums = summary["rank_weight_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     report = json.loads((tmp_path / "ddp" / "data_report.json").read_text())
     assert report["world_size"] == 2 and report["micro_batch_per_rank"] == 4
+
+    # FSDP shards the same model over the same data: the same training, to rounding.
+    code, log = torchrun(tmp_path, "fsdp", "--set", "train.distributed=fsdp")
+    assert code == 0, log
+    ddp_weights, _ = final_state(tmp_path / "ddp")
+    fsdp_weights, fsdp_state = final_state(tmp_path / "fsdp")
+    assert fsdp_state["optimizer_layout"] == "fsdp_full"
+    assert ddp_weights.keys() == fsdp_weights.keys()
+    for key in ddp_weights:
+        torch.testing.assert_close(fsdp_weights[key], ddp_weights[key], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "fsdp" / "export" / "backbone.safetensors").is_file()
 
 
 def test_rank_shards_are_disjoint_and_cover_an_epoch():
@@ -301,3 +317,18 @@ def test_objective_needing_labels_fails_before_training(tmp_path):
     config.data.num_workers = 0
     with pytest.raises(ConfigError, match="has no labels"):
         train(config, progress=False)
+
+
+def test_resume_auto_starts_then_continues(tmp_path):
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    first = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 2})
+    first.resume = "auto"
+    assert train(first, registry, progress=False).steps == 2
+    second = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 4})
+    second.resume = "auto"
+    result = train(second, registry, progress=False)
+    assert result.steps == 4
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == ["1", "2", "3", "4"]
+    with pytest.raises(ConfigError, match="needs --name"):
+        train(RunConfig(resume="auto"), registry, progress=False)

@@ -58,7 +58,7 @@ def resolve_config(
     resume = named.get("resume")
     if config_path:
         config = RunConfig.from_yaml(config_path)
-    elif resume_from_run and resume:
+    elif resume_from_run and resume and resume != "auto":
         config = RunConfig.from_yaml(_saved_config(Path(resume)))
     else:
         config = RunConfig()

@@ -24,7 +24,11 @@ from biovfm_core.train.presets import apply_machine_preset
 @click.option("--batch-size", type=int, help="Images per optimizer step, all ranks together.")
 @click.option("--output", help="Folder holding run folders (default: runs).")
 @click.option("--name", help="Run folder name.")
-@click.option("--resume", help="Run folder or checkpoint to continue.")
+@click.option(
+    "--resume",
+    help="Run folder or checkpoint to continue; 'auto' continues --name if it has a "
+    "checkpoint and starts it otherwise (for requeued cluster jobs).",
+)
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--seed", type=int)
@@ -52,9 +56,10 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         "train.compile": compile_,
     }
     config = resolve_config(config_path, sets, opts, named, resume_from_run=True)
-    if config.resume:
-        from biovfm_core.train.loop import check_resume_names
+    from biovfm_core.train.loop import check_resume_names, resolve_auto_resume
 
+    resolve_auto_resume(config)
+    if config.resume:
         check_resume_names(config)
     registry = get_registry()
     device_type = _device_type(config.train.device)

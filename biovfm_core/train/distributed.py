@@ -131,6 +131,13 @@ def wrap(objective: nn.Module, runtime: Runtime, strategy: str) -> nn.Module:
     raise ConfigError(f"train.distributed must be auto, ddp or fsdp, not {strategy!r}")
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``wrap`` sharded the model with FSDP (its state must be gathered)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def no_sync(module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
     """Skip the gradient all-reduce on accumulation micro-steps (DDP only)."""
     if enabled and isinstance(module, nn.parallel.DistributedDataParallel):

@@ -55,6 +55,20 @@ class RunResult:
     rank_checksums: list[float] = field(default_factory=list)
 
 
+def resolve_auto_resume(config: RunConfig) -> None:
+    """``--resume auto``: continue ``output/name`` if it has a checkpoint, else start it.
+
+    What a requeued cluster job wants: the same command line works for the first
+    attempt and for every restart after a preemption.
+    """
+    if config.resume != "auto":
+        return
+    if not config.name:
+        raise ConfigError("--resume auto needs --name, to know which run folder to continue")
+    folder = Path(config.output) / config.name
+    config.resume = str(folder) if ckpt.latest_checkpoint(folder) is not None else None
+
+
 def run_folder(config: RunConfig) -> Path:
     if config.resume:
         path = Path(config.resume)
@@ -70,6 +84,7 @@ def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResu
         from biovfm_core.registry import get_registry
 
         registry = get_registry()
+    resolve_auto_resume(config)
     if config.resume:
         check_resume_names(config)
     config.validate_plugins(registry)
@@ -141,6 +156,10 @@ class _Trainer:
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
         )
+        # FSDP replaces parameters when it shards them: wrap before the optimizer
+        # collects them, and restore checkpoints into the wrapped model.
+        model = D.wrap(objective, rt, cfg.train.distributed)
+        self.sharded = D.is_sharded(model)
         optimizer = build_optimizer(objective, backbone, plan, rt.device)
         scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
         identity = ckpt.Identity(
@@ -150,12 +169,11 @@ class _Trainer:
         step, epoch, batch_in_epoch = 0, 0, 0
         if resume_from is not None:
             step, epoch, batch_in_epoch = self._restore(
-                resume_from, identity, objective, optimizer, scaler
+                resume_from, identity, model, objective, optimizer, scaler
             )
         else:
             torch.manual_seed(cfg.train.seed + rt.rank)  # per-rank masks and drop-path
 
-        model = D.wrap(objective, rt, cfg.train.distributed)
         metrics = MetricsLog(self.run_dir, resume_step=step, enabled=rt.is_main)
         if rt.is_main:
             summary = {
@@ -243,12 +261,15 @@ class _Trainer:
                     f"{row['images_per_s']:.1f} img/s"
                 )
             if step % cfg.train.checkpoint_every == 0 or step == total_steps:
-                self._save(step, objective, optimizer, scaler, identity)
+                self._save(step, model, objective, optimizer, scaler, identity)
         if bar is not None:
             bar.close()
         metrics.close()
 
-        checksums = D.all_equal_across_ranks(_checksum(objective), rt)
+        full_state = self._full_model_state(model, objective)
+        checksums = D.all_equal_across_ranks(_checksum(full_state) if full_state else 0.0, rt)
+        if self.sharded:
+            checksums = checksums[:1]  # one full model, gathered on rank 0
         result = RunResult(
             self.run_dir,
             step,
@@ -260,7 +281,7 @@ class _Trainer:
         if rt.is_main:
             self._write_bad_images()
             result.export = export_backbone(
-                objective.eval_backbone(),
+                self._eval_backbone(objective, full_state),
                 self.run_dir / "export",
                 backbone_name=cfg.backbone,
                 backbone_options=cfg.options["backbone"],
@@ -391,43 +412,106 @@ class _Trainer:
             raise ConfigError(f"--resume {self.config.resume}: no checkpoint found there")
         return found
 
-    def _save(self, step, objective, optimizer, scaler, identity: ckpt.Identity) -> None:
+    def _full_model_state(self, model, objective) -> dict[str, torch.Tensor]:
+        """The objective's whole state on rank 0 (gathered from shards under FSDP)."""
+        if not self.sharded:
+            return objective.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return {k.removeprefix("objective."): v for k, v in full.items()}
+
+    def _eval_backbone(self, objective, full_state: dict[str, torch.Tensor]):
+        backbone = objective.eval_backbone()
+        if not self.sharded:
+            return backbone
+        # Sharded parameters cannot be exported; rebuild the backbone whole on rank 0.
+        prefix = next(n for n, m in objective.named_modules() if m is backbone) + "."
+        whole = self.registry.build(
+            "backbones", self.config.backbone, options=self.config.options["backbone"]
+        )
+        whole.load_state_dict(
+            {k.removeprefix(prefix): v for k, v in full_state.items() if k.startswith(prefix)}
+        )
+        return whole
+
+    def _save(self, step, model, objective, optimizer, scaler, identity: ckpt.Identity) -> None:
         rt = self.rt
         rngs = [ckpt.rng_state()]
         if rt.distributed:
             rngs = [None] * rt.world_size
             dist.all_gather_object(rngs, ckpt.rng_state())
+        model_state = self._full_model_state(model, objective)
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
+
+            optimizer_state = get_optimizer_state_dict(
+                model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        else:
+            optimizer_state = optimizer.state_dict()
         if rt.is_main:
             state = {
                 "step": step,
                 "epoch": self.position[0],
                 "batch_in_epoch": self.position[1],
                 "bad_images": self.bad_images,
-                "optimizer": optimizer.state_dict(),
+                "optimizer_layout": "fsdp_full" if self.sharded else "torch",
+                "optimizer": optimizer_state,
                 "scaler": scaler.state_dict() if scaler else {},
                 "rng": rngs,
                 "identity": identity.to_dict(),
                 "world_size": rt.world_size,
             }
             ckpt.save_checkpoint(
-                self.run_dir,
-                step,
-                objective.state_dict(),
-                state,
-                keep_last=self.config.train.keep_last,
+                self.run_dir, step, model_state, state, keep_last=self.config.train.keep_last
             )
         rt.barrier()
 
-    def _restore(self, path, identity, objective, optimizer, scaler) -> tuple[int, int, int]:
+    def _restore(self, path, identity, model, objective, optimizer, scaler) -> tuple[int, int, int]:
         weights, state = ckpt.load_checkpoint(path)
         ckpt.check_identity(path, state["identity"], identity)
-        missing, unexpected = objective.load_state_dict(weights, strict=False)
-        if missing or unexpected:
+        layout = "fsdp_full" if self.sharded else "torch"
+        if state.get("optimizer_layout", "torch") != layout:
             raise ConfigError(
-                f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
+                f"checkpoint {path} was written with train.distributed="
+                f"{'fsdp' if layout == 'torch' else 'ddp'}; resume it with the same setting"
             )
-        optimizer.load_state_dict(state["optimizer"])
+        expected = set(objective.state_dict()) if not self.sharded else None
+        if expected is not None and expected != set(weights):
+            raise ConfigError(
+                f"checkpoint {path} does not fit this model: missing "
+                f"{sorted(expected - set(weights))[:5]}, unexpected "
+                f"{sorted(set(weights) - expected)[:5]}"
+            )
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            set_model_state_dict(
+                model,
+                {f"objective.{k}": v for k, v in weights.items()},
+                options=StateDictOptions(full_state_dict=True),
+            )
+            # Parameters that never got a gradient yet (DINOv2's last layer during its
+            # frozen first epoch) have no AdamW state to restore; that is expected.
+            set_optimizer_state_dict(
+                model,
+                optimizer,
+                state["optimizer"],
+                options=StateDictOptions(full_state_dict=True, strict=False),
+            )
+        else:
+            objective.load_state_dict(weights)
+            optimizer.load_state_dict(state["optimizer"])
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
@@ -457,11 +541,9 @@ class _Trainer:
             print(message, file=sys.stderr, flush=True)
 
 
-def _checksum(module: torch.nn.Module) -> float:
+def _checksum(state: dict[str, torch.Tensor]) -> float:
     with torch.no_grad():
-        return float(
-            sum(p.double().sum() for p in module.state_dict().values() if p.is_floating_point())
-        )
+        return float(sum(t.double().sum() for t in state.values() if t.is_floating_point()))
 
 
 def _memory_gb(device: torch.device) -> float:
