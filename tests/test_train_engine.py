@@ -332,3 +332,22 @@ def test_resume_auto_starts_then_continues(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == ["1", "2", "3", "4"]
     with pytest.raises(ConfigError, match="needs --name"):
         train(RunConfig(resume="auto"), registry, progress=False)
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path):
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    runs = {}
+    for flag in (False, True):
+        config = _tiny_config(
+            tmp_path / str(flag),
+            **{
+                "options.objective.nan_at": 100,
+                "train.max_steps": 3,
+                "train.activation_checkpointing": flag,
+                "options.backbone.drop_path_rate": 0.2,
+            },
+        )
+        train(config, registry, progress=False)
+        runs[flag] = [float(r["loss"]) for r in read_metrics(tmp_path / str(flag) / "run")]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
