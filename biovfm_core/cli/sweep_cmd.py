@@ -2,14 +2,64 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import click
 
-from biovfm_core.errors import NotBuiltError
 
-_ANY_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+@click.command("sweep")
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="List the cells and whether each is done.")
+@click.option(
+    "--scheduler",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: run cells one after another here; slurm: write a job array.",
+)
+@click.option("--submit", is_flag=True, help="With --scheduler slurm: sbatch the array.")
+@click.option(
+    "--finish-cell", "finish", metavar="CELL", help="Mark a cell done (used by the job array)."
+)
+def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: str | None) -> None:
+    """Run the grid in SWEEP_FILE (backbone x objective x data fraction x modality x seed).
 
+    Every cell reads one shared data index, so objectives are compared on the same
+    images. Finished cells are skipped and an interrupted cell resumes from its last
+    checkpoint: re-run the same command to continue. The results of all finished
+    cells are collected into OUTPUT/results.csv for `biovfm analyze`.
+    """
+    from biovfm_core import sweep as S
 
-@click.command("sweep", context_settings=_ANY_ARGS)
-def sweep() -> None:
-    """Run a grid of train + eval cells for a scaling study (not built yet)."""
-    raise NotBuiltError("`biovfm sweep` is not built yet (tracked in issue 7)")
+    plan = S.load_sweep(sweep_file)
+    cells = plan.cells()
+    if finish:
+        match = [c for c in cells if c.id == finish]
+        if not match:
+            raise click.BadParameter(
+                f"no cell {finish!r} in {sweep_file}", param_hint="--finish-cell"
+            )
+        click.echo(f"done: {S.finish_cell(match[0].folder(plan))}")
+        return
+    if dry_run:
+        for cell in cells:
+            state = "done" if S.is_done(plan, cell) else "to run"
+            click.echo(f"{state:7} {cell.id}")
+        click.echo(
+            f"{len(cells)} cells, {sum(S.is_done(plan, c) for c in cells)} done; output {plan.output}"
+        )
+        return
+    if scheduler == "slurm":
+        script = S.slurm_script(plan)
+        click.echo(f"wrote {script}")
+        if submit:
+            if shutil.which("sbatch") is None:
+                raise click.ClickException(
+                    "sbatch is not on PATH; submit the script on the cluster"
+                )
+            subprocess.run(["sbatch", str(script)], check=True)
+        return
+    ran = S.run_local(plan, echo=lambda m: click.echo(m, err=True))
+    table = S.collect_results(plan)
+    click.echo(f"ran {len(ran)} cell(s); results: {table or 'none yet (no eval configured?)'}")

@@ -1,0 +1,102 @@
+"""`biovfm sweep`: grid cells over one shared index, resumable, local or as a SLURM array."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from biovfm_core import sweep as S
+from biovfm_core.errors import ConfigError
+
+SWEEP = """
+name: tiny
+output: {output}
+base:
+  train: {{max_steps: 2, batch_size: 8, checkpoint_every: 2, device: cpu}}
+  data: {{num_workers: 0}}
+  options:
+    objective: {{global_size: 32, local_size: 16, local_crops: 2, prototypes: 64}}
+grid:
+  objective: [dinov2]
+  data.fraction: [0.5, 1.0]
+  backbone: [vit_tiny]
+"""
+
+
+def write_sweep(tmp_path: Path, text: str | None = None) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.format(output=tmp_path / "out") if text is None else text)
+    return path
+
+
+def biovfm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "biovfm_core.cli.main", *args],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_cells_are_the_product_of_the_grid(tmp_path):
+    sweep = S.load_sweep(write_sweep(tmp_path))
+    cells = sweep.cells()
+    assert [c.id for c in cells] == [
+        "objective=dinov2,fraction=0.5,backbone=vit_tiny",
+        "objective=dinov2,fraction=1.0,backbone=vit_tiny",
+    ]
+    for cell in cells:
+        assert cell.config.data.index == str(tmp_path / "out" / "index.npz")
+        assert cell.config.resume == "auto" and cell.config.train.max_steps == 2
+    assert cells[0].config.data.fraction == 0.5
+
+
+def test_bad_sweep_files_fail_at_once(tmp_path):
+    with pytest.raises(ConfigError, match=r"grid\.backbone must be a non-empty list"):
+        S.load_sweep(write_sweep(tmp_path, "grid:\n  backbone: vit_tiny\n"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.max_step'"):
+        S.load_sweep(write_sweep(tmp_path, "base: {train: {max_step: 3}}\ngrid: {backbone: [a]}\n"))
+    with pytest.raises(ConfigError, match="unknown key"):
+        S.load_sweep(write_sweep(tmp_path, "grdi: {}\n"))
+
+
+def test_local_sweep_runs_skips_and_resumes(tmp_path):
+    path = write_sweep(tmp_path)
+    result = biovfm("sweep", str(path))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    assert len(cells) == 2
+    done = [json.loads((out / "cells" / c / "DONE.json").read_text()) for c in cells]
+    assert [d["images"] for d in done] == [60, 120]  # the fraction subsets the shared index
+    assert all(d["steps"] == 2 and d["objective"] == "dinov2" for d in done)
+
+    again = biovfm("sweep", str(path))
+    assert again.returncode == 0
+    assert again.stderr.count("done, skipped") == 2
+
+    # A cell without DONE.json (interrupted after training) resumes, not restarts.
+    (out / "cells" / cells[0] / "DONE.json").unlink()
+    resumed = biovfm("sweep", str(path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and resumed.stderr.count("done, skipped") == 1
+
+    listing = biovfm("sweep", str(path), "--dry-run")
+    assert "2 cells, 2 done" in listing.stdout
+
+
+def test_slurm_array_lists_pending_cells_and_is_valid_bash(tmp_path):
+    path = write_sweep(tmp_path)
+    result = biovfm("sweep", str(path), "--scheduler", "slurm")
+    assert result.returncode == 0, result.stderr
+    script = (tmp_path / "out" / "slurm" / "array.sbatch").read_text()
+    assert "#SBATCH --array=0-1%2" in script
+    assert "torchrun --standalone --nproc_per_node 1 -m biovfm_core.cli.main train" in script
+    assert "--finish-cell" in script
+    assert (
+        subprocess.run(["bash", "-n", str(tmp_path / "out" / "slurm" / "array.sbatch")]).returncode
+        == 0
+    )
+    assert len(list((tmp_path / "out" / "configs").glob("*.yaml"))) == 2
