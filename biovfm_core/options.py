@@ -41,18 +41,33 @@ def factory_options(factory: Callable[..., Any]) -> dict[str, OptionSpec]:
     """The keyword-only parameters of ``factory`` (a class or function) as options.
 
     ``variant`` is not an option: biovfm passes it for family names (``timm:x``).
+    A class whose ``__init__`` ends in ``**kwargs`` passes them to its base class:
+    the base's keyword-only parameters are options too, so a subclass lists only
+    what it adds.
     """
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    signature = inspect.signature(target)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable forward references: check names, not types
-        hints = {}
-    specs = {}
-    for param in signature.parameters.values():
-        if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name == "variant":
-            continue
-        specs[param.name] = OptionSpec(param.name, hints.get(param.name, Any), param.default)
+    targets = [factory.__init__] if inspect.isclass(factory) else [factory]
+    if inspect.isclass(factory):
+        targets += [
+            base.__dict__["__init__"] for base in factory.__mro__[1:] if "__init__" in base.__dict__
+        ]
+    specs: dict[str, OptionSpec] = {}
+    for target in targets:
+        signature = inspect.signature(target)
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:  # unresolvable forward references: check names, not types
+            hints = {}
+        for param in signature.parameters.values():
+            if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name == "variant":
+                continue
+            specs.setdefault(
+                param.name, OptionSpec(param.name, hints.get(param.name, Any), param.default)
+            )
+        passes_on = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+        )
+        if not passes_on:
+            break
     return specs
 
 

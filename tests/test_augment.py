@@ -213,8 +213,10 @@ def test_recipe_options_reach_the_recipe():
     assert len(recipe._global_crop.transforms) == 1  # the crop alone, no flip
 
 
-def test_multi_crop_option_defaults_agree_across_recipes():
+def test_modality_recipes_take_the_multi_crop_options_through_kwargs():
     import inspect
+
+    from biovfm_core.options import factory_options
 
     base = inspect.signature(MultiCropRecipe).parameters
     for cls in (
@@ -225,6 +227,8 @@ def test_multi_crop_option_defaults_agree_across_recipes():
         UltrasoundRecipe,
         ColourConstancyRecipe,
     ):
-        params = inspect.signature(cls).parameters
+        specs = factory_options(cls)
         for name in ("flip", "mean", "std", "jitter_p", "blur_global", "solarize_p"):
-            assert params[name].default == base[name].default, (cls.__name__, name)
+            assert specs[name].default == base[name].default, (cls.__name__, name)
+        recipe = cls(ViewSpec(global_size=32, local_crops=0), flip=False, solarize_p=0.0)
+        assert recipe.flip is False and recipe.solarize_p == 0.0

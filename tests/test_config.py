@@ -224,3 +224,24 @@ def test_coerce(value, annotation, expected):
 def test_coerce_rejects(value, annotation):
     with pytest.raises(ValueError):
         coerce(value, annotation)
+
+
+def test_options_follow_kwargs_into_the_base_class():
+    from biovfm_core.options import factory_options
+
+    class Base:
+        def __init__(self, views, *, flip: bool = True, size: int = 3) -> None:
+            self.flip, self.size = flip, size
+
+    class Child(Base):
+        def __init__(self, views, *, gamma: float = 1.0, size: int = 5, **rest) -> None:
+            super().__init__(views, size=size, **rest)
+
+    class Closed(Base):
+        def __init__(self, views, *, gamma: float = 1.0) -> None:
+            super().__init__(views)
+
+    specs = factory_options(Child)
+    assert list(specs) == ["gamma", "size", "flip"]
+    assert specs["size"].default == 5  # the subclass's default wins
+    assert list(factory_options(Closed)) == ["gamma"]  # no **kwargs: nothing passes on

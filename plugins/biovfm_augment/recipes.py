@@ -214,8 +214,8 @@ class CTRecipe(MultiCropRecipe):
     -------
     windows: comma list of ``level/width`` presets (soft tissue, lung, bone, brain).
     jitter: relative jitter of level and width.
-    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
-    ``MultiCropRecipe``).
+    Plus the multi-crop options of ``MultiCropRecipe`` (flip, mean, std, jitter_p,
+    blur_global, solarize_p).
     """
 
     def __init__(
@@ -224,22 +224,9 @@ class CTRecipe(MultiCropRecipe):
         *,
         windows: str = "40/400,-600/1500,400/1800,40/80",
         jitter: float = 0.1,
-        flip: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        jitter_p: float = 0.8,
-        blur_global: tuple[float, float] = (1.0, 0.1),
-        solarize_p: float = 0.2,
+        **multi_crop: Any,
     ) -> None:
-        super().__init__(
-            views,
-            flip=flip,
-            mean=mean,
-            std=std,
-            jitter_p=jitter_p,
-            blur_global=blur_global,
-            solarize_p=solarize_p,
-        )
+        super().__init__(views, **multi_crop)
         self.windows = [
             tuple(float(x) for x in w.split("/")) for w in windows.split(",") if w.strip()
         ]
@@ -277,8 +264,8 @@ class MRRecipe(MultiCropRecipe):
     bias: maximum amplitude of the log bias field.
     gamma: range the gamma exponent is drawn from.
     p: probability of the bias field, and separately of the gamma, per view.
-    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
-    ``MultiCropRecipe``).
+    Plus the multi-crop options of ``MultiCropRecipe`` (flip, mean, std, jitter_p,
+    blur_global, solarize_p).
     """
 
     def __init__(
@@ -288,22 +275,9 @@ class MRRecipe(MultiCropRecipe):
         bias: float = 0.3,
         gamma: tuple[float, float] = (0.7, 1.5),
         p: float = 0.5,
-        flip: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        jitter_p: float = 0.8,
-        blur_global: tuple[float, float] = (1.0, 0.1),
-        solarize_p: float = 0.2,
+        **multi_crop: Any,
     ) -> None:
-        super().__init__(
-            views,
-            flip=flip,
-            mean=mean,
-            std=std,
-            jitter_p=jitter_p,
-            blur_global=blur_global,
-            solarize_p=solarize_p,
-        )
+        super().__init__(views, **multi_crop)
         self.bias, self.gamma, self.p = bias, gamma, p
 
     def prepare(self, image: np.ndarray, record: SampleRecord) -> Any:
@@ -339,8 +313,8 @@ class XRayRecipe(MultiCropRecipe):
     clip_limit: CLAHE contrast limit (OpenCV's ``clipLimit``; 8x8 tiles).
     contrast: contrast factor drawn from ``1 ± contrast``.
     brightness: offset drawn from ``± brightness``.
-    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
-    ``MultiCropRecipe``).
+    Plus the multi-crop options of ``MultiCropRecipe`` (flip, mean, std, jitter_p,
+    blur_global, solarize_p).
     """
 
     def __init__(
@@ -351,22 +325,9 @@ class XRayRecipe(MultiCropRecipe):
         clip_limit: float = 2.0,
         contrast: float = 0.2,
         brightness: float = 0.1,
-        flip: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        jitter_p: float = 0.8,
-        blur_global: tuple[float, float] = (1.0, 0.1),
-        solarize_p: float = 0.2,
+        **multi_crop: Any,
     ) -> None:
-        super().__init__(
-            views,
-            flip=flip,
-            mean=mean,
-            std=std,
-            jitter_p=jitter_p,
-            blur_global=blur_global,
-            solarize_p=solarize_p,
-        )
+        super().__init__(views, **multi_crop)
         self.clahe_p, self.clip_limit = clahe_p, clip_limit
         self.contrast, self.brightness = contrast, brightness
 
@@ -395,8 +356,8 @@ class MicroscopyRecipe(MultiCropRecipe):
     sigma: stain scale drawn from ``1 ± sigma`` per channel.
     bias: stain shift drawn from ``± bias`` (times the channel's largest density).
     p: probability of the stain jitter per view.
-    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
-    ``MultiCropRecipe``).
+    Plus the multi-crop options of ``MultiCropRecipe`` (flip, mean, std, jitter_p,
+    blur_global, solarize_p).
     """
 
     def __init__(
@@ -406,22 +367,9 @@ class MicroscopyRecipe(MultiCropRecipe):
         sigma: float = 0.05,
         bias: float = 0.05,
         p: float = 0.8,
-        flip: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        jitter_p: float = 0.8,
-        blur_global: tuple[float, float] = (1.0, 0.1),
-        solarize_p: float = 0.2,
+        **multi_crop: Any,
     ) -> None:
-        super().__init__(
-            views,
-            flip=flip,
-            mean=mean,
-            std=std,
-            jitter_p=jitter_p,
-            blur_global=blur_global,
-            solarize_p=solarize_p,
-        )
+        super().__init__(views, **multi_crop)
         self.sigma, self.bias, self.p = sigma, bias, p
 
     def intensity(
@@ -446,8 +394,8 @@ class UltrasoundRecipe(MultiCropRecipe):
     -------
     strength: largest speckle standard deviation (drawn from [0.02, strength]).
     p: probability of speckle per view.
-    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
-    ``MultiCropRecipe``).
+    Plus the multi-crop options of ``MultiCropRecipe`` (flip, mean, std, jitter_p,
+    blur_global, solarize_p).
     """
 
     def __init__(
@@ -456,22 +404,9 @@ class UltrasoundRecipe(MultiCropRecipe):
         *,
         strength: float = 0.15,
         p: float = 0.5,
-        flip: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        jitter_p: float = 0.8,
-        blur_global: tuple[float, float] = (1.0, 0.1),
-        solarize_p: float = 0.2,
+        **multi_crop: Any,
     ) -> None:
-        super().__init__(
-            views,
-            flip=flip,
-            mean=mean,
-            std=std,
-            jitter_p=jitter_p,
-            blur_global=blur_global,
-            solarize_p=solarize_p,
-        )
+        super().__init__(views, **multi_crop)
         self.strength, self.p = strength, p
 
     def intensity(
@@ -495,8 +430,8 @@ class ColourConstancyRecipe(MultiCropRecipe):
     -------
     power: Minkowski norm of the illuminant estimate (6 is the ISIC choice).
     p: probability of the correction per view.
-    Multi-crop options: flip, mean, std, jitter_p, blur_global, solarize_p (as in
-    ``MultiCropRecipe``).
+    Plus the multi-crop options of ``MultiCropRecipe`` (flip, mean, std, jitter_p,
+    blur_global, solarize_p).
     """
 
     def __init__(
@@ -505,22 +440,9 @@ class ColourConstancyRecipe(MultiCropRecipe):
         *,
         power: float = 6.0,
         p: float = 0.5,
-        flip: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        jitter_p: float = 0.8,
-        blur_global: tuple[float, float] = (1.0, 0.1),
-        solarize_p: float = 0.2,
+        **multi_crop: Any,
     ) -> None:
-        super().__init__(
-            views,
-            flip=flip,
-            mean=mean,
-            std=std,
-            jitter_p=jitter_p,
-            blur_global=blur_global,
-            solarize_p=solarize_p,
-        )
+        super().__init__(views, **multi_crop)
         self.power, self.p = power, p
 
     def intensity(
