@@ -31,6 +31,9 @@ from YAML (``options: {objective: {teacher_temp: 0.07}}``) or the command line
 (``--opt objective.teacher_temp=0.07``). Give each a default and a type hint
 (``int``, ``float``, ``bool``, ``str``, ``tuple[float, float]``, ``X | None``);
 biovfm checks types and rejects unknown option names, listing the valid ones.
+A class whose ``__init__`` ends in ``**kwargs`` (passed to ``super().__init__``)
+also offers its base class's keyword-only parameters, so a subclass lists only
+what it adds.
 Describe them in the factory's docstring; ``biovfm plugins --options NAME`` shows
 them. The positional parameters are supplied by biovfm and differ per kind (below).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -14,6 +13,7 @@ from biovfm_dinov2.masking import block_mask, sample_ibot_masks
 from biovfm_dinov2.objective import build_dinov2
 from biovfm_dinov2.sinkhorn import sinkhorn_knopp
 from biovfm_timm.vit import build_vit
+from real_images import real_crops
 
 from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import Batch, StepInfo, TaskInfo
@@ -263,38 +263,6 @@ def test_cnn_without_ibot_only(objective) -> None:
         build_dinov2(build_timm("resnet18"), TaskInfo(), **SMALL)
     with pytest.raises(ConfigError, match="centering"):
         build_dinov2(build_vit("tiny"), TaskInfo(), **SMALL, centering="median")
-
-
-@functools.cache
-def _bundled_images() -> tuple:
-    from skimage import data
-
-    # Downscaled once: decoding and cropping the 1411 px fundus image dominates otherwise.
-    return tuple(
-        F.interpolate(
-            torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0,
-            size=(256, 256),
-            mode="bilinear",
-            antialias=True,
-        )[0]
-        for img in (data.immunohistochemistry(), data.retina())
-    )
-
-
-def real_crops(n: int, size: int, seed: int) -> torch.Tensor:
-    """Random square crops of two bundled biomedical images, resized to ``size``."""
-    g = torch.Generator().manual_seed(seed)
-    sources = _bundled_images()
-    crops = []
-    for i in range(n):
-        img = sources[i % 2]
-        side = int(torch.randint(img.shape[1] // 4, img.shape[1] // 2, (1,), generator=g))
-        top = int(torch.randint(0, img.shape[1] - side, (1,), generator=g))
-        left = int(torch.randint(0, img.shape[2] - side, (1,), generator=g))
-        crop = img[:, top : top + side, left : left + side][None]
-        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0])
-    x = torch.stack(crops)
-    return (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
 
 
 def test_a_few_adamw_steps_lower_the_dinov2_loss() -> None:
