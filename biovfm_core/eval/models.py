@@ -1,0 +1,214 @@
+"""The models ``biovfm eval`` takes: a run folder, an exported backbone, a random-init
+backbone (``random:<name>``) and any timm model (``timm:<name>``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from biovfm_core.errors import ConfigError
+
+
+@dataclass
+class LoadedModel:
+    """A backbone ready for evaluation, with what identifies it for caches and tables."""
+
+    name: str
+    backbone: torch.nn.Module
+    identity: str  # hash of weights + construction; keys the feature cache
+    backbone_name: str = ""
+    objective: str = ""
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_m(self) -> float:
+        return sum(p.numel() for p in self.backbone.parameters()) / 1e6
+
+
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    # Content, not path or mtime: the same weights copied elsewhere share a cache.
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def load_model(
+    spec: str,
+    registry,
+    *,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Resolve ``spec`` to a backbone in eval mode.
+
+    ``options`` are backbone options for ``random:`` and ``timm:`` models
+    (``pretrained`` defaults to true for ``timm:``); runs and exports carry their own.
+    """
+    options = dict(options or {})
+    if spec.startswith("random:"):
+        name = spec.removeprefix("random:")
+        torch.manual_seed(seed)
+        backbone = registry.build("backbones", name, options=options)
+        ident = _hash("random", name, registry.validate("backbones", name, options), seed)
+        return _ready(LoadedModel(f"random:{name}", backbone, ident, name, "random", spec))
+    if spec.startswith("timm:") and not os.path.exists(spec):
+        options.setdefault("pretrained", True)
+        torch.manual_seed(seed)
+        try:
+            backbone = registry.build("backbones", spec, options=options)
+        except OSError as exc:  # huggingface_hub's offline / not-found errors
+            raise ConfigError(
+                f"{spec}: cannot get timm's pretrained weights ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); this machine cannot download them. "
+                "Put them in the Hugging Face cache, or evaluate the architecture with "
+                "random weights: --opt backbone.pretrained=false"
+            ) from None
+        checked = registry.validate("backbones", spec, options)
+        ident = _hash("timm", spec, checked, None if checked.get("pretrained") else seed)
+        objective = "timm-pretrained" if checked.get("pretrained") else "random"
+        return _ready(LoadedModel(spec, backbone, ident, spec, objective, spec))
+    path = Path(spec)
+    if not path.exists():
+        raise ConfigError(
+            f"model {spec!r}: no such run folder or export; models are a run folder, an "
+            "export folder or backbone.json, random:<backbone> or timm:<name>"
+        )
+    if options:
+        raise ConfigError(
+            f"model {spec}: --opt backbone.* applies only to random: and timm: models; "
+            "runs and exports carry their own backbone options"
+        )
+    if path.is_file() and path.name == "backbone.json":
+        path = path.parent
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if (path / "backbone.json").is_file():
+        return _ready(load_export(path, registry))
+    if (path / "config.yaml").is_file():
+        if (path / "export" / "backbone.json").is_file():
+            model = load_export(path / "export", registry)
+            model.name = path.name
+            return _ready(model)
+        return _ready(load_checkpoint_backbone(path, registry))
+    if (path / "state.pt").is_file() and (path.parent.parent / "config.yaml").is_file():
+        return _ready(load_checkpoint_backbone(path.parent.parent, registry, checkpoint=path))
+    raise ConfigError(f"{spec}: neither a biovfm run (config.yaml) nor an export (backbone.json)")
+
+
+def _ready(model: LoadedModel) -> LoadedModel:
+    model.backbone.eval()
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_export(folder: Path, registry) -> LoadedModel:
+    """An export of ``biovfm train`` (``backbone.json`` + ``backbone.safetensors``)."""
+    from safetensors.torch import load_file
+
+    try:
+        description = json.loads((folder / "backbone.json").read_text())
+        info = description["biovfm"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{folder / 'backbone.json'}: not a biovfm export: {exc}") from None
+    weights_file = folder / "backbone.safetensors"
+    if not weights_file.is_file():
+        raise ConfigError(f"{folder}: backbone.json without backbone.safetensors")
+    backbone = registry.build("backbones", info["backbone"], options=info.get("options", {}))
+    state = load_file(str(weights_file))
+    if info.get("layout") == "host":
+        _load_host_layout(backbone, state, weights_file)
+    else:
+        backbone.load_state_dict(state)
+    run = folder.parent if folder.name == "export" else folder
+    objective = _run_objective(run)
+    return LoadedModel(
+        run.name if folder.name == "export" else folder.name,
+        backbone,
+        _file_hash(weights_file),
+        info["backbone"],
+        objective,
+        str(folder),
+        {"step": info.get("step")},
+    )
+
+
+def _load_host_layout(backbone: torch.nn.Module, state: dict, where: Path) -> None:
+    """Weights saved in the host library's layout (a timm ViT's own state dict) go into
+    the wrapper under the one prefix that makes every exported key fit."""
+    own = backbone.state_dict()
+    first = next(iter(state))
+    for key in own:
+        if key.endswith(first):
+            prefix = key[: len(key) - len(first)]
+            if all(prefix + k in own for k in state):
+                missing = [k for k in own if not k.startswith(prefix)]
+                backbone.load_state_dict({prefix + k: v for k, v in state.items()}, strict=False)
+                # Only tokens that evaluation never uses (e.g. the iBOT mask token) may stay.
+                unused = [k for k in missing if "mask_token" not in k]
+                if unused or len(state) != sum(k.startswith(prefix) for k in own):
+                    raise ConfigError(f"{where}: exported weights do not cover {unused}")
+                return
+    raise ConfigError(f"{where}: exported weights do not fit the backbone it names")
+
+
+def _run_objective(run: Path) -> str:
+    try:
+        import yaml
+
+        return str(yaml.safe_load((run / "config.yaml").read_text()).get("objective", ""))
+    except Exception:
+        return ""
+
+
+def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None) -> LoadedModel:
+    """The eval backbone of a run's latest checkpoint (no export yet): rebuild objective
+    and backbone from ``config.yaml`` and ask the objective for ``eval_backbone()``."""
+    from safetensors.torch import load_file
+
+    from biovfm_core.config import RunConfig
+    from biovfm_core.protocols import TaskInfo
+    from biovfm_core.train import checkpoint as ckpt
+
+    latest = checkpoint or ckpt.latest_checkpoint(run)
+    if latest is None:
+        raise ConfigError(f"{run}: the run has neither export/ nor a checkpoint yet")
+    config = RunConfig.from_yaml(run / "config.yaml")
+    weights = load_file(str(latest / "model.safetensors"))
+    backbone = registry.build("backbones", config.backbone, options=config.options["backbone"])
+    task = TaskInfo()
+    heads = [v for k, v in weights.items() if k.startswith("head") and v.ndim == 2]
+    if heads:
+        # A supervised run's head fixes the class count its objective is built with.
+        task = TaskInfo(num_classes=int(heads[-1].shape[0]))
+    objective = registry.build(
+        "objectives", config.objective, backbone, task, options=config.options["objective"]
+    )
+    objective.load_state_dict(weights)
+    step = ckpt.read_meta(latest).get("step")
+    return LoadedModel(
+        run.name,
+        objective.eval_backbone(),
+        _file_hash(latest / "model.safetensors"),
+        config.backbone,
+        config.objective,
+        str(latest),
+        {"step": step},
+    )
