@@ -60,7 +60,7 @@ def test_loader_benchmark_runs_and_reports_positive_rates(capsys):
 def test_reference_comparison_runs_both_sides():
     bench = _load("bench_vs_reference")
     rows = bench.main(
-        ["--rounds", "1", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--size", "32",
+        ["--rounds", "1", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--size", "48",
          "--local-size", "16", "--local-crops", "1", "--prototypes", "64", "--hidden", "32"]
     )  # fmt: skip
     assert [r["objective"] for r in rows] == ["dinov2", "mae"]
