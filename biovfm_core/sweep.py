@@ -212,7 +212,7 @@ def finish_cell(run_dir: Path) -> Path:
         "modalities": "+".join(config.data.modalities) or "all",
         "seed": config.train.seed,
         "steps": summary["steps"],
-        "results": sorted(str(p) for p in (run_dir / "eval").glob("**/*.csv")),
+        "results": [str(p) for p in [run_dir / "eval" / "results.csv"] if p.is_file()],
     }
     return write_atomic(run_dir / "DONE.json", json.dumps(done, indent=2).encode())
 

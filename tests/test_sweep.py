@@ -100,3 +100,40 @@ def test_slurm_array_lists_pending_cells_and_is_valid_bash(tmp_path):
         == 0
     )
     assert len(list((tmp_path / "out" / "configs").glob("*.yaml"))) == 2
+
+
+def write_medmnist(path: Path) -> Path:
+    """A small binary benchmark in the MedMNIST layout: bright vs dark squares."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 40), ("val", 12), ("test", 12)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        images[labels == 1, 8:20, 8:20] += 150
+        arrays[f"{split}_images"] = images
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_sweep_with_eval_collects_one_results_table(tmp_path):
+    bench = write_medmnist(tmp_path / "breastmnist.npz")
+    text = SWEEP.format(output=tmp_path / "out").replace(
+        "data.fraction: [0.5, 1.0]", "data.fraction: [1.0]"
+    ) + (
+        "eval:\n  args: [--benchmark, 'medmnist:" + str(bench) + "', --epochs, '2', "
+        "--bootstrap, '50', --cache, none, --device, cpu]\n"
+    )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    result = biovfm("sweep", str(path))
+    assert result.returncode == 0, result.stderr
+    from biovfm_core.results import read_results
+
+    rows = read_results(tmp_path / "out" / "results.csv")
+    assert {r.metric for r in rows} >= {"auc", "mcc", "balanced_acc"}
+    assert all(r.objective == "dinov2" and r.backbone == "vit_tiny" for r in rows)
+    assert all(r.images == 120 and r.params_m and r.params_m > 5 for r in rows)
+    assert all(r.model == "objective=dinov2,fraction=1.0,backbone=vit_tiny" for r in rows)
