@@ -137,3 +137,10 @@ def test_sweep_with_eval_collects_one_results_table(tmp_path):
     assert all(r.objective == "dinov2" and r.backbone == "vit_tiny" for r in rows)
     assert all(r.images == 120 and r.params_m and r.params_m > 5 for r in rows)
     assert all(r.model == "objective=dinov2,fraction=1.0,backbone=vit_tiny" for r in rows)
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "demo.yaml"])
+def test_shipped_example_sweeps_are_valid(name):
+    sweep = S.load_sweep(Path(__file__).resolve().parents[1] / "examples" / "sweeps" / name)
+    cells = sweep.cells()
+    assert len(cells) == {"study.yaml": 24, "demo.yaml": 8}[name]
