@@ -7,8 +7,9 @@
   more information per pixel.
 * ``dbi``: Davies-Bouldin index (scikit-learn) of the training labels, on raw
   pixels (downsampled, flattened, scaled to [0, 1]) or on features from an ``.npz``
-  with ``features`` (N, D) and ``labels`` (N,) or (N, L) — e.g. the frozen features
-  of a reference backbone that ``biovfm eval`` caches. Higher means classes overlap.
+  with ``features`` (N, D) and ``labels`` (N,) or (N, L), or a ``.npy`` of the train
+  split's features in file order (the frozen features of a reference backbone that
+  ``biovfm eval`` caches). Higher means classes overlap.
 
 Subsamples are seeded, and results are cached as JSON keyed by the file's path,
 size and modification time and by every option, so a second call is instant and
@@ -171,21 +172,32 @@ def davies_bouldin(
     return float(davies_bouldin_score(x, y)), len(idx)
 
 
-def load_features(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``features`` (N, D) and ``labels`` from a feature ``.npz``."""
+def load_features(
+    path: str | os.PathLike[str], labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``features`` (N, D) and ``labels`` from a feature ``.npz``, or from a bare
+    ``.npy`` of train-split features (as ``biovfm eval`` caches them) paired with
+    the benchmark's own train ``labels``."""
     try:
-        with np.load(path) as npz:
-            missing = [k for k in ("features", "labels") if k not in npz.files]
-            if missing:
-                raise ConfigError(
-                    f"{path}: feature file lacks key(s) {', '.join(missing)} "
-                    f"(has: {', '.join(npz.files)}); expected 'features' (N, D) and 'labels'"
-                )
-            features, labels = npz["features"], npz["labels"]
+        if str(path).endswith(".npy"):
+            if labels is None:
+                raise ConfigError(f"{path}: a .npy feature file needs the benchmark's labels")
+            features = np.load(path)
+        else:
+            with np.load(path) as npz:
+                missing = [k for k in ("features", "labels") if k not in npz.files]
+                if missing:
+                    raise ConfigError(
+                        f"{path}: feature file lacks key(s) {', '.join(missing)} "
+                        f"(has: {', '.join(npz.files)}); expected 'features' (N, D) and 'labels'"
+                    )
+                features, labels = npz["features"], npz["labels"]
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read feature file {path}: {exc}") from None
     if features.ndim != 2:
         raise ConfigError(f"{path}: features must be (N, D), got shape {features.shape}")
+    if len(features) != len(labels):
+        raise ConfigError(f"{path}: {len(features)} feature rows but {len(labels)} labels")
     return features, labels
 
 
@@ -254,7 +266,7 @@ def benchmark_properties(
     n_classes = int(labels.shape[1]) if multi else len(np.unique(labels))
     gz, png_median, n_compress = compressibility(images, max_images=max_images, seed=seed, png=png)
     if feature_path is not None:
-        feats, feat_labels = load_features(feature_path)
+        feats, feat_labels = load_features(feature_path, labels)
         dbi, n_dbi = davies_bouldin(feats, feat_labels, max_samples=dbi_samples, seed=seed)
         space = "features"
     else:
