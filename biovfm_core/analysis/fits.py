@@ -208,6 +208,7 @@ def fit_scaling(
         groups[key].append((float(x), row.value))
     if missing_x:
         result.skipped.append(f"{kind} scaling: {missing_x} row(s) without {x_column}")
+    single: dict[tuple, list[str]] = defaultdict(list)
     for key, points in sorted(groups.items()):
         objective, benchmark, protocol, metric, fixed = key
         xs, ys = zip(*points, strict=True)
@@ -215,9 +216,9 @@ def fit_scaling(
         if fixed:
             label += f" ({fixed})"
         if len(set(xs)) < 2:
-            result.skipped.append(
-                f"{label}: only one {x_column} value ({xs[0]:g}); a slope needs two or more"
-            )
+            # One line per curve family, not per benchmark: a sweep's other axes
+            # produce many such single-point groups.
+            single[(objective, protocol, metric, fixed, xs[0])].append(benchmark)
             continue
         try:
             fit = fit_loglog(xs, ys, scale=scale, level=level)
@@ -225,6 +226,12 @@ def fit_scaling(
             result.skipped.append(f"{label}: {exc}")
             continue
         result.fits.append(_row(kind, "benchmark", key, x_column, fit, xs))
+    for (objective, protocol, metric, fixed, x), names in sorted(single.items()):
+        where = f" ({fixed})" if fixed else ""
+        result.skipped.append(
+            f"{kind} scaling {objective or '-'}/{protocol}/{metric}{where}: only one "
+            f"{x_column} value ({x:g}) on {len(names)} benchmark(s); a slope needs two or more"
+        )
     if not result.fits:
         if require:
             reasons = "; ".join(result.skipped[:5]) or f"no rows for metrics {sorted(wanted or [])}"

@@ -27,8 +27,8 @@ def _pyplot():
 
 
 def slug(*parts: str) -> str:
-    text = "_".join(p for p in parts if p)
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "all"
+    text = "_".join(re.sub(r"[^A-Za-z0-9.+_-]+", "-", p).strip("-") for p in parts if p)
+    return text or "all"
 
 
 def _points(rows: Sequence[ResultRow], fit: ScalingFit) -> tuple[list[float], list[float]]:
@@ -47,6 +47,17 @@ def _points(rows: Sequence[ResultRow], fit: ScalingFit) -> tuple[list[float], li
             xs.append(float(getattr(row, fit.x)))
             ys.append(100.0 * row.value)
     return xs, ys
+
+
+def _log_axes(ax, xs: Sequence[float]) -> None:
+    """Log x labelled with the measured values. y stays linear: it spans a few
+    AUC points, within one decade, where a log axis would show no tick labels."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks, [f"{v:g}" if v < 1e4 else f"{v:.2g}" for v in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _fit_line(ax, fit: ScalingFit, xs: Sequence[float], color: str, label: str) -> None:
@@ -80,8 +91,7 @@ def scaling_curves(
                 xs, ys = _points(rows, fit)
             ax.scatter(xs, ys, s=16, color="C0", zorder=3)
             _fit_line(ax, fit, xs, "C3", f"slope {fit.slope:.4f}")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _log_axes(ax, xs)
             ax.set_title(
                 "mean over benchmarks" if fit.benchmark == "MEAN" else fit.benchmark, fontsize=9
             )
@@ -91,7 +101,7 @@ def scaling_curves(
             ax.axis("off")
         xlabel = "parameters (M)" if kind == "model" else group[0].x
         fig.supxlabel(f"{xlabel} (log)", fontsize=9)
-        fig.supylabel(f"100 × {metric} (log)", fontsize=9)
+        fig.supylabel(f"100 × {metric}", fontsize=9)
         fig.suptitle(
             f"{kind} scaling: {objective or '-'} / {protocol} / {metric}  {fixed}", fontsize=10
         )
@@ -149,7 +159,11 @@ def slope_scatter(
             for xi, yi, b in zip(x, y, names, strict=True):
                 ax.annotate(b.replace("mnist", ""), (xi, yi), fontsize=6, alpha=0.7)
             if corr.property == "n_train":
+                from matplotlib.ticker import NullFormatter, ScalarFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(corr.property, fontsize=8)
             ax.set_title(f"r={corr.pearson_r:.2f}  ρ={corr.spearman_rho:.2f}", fontsize=9)
             ax.tick_params(labelsize=7)
@@ -176,7 +190,9 @@ def group_bars(
         return None
     plt = _pyplot()
     order = sorted(values, key=lambda v: (isinstance(v, str), v))
-    objectives = sorted({r.objective for r in rows if r.metric.lower() == metric})
+    objectives = sorted(
+        {r.objective for r in rows if r.metric.lower() == metric and getattr(r, column) in values}
+    )
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(order) * len(objectives)), 3.2))
     width = 0.8 / len(objectives)
     for k, objective in enumerate(objectives):

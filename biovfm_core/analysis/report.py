@@ -23,7 +23,7 @@ from biovfm_core.analysis.correlate import (
     loo_predict,
     slope_families,
 )
-from biovfm_core.analysis.fits import FitSet, ScalingFit, fit_scaling
+from biovfm_core.analysis.fits import FitSet, ScalingFit, benchmark_key, fit_scaling
 from biovfm_core.analysis.properties import (
     TaskProperties,
     benchmark_properties,
@@ -84,8 +84,6 @@ class PropertyOptions:
     use_cache: bool = True
 
     def compute(self, npz: str | os.PathLike[str]) -> TaskProperties:
-        from biovfm_core.analysis.fits import benchmark_key
-
         return benchmark_properties(
             npz,
             features=self.features.get(benchmark_key(Path(npz).name)),
@@ -108,8 +106,6 @@ def load_properties(
 ) -> list[TaskProperties]:
     """Properties from a CSV, or computed from the MedMNIST files under a root
     (restricted to ``only`` when given)."""
-    from biovfm_core.analysis.fits import benchmark_key
-
     if properties_csv and medmnist_root:
         raise ConfigError("give --properties or --medmnist-root, not both")
     if properties_csv:
@@ -258,24 +254,24 @@ def write_report(
         tables["predictions"] = write_table(out / "predictions.csv", _loo_rows(analysis.loo))
     curves = plots.scaling_curves(analysis.rows, fits, figures)
     scatters = plots.slope_scatter(fits, analysis.properties, analysis.correlations, figures)
-    metric = (
-        "auc" if any(r.metric.lower() == "auc" for r in analysis.rows) else analysis.rows[0].metric
-    )
+    rows = analysis.rows
+    metric = "auc" if any(r.metric.lower() == "auc" for r in rows) else rows[0].metric
+    # images and data_fraction tell the same story; draw the fraction only without counts.
+    size_column = "images" if any(r.images is not None for r in rows) else "data_fraction"
     bars = [
         p
-        for column in ("modalities", "images", "data_fraction")
+        for column in ("modalities", size_column)
         if (p := plots.group_bars(analysis.rows, column, figures, metric=metric.lower()))
     ]
 
     def link(path: Path) -> str:
         return path.relative_to(out).as_posix()
 
-    rows = analysis.rows
     lines = ["# Scaling analysis", ""]
     lines.append(
         f"{len(rows)} result rows from {', '.join(inputs) or 'the given tables'}: "
         f"objectives {', '.join(sorted({r.objective or '-' for r in rows}))}; "
-        f"{len({r.benchmark for r in rows})} benchmarks; metrics "
+        f"{len({benchmark_key(r.benchmark) for r in rows})} benchmarks; metrics "
         f"{', '.join(sorted({r.metric for r in rows}))}."
     )
     lines += [
@@ -431,7 +427,13 @@ def write_report(
             ],
         )
     if bars:
-        lines += ["## Data size and modality mix", ""]
+        lines += [
+            "## Data size and modality mix",
+            "",
+            f"Mean 100 × {metric} over every row with each value (the other factors are "
+            "not held fixed here; the data-scaling fits above do that).",
+            "",
+        ]
         lines += [f"![{p.stem}]({link(p)})" for p in bars] + [""]
     if analysis.notes:
         lines += ["## Not fitted", ""] + [f"- {n}" for n in analysis.notes] + [""]
@@ -485,8 +487,6 @@ def run_report(
     seed: int = 0,
 ) -> Path:
     """``biovfm analyze report``: read, analyse, write; returns report.md's path."""
-    from biovfm_core.analysis.fits import benchmark_key
-
     rows = read_tables(results)
     wanted = {benchmark_key(r.benchmark) for r in rows}
     properties = load_properties(properties_csv, medmnist_root, property_options, only=wanted)
