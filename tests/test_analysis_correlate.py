@@ -128,6 +128,7 @@ def test_predict_a_new_task_from_its_properties():
     prediction = predict_slope(target, loo, reference=0.9)
     assert prediction.slope == pytest.approx(slopes[target.benchmark], abs=1e-10)
     assert prediction.gain_10x == pytest.approx(gain_10x(prediction.slope, 0.9))
+    assert prediction.baseline_slope == pytest.approx(np.mean(loo.actual))
 
 
 def test_predict_benchmark_leaves_the_measured_target_out():

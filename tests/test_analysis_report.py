@@ -157,6 +157,19 @@ def test_properties_then_report_from_the_csv(workspace):
     assert (out / "correlations.csv").is_file()
 
 
+def test_properties_of_single_files(workspace, tmp_path):
+    task = write_medmnist(tmp_path, "mytaskmnist", 3, 50, 45.0)
+    out = tmp_path / "p.csv"
+    result = invoke("properties", "--file", str(task), "--no-cache", "--png", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert "mytaskmnist" in result.output
+    with out.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["n_train"] == "50" and float(row["compressibility_png"]) > 0
+    result = invoke("properties", "--output", str(out))
+    assert result.exit_code == 2 and "--medmnist-root DIR and/or --file" in result.output
+
+
 def test_predict_answers_for_a_new_task(workspace, tmp_path):
     task = write_medmnist(tmp_path, "mytaskmnist", 3, 50, 45.0)
     result = invoke(

@@ -253,6 +253,8 @@ class Prediction:
     gain_10x: float  # metric points (×100) from a 10× larger model at reference_auc
     gain_10x_low: float
     gain_10x_high: float
+    baseline_slope: float  # mean slope of the training benchmarks: the no-skill answer
+    baseline_gain_10x: float
     note: str = ""
     measured_slope: float | None = None  # when the table measured the target too
 
@@ -292,5 +294,7 @@ def predict_slope(
         gain_10x=gain_10x(slope, reference),
         gain_10x_low=gain_10x(slope - loo.mae, reference),
         gain_10x_high=gain_10x(slope + loo.mae, reference),
+        baseline_slope=float(np.mean(loo.actual)),
+        baseline_gain_10x=gain_10x(float(np.mean(loo.actual)), reference),
         note=note,
     )

@@ -116,19 +116,22 @@ def describe(prediction: Prediction) -> str:
         f"  predicted model-scaling slope {p.slope:.4f} ± {p.loo_mae:.4f} "
         f"(leave-one-out MAE over {p.n_train_benchmarks} benchmarks)",
         f"  a 10× larger model: {p.gain_10x:+.2f} {p.metric.upper()} points at "
-        f"{100 * p.reference_auc:.2f} (range {p.gain_10x_low:+.2f} to {p.gain_10x_high:+.2f})",
+        f"{100 * p.reference_auc:.2f} ({p.gain_10x_low:+.2f} to {p.gain_10x_high:+.2f} "
+        "within ±1 LOO MAE of the slope)",
     ]
     if p.measured_slope is not None:
         lines.append(f"  measured slope {p.measured_slope:.4f}")
-    verdict = (
-        "the properties predict slopes better than the mean of the measured benchmarks"
-        if skill > 0
-        else "the properties predict no better than the mean of the measured benchmarks: "
-        "read the prediction as the typical slope"
-    )
+    if skill > 0:
+        verdict = "the properties predict slopes better than the mean of the measured benchmarks"
+    else:
+        verdict = (
+            "the properties predict no better than the mean of the measured benchmarks; "
+            f"the mean slope {p.baseline_slope:.4f} ({p.baseline_gain_10x:+.2f} points for "
+            "10×) is the safer answer"
+        )
     lines.append(
-        f"  {verdict} (MAE {p.loo_mae:.4f} vs {p.baseline_mae:.4f}, permutation p "
-        f"{p.permutation_p:.3f})"
+        f"  {verdict} (LOO MAE {p.loo_mae:.4f} vs {p.baseline_mae:.4f} for the mean, "
+        f"permutation p {p.permutation_p:.3f})"
     )
     if p.note:
         lines.append(f"  note: {p.note}")

@@ -112,6 +112,7 @@ def analyze() -> None:
     \b
     biovfm analyze report --results R.csv --medmnist-root ~/medmnist --output out/
     biovfm analyze properties --medmnist-root ~/medmnist --output properties.csv
+    biovfm analyze properties --file my_task.npz --output my_task.csv
     biovfm analyze predict --benchmark my_task.npz --results R.csv --properties P.csv
     biovfm analyze fit --results R.csv --output fits.csv
     """
@@ -172,25 +173,44 @@ def fit_cmd(
 @analyze.command("properties")
 @click.option(
     "--medmnist-root",
-    required=True,
     type=click.Path(file_okay=False),
     help="Folder of MedMNIST .npz files ({flag}.npz or {flag}_{size}.npz).",
 )
 @click.option(
-    "--benchmark", "benchmarks", multiple=True, help="Only these benchmarks (flags, repeatable)."
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A MedMNIST-layout .npz (repeatable; with or instead of --medmnist-root).",
+)
+@click.option(
+    "--benchmark",
+    "benchmarks",
+    multiple=True,
+    help="Only these benchmarks under --medmnist-root (flags, repeatable).",
 )
 @click.option(
     "--output", required=True, type=click.Path(dir_okay=False), help="Properties CSV to write."
 )
 @_property_options
-def properties_cmd(medmnist_root: str, benchmarks: tuple[str, ...], output: str, **kw: Any) -> None:
+def properties_cmd(
+    medmnist_root: str | None,
+    files: tuple[str, ...],
+    benchmarks: tuple[str, ...],
+    output: str,
+    **kw: Any,
+) -> None:
     """Classes, training samples, compressibility and Davies-Bouldin index per benchmark."""
     from biovfm_core.analysis.fits import benchmark_key
     from biovfm_core.analysis.properties import write_properties
     from biovfm_core.analysis.report import load_properties
 
+    if not medmnist_root and not files:
+        raise ConfigError("give --medmnist-root DIR and/or --file NPZ")
+    options = _options(kw)
     only = {benchmark_key(b) for b in benchmarks} or None
-    props = load_properties(None, medmnist_root, _options(kw), only=only)
+    props = load_properties(None, medmnist_root, options, only=only) if medmnist_root else []
+    props += [options.compute(f) for f in files]
     if not props:
         raise ConfigError(f"none of {sorted(only or [])} found under {medmnist_root}")
     write_properties(output, props)
