@@ -65,3 +65,14 @@ def test_reference_comparison_runs_both_sides():
     )  # fmt: skip
     assert [r["objective"] for r in rows] == ["dinov2", "mae"]
     assert all(r["ours"] > 0 and r["ref"] > 0 and r["ratio"] > 0 for r in rows)
+
+
+def test_eval_extraction_benchmark_runs_on_the_twelve_shapes(capsys):
+    bench = _load("bench_eval")
+    results = bench.main(
+        ["--backbone", "vit_tiny", "--input-size", "32", "--images", "3", "--batch-size", "2"]
+    )
+    assert len(results) == 12
+    assert [r.channels for r in results][:3] == [3, 1, 3]  # pathmnist RGB, chestmnist gray
+    assert all(r.images == 3 and r.images_s > 0 for r in results)
+    assert "| organsmnist | 1 | 3 |" in capsys.readouterr().out

@@ -1,0 +1,90 @@
+"""Frozen-feature extraction speed of `biovfm eval` on a 12-benchmark-shaped workload.
+
+Synthetic uint8 images shaped like the 12 MedMNIST 2D benchmarks (gray or RGB, as
+each benchmark is) at a given file size, pushed through the same path the eval uses
+(``biovfm_core.eval.features.extract``: gray → 3 channels, resize, normalise,
+``forward_tokens``, CLS + mean-patch). The per-benchmark image count is scaled down
+(``--images``) so the run finishes; rates are images per second after warm-up.
+
+    python benchmarks/bench_eval.py --backbone vit_small --device cuda --input-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from biovfm_core.eval.data import MEDMNIST_2D
+from biovfm_core.eval.features import extract
+from biovfm_core.eval.models import load_model
+from biovfm_core.registry import get_registry
+
+# Channels per benchmark (../shared/data/medmnist_2d.csv).
+RGB = {"pathmnist", "dermamnist", "retinamnist", "bloodmnist"}
+
+
+@dataclass
+class Result:
+    benchmark: str
+    channels: int
+    images: int
+    seconds: float
+
+    @property
+    def images_s(self) -> float:
+        return self.images / self.seconds
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="vit_small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--file-size", type=int, default=28, help="stored image side")
+    parser.add_argument("--input-size", type=int, default=224, help="model input side")
+    parser.add_argument("--images", type=int, default=256, help="images per benchmark")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--benchmarks", type=int, default=12, help="first N of the 12")
+    args = parser.parse_args(argv)
+
+    model = load_model(
+        f"random:{args.backbone}", get_registry(), options={"image_size": args.input_size}
+    )
+    backbone = model.backbone.to(args.device)
+    rng = np.random.default_rng(0)
+    kw = {"size": args.input_size, "device": args.device, "batch_size": args.batch_size}
+    warm = rng.integers(
+        0, 256, (min(args.batch_size, args.images), args.file_size, args.file_size), np.uint8
+    )
+    extract(backbone, warm, **kw)
+    results = []
+    for flag in list(MEDMNIST_2D)[: args.benchmarks]:
+        shape = (args.images, args.file_size, args.file_size) + ((3,) if flag in RGB else ())
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        extract(backbone, images, **kw)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        results.append(
+            Result(flag, 3 if flag in RGB else 1, args.images, time.perf_counter() - start)
+        )
+    total = sum(r.images for r in results) / sum(r.seconds for r in results)
+    print(
+        f"{args.backbone} ({model.params_m:.1f}M) on {args.device}, {args.file_size}px files → "
+        f"{args.input_size}px input, batch {args.batch_size}"
+    )
+    print("| benchmark | channels | images | images/s |")
+    print("|---|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.benchmark} | {r.channels} | {r.images} | {r.images_s:.1f} |")
+    print(f"| all | | {sum(r.images for r in results)} | {total:.1f} |")
+    return results
+
+
+if __name__ == "__main__":
+    main()
