@@ -59,6 +59,24 @@ def test_multiclass_metrics_equal_sklearn():
     assert m["f1_micro"] == pytest.approx(f1_score(y, pred, average="micro"), abs=1e-6)
 
 
+def test_classes_absent_from_the_test_set_do_not_count_in_the_auc():
+    # 5 declared classes, only 0-2 in the test labels (a small benchmark's test split).
+    y, p3 = _multiclass(c=3)
+    p = np.concatenate([p3, np.full((len(y), 2), 1e-3)], axis=1)
+    p /= p.sum(1, keepdims=True)
+    m = compute_metrics("multi-class", y, p)
+    expected = np.mean([roc_auc_score(y == k, p[:, k]) for k in range(3)])
+    assert m["auc"] == pytest.approx(expected, abs=1e-5)
+    point = weighted_metrics("multi-class", y, p, None, torch.ones(1, len(y)))
+    assert float(point["auc"][0]) == pytest.approx(m["auc"], abs=1e-6)  # as the bootstrap does
+    # Multi-label: a label with no positives in the test set has no AUC.
+    ym, sm = _multilabel()
+    ym[:, 0] = 0
+    ml = compute_metrics("multi-label", ym, sm, np.full(ym.shape[1], 0.5))
+    expected = np.mean([roc_auc_score(ym[:, j], sm[:, j]) for j in range(1, ym.shape[1])])
+    assert ml["auc"] == pytest.approx(expected, abs=1e-5)
+
+
 def test_binary_metrics_equal_sklearn_at_the_given_threshold():
     y, s = _binary()
     thr = np.array([0.42])

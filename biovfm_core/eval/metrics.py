@@ -116,7 +116,9 @@ def compute_metrics(
         c = s.shape[1]
         preds = s.argmax(dim=1)
         out = {
-            "auc": float(tmf.multiclass_auroc(s, y, num_classes=c, average="macro")),
+            # Macro over the classes present in the test labels: torchmetrics scores an
+            # absent class's AUC as 0, the bootstrap (and sklearn) leave it undefined.
+            "auc": _present_mean(tmf.multiclass_auroc(s, y, num_classes=c, average=None), y, c),
             "acc": float(tmf.multiclass_accuracy(preds, y, num_classes=c, average="micro")),
             # Mean recall over the classes present in the targets, as sklearn's
             # balanced_accuracy_score (torchmetrics would count absent classes as 0).
@@ -136,13 +138,20 @@ def compute_metrics(
     per_label = [_binary_point(s[:, j], y[:, j], float(thr[j])) for j in range(num)]
     mean = lambda key: float(np.mean([m[key] for m in per_label]))  # noqa: E731
     return {
-        "auc": float(tmf.multilabel_auroc(s, y, num_labels=num, average="macro")),
+        "auc": _defined_label_mean(tmf.multilabel_auroc(s, y, num_labels=num, average=None), y),
         "acc": mean("acc"),
         "balanced_acc": mean("balanced_acc"),
         "mcc": mean("mcc"),
         "f1_macro": float(tmf.multilabel_f1_score(preds, y, num_labels=num, average="macro")),
         "f1_micro": float(tmf.multilabel_f1_score(preds, y, num_labels=num, average="micro")),
     }
+
+
+def _defined_label_mean(per_label: torch.Tensor, y: torch.Tensor) -> float:
+    # A label's AUC is defined only when the test set has positives and negatives.
+    positives = y.sum(dim=0)
+    defined = (positives > 0) & (positives < y.shape[0])
+    return float(per_label[defined].mean()) if bool(defined.any()) else float("nan")
 
 
 def _present_mean(per_class: torch.Tensor, y: torch.Tensor, c: int) -> float:
