@@ -146,3 +146,14 @@ def test_predict_benchmark_leaves_the_measured_target_out():
     assert "10× larger model" in text and "left out of training" in text
     with pytest.raises(ConfigError, match="no model-scaling slopes for objective=mae"):
         predict_benchmark(results_from(slopes), props, target, objective="mae")
+
+
+def test_round_off_slopes_have_no_correlation():
+    # Saturated benchmarks (AUC 1.0 at every size) give slopes of float noise.
+    slopes = [0.0, 1e-17, -2e-17, 3e-17]
+    prop = [1.0, 2.0, 3.0, 4.0]
+    for fn in (pearson, spearman):
+        r, p = fn(prop, slopes)
+        assert np.isnan(r) and np.isnan(p)
+    r, _ = pearson(prop, [0.01, 0.02, 0.015, 0.03])  # real, small slopes still count
+    assert np.isfinite(r)

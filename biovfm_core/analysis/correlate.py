@@ -42,12 +42,19 @@ class Correlation:
     spearman_p: float
 
 
+def _constant(values: np.ndarray) -> bool:
+    # Slopes of saturated benchmarks differ only by float round-off (1e-17); a
+    # correlation of round-off is noise with a confident-looking p-value.
+    scale = max(float(np.max(np.abs(values))), 1e-12)
+    return float(np.ptp(values)) <= 1e-9 * scale or float(np.ptp(values)) < 1e-12
+
+
 def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Pearson r and two-sided p (NaN when n < 3 or a side is constant)."""
     from scipy import stats
 
     x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 3 or _constant(x) or _constant(y):
         return float("nan"), float("nan")
     result = stats.pearsonr(x, y)
     return float(result.statistic), float(result.pvalue)
@@ -58,7 +65,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     from scipy import stats
 
     x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 3 or _constant(x) or _constant(y):
         return float("nan"), float("nan")
     result = stats.spearmanr(x, y)
     return float(result.statistic), float(result.pvalue)

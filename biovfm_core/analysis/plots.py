@@ -58,6 +58,8 @@ def _log_axes(ax, xs: Sequence[float]) -> None:
     ticks = sorted(set(xs))
     ax.set_xticks(ticks, [f"{v:g}" if v < 1e4 else f"{v:.2g}" for v in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
+    # Saturated curves (AUC 100 everywhere) would get an offset label like "1e-6+1e2".
+    ax.ticklabel_format(axis="y", useOffset=False)
 
 
 def _fit_line(ax, fit: ScalingFit, xs: Sequence[float], color: str, label: str) -> None:
