@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,31 +64,6 @@ def test_bad_sweep_files_fail_at_once(tmp_path):
         S.load_sweep(write_sweep(tmp_path, "grdi: {}\n"))
 
 
-def test_local_sweep_runs_skips_and_resumes(tmp_path):
-    path = write_sweep(tmp_path)
-    result = biovfm("sweep", str(path))
-    assert result.returncode == 0, result.stderr
-    out = tmp_path / "out"
-    cells = sorted(p.name for p in (out / "cells").iterdir())
-    assert len(cells) == 2
-    done = [json.loads((out / "cells" / c / "DONE.json").read_text()) for c in cells]
-    assert [d["images"] for d in done] == [60, 120]  # the fraction subsets the shared index
-    assert all(d["steps"] == 2 and d["objective"] == "dinov2" for d in done)
-
-    again = biovfm("sweep", str(path))
-    assert again.returncode == 0
-    assert again.stderr.count("done, skipped") == 2
-
-    # A cell without DONE.json (interrupted after training) resumes, not restarts.
-    (out / "cells" / cells[0] / "DONE.json").unlink()
-    resumed = biovfm("sweep", str(path))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stderr and resumed.stderr.count("done, skipped") == 1
-
-    listing = biovfm("sweep", str(path), "--dry-run")
-    assert "2 cells, 2 done" in listing.stdout
-
-
 def test_slurm_array_lists_pending_cells_and_is_valid_bash(tmp_path):
     path = write_sweep(tmp_path)
     result = biovfm("sweep", str(path), "--scheduler", "slurm")
@@ -118,25 +95,74 @@ def write_medmnist(path: Path) -> Path:
     return path
 
 
-def test_sweep_with_eval_collects_one_results_table(tmp_path):
+def test_tiny_real_sweep_end_to_end_with_interruption_and_report(tmp_path):
+    """Two objectives x two data fractions, each cell trained and evaluated; the sweep
+    is killed inside a cell, re-run, and its results feed `biovfm analyze report`."""
     bench = write_medmnist(tmp_path / "breastmnist.npz")
-    text = SWEEP.format(output=tmp_path / "out").replace(
-        "data.fraction: [0.5, 1.0]", "data.fraction: [1.0]"
+    text = (
+        SWEEP.format(output=tmp_path / "out")
+        .replace("checkpoint_every: 2", "checkpoint_every: 1")
+        .replace("max_steps: 2", "max_steps: 4")
+        .replace("objective: [dinov2]", "objective: [dinov2, mae]")
+        .replace(
+            "objective: {global_size: 32, local_size: 16, local_crops: 2, prototypes: 64}",
+            "objective: {}",
+        )
     ) + (
         "eval:\n  args: [--benchmark, 'medmnist:" + str(bench) + "', --epochs, '2', "
-        "--bootstrap, '50', --cache, none, --device, cpu]\n"
+        "--bootstrap, '50', --cache, none, --device, cpu, --image-size, '64']\n"
     )
     path = tmp_path / "sweep.yaml"
     path.write_text(text)
+    out = tmp_path / "out"
+    cells = [c.id for c in S.load_sweep(path).cells()]
+    assert len(cells) == 4
+
+    # Kill the sweep once the second cell has written a checkpoint.
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "biovfm_core.cli.main", "sweep", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    second = out / "cells" / cells[1] / "checkpoints"
+    deadline = time.time() + 300
+    while victim.poll() is None and time.time() < deadline and not any(second.glob("step_*")):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert (out / "cells" / cells[0] / "DONE.json").is_file()
+    assert not (out / "cells" / cells[1] / "DONE.json").is_file()
+
     result = biovfm("sweep", str(path))
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("done, skipped") == 1
+    assert "resumed from" in result.stderr  # the interrupted cell continued
+    done = [json.loads((out / "cells" / c / "DONE.json").read_text()) for c in cells]
+    assert sorted((d["objective"], d["images"]) for d in done) == [
+        ("dinov2", 60), ("dinov2", 120), ("mae", 60), ("mae", 120)
+    ]  # fmt: skip
+    assert all(d["steps"] == 4 for d in done)
+    assert "4 cells, 4 done" in biovfm("sweep", str(path), "--dry-run").stdout
+
     from biovfm_core.results import read_results
 
-    rows = read_results(tmp_path / "out" / "results.csv")
+    rows = read_results(out / "results.csv")
+    assert {r.model for r in rows} == set(cells)
     assert {r.metric for r in rows} >= {"auc", "mcc", "balanced_acc"}
-    assert all(r.objective == "dinov2" and r.backbone == "vit_tiny" for r in rows)
-    assert all(r.images == 120 and r.params_m and r.params_m > 5 for r in rows)
-    assert all(r.model == "objective=dinov2,fraction=1.0,backbone=vit_tiny" for r in rows)
+    assert all(r.params_m and r.params_m > 5 and r.images in (60, 120) for r in rows)
+
+    report = biovfm(
+        "analyze", "report", "--results", str(out / "results.csv"),
+        "--medmnist-root", str(tmp_path), "--output", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "## Data scaling" in (tmp_path / "report" / "report.md").read_text()
+    fits = (tmp_path / "report" / "fits.csv").read_text().splitlines()
+    # One data-scaling slope per objective over the two fractions (60 and 120 images).
+    data_fits = [line for line in fits[1:] if line.startswith("data,benchmark,")]
+    assert sorted(line.split(",")[2] for line in data_fits) == ["dinov2", "mae"]
+    assert all(",60 120," in line for line in data_fits)
+    pngs = list((tmp_path / "report" / "figures").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
 @pytest.mark.parametrize("name", ["study.yaml", "demo.yaml"])
