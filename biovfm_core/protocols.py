@@ -121,12 +121,19 @@ class Batch:
         return int(self.global_views[0].shape[0])
 
     def to(self, device: Any, non_blocking: bool = True) -> Batch:
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread, so host-to-GPU copies overlap."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn) -> Batch:
         return Batch(
-            global_views=[move(v) for v in self.global_views],
-            local_views=[move(v) for v in self.local_views],
-            labels=None if self.labels is None else move(self.labels),
+            global_views=[fn(v) for v in self.global_views],
+            local_views=[fn(v) for v in self.local_views],
+            labels=None if self.labels is None else fn(self.labels),
             modality=list(self.modality),
+            skipped=list(self.skipped),
         )
 
 
