@@ -351,3 +351,18 @@ def test_activation_checkpointing_gives_the_same_losses(tmp_path):
         train(config, registry, progress=False)
         runs[flag] = [float(r["loss"]) for r in read_metrics(tmp_path / str(flag) / "run")]
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(tmp_path):
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    runs = {}
+    for flag in (False, True):
+        config = _tiny_config(
+            tmp_path / str(flag),
+            **{"options.objective.nan_at": 100, "train.max_steps": 3, "train.compile": flag},
+        )
+        train(config, registry, progress=False)
+        runs[flag] = [float(r["loss"]) for r in read_metrics(tmp_path / str(flag) / "run")]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
