@@ -20,6 +20,27 @@ _RESULTS_HELP = (
     "published numbers in the same columns); repeatable, tables are concatenated."
 )
 
+# Options shared by `fit`, `report` and `predict`.
+_results_option = click.option(
+    "--results",
+    "results",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help=_RESULTS_HELP,
+)
+_properties_option = click.option(
+    "--properties",
+    "properties_csv",
+    type=click.Path(dir_okay=False),
+    help="Properties CSV of the measured benchmarks (from `biovfm analyze properties`).",
+)
+_medmnist_root_option = click.option(
+    "--medmnist-root",
+    type=click.Path(file_okay=False),
+    help="Compute the measured benchmarks' properties from the MedMNIST files here instead.",
+)
+
 
 def _property_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """How properties are computed from MedMNIST files (shared by the subcommands)."""
@@ -119,14 +140,7 @@ def analyze() -> None:
 
 
 @analyze.command("fit")
-@click.option(
-    "--results",
-    "results",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False),
-    help=_RESULTS_HELP,
-)
+@_results_option
 @click.option(
     "--kind",
     type=click.Choice(["model", "data"]),
@@ -223,25 +237,9 @@ def properties_cmd(
 
 
 @analyze.command("report")
-@click.option(
-    "--results",
-    "results",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False),
-    help=_RESULTS_HELP,
-)
-@click.option(
-    "--properties",
-    "properties_csv",
-    type=click.Path(dir_okay=False),
-    help="Properties CSV (from `biovfm analyze properties`).",
-)
-@click.option(
-    "--medmnist-root",
-    type=click.Path(file_okay=False),
-    help="Compute properties from the MedMNIST files here instead.",
-)
+@_results_option
+@_properties_option
+@_medmnist_root_option
 @click.option(
     "--output",
     required=True,
@@ -298,25 +296,9 @@ def report_cmd(
     type=click.Path(dir_okay=False),
     help="Your task as a MedMNIST-layout .npz (train split is read).",
 )
-@click.option(
-    "--results",
-    "results",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False),
-    help=_RESULTS_HELP,
-)
-@click.option(
-    "--properties",
-    "properties_csv",
-    type=click.Path(dir_okay=False),
-    help="Properties CSV of the measured benchmarks.",
-)
-@click.option(
-    "--medmnist-root",
-    type=click.Path(file_okay=False),
-    help="Compute the measured benchmarks' properties from the files here.",
-)
+@_results_option
+@_properties_option
+@_medmnist_root_option
 @click.option("--objective", help="Only this objective (default: every one in the table).")
 @click.option("--protocol", help="Only this protocol (default: every one in the table).")
 @click.option("--metric", default="auc", show_default=True)
