@@ -366,3 +366,35 @@ def test_compiled_blocks_train_like_eager(tmp_path):
         train(config, registry, progress=False)
         runs[flag] = [float(r["loss"]) for r in read_metrics(tmp_path / str(flag) / "run")]
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
+    from PIL import Image
+    from skimage import data as skdata
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    retina = skdata.retina()
+    for i in range(12):
+        crop = retina[300 + 40 * i : 428 + 40 * i, 300:428]
+        Image.fromarray(crop).save(folder / f"retina_{i:02d}.png")
+    good = (folder / "retina_00.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 3])  # header intact, data cut
+
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    config = _tiny_config(
+        tmp_path,
+        **{
+            "options.objective.nan_at": 100,
+            "train.max_steps": 8,
+            "data.sources": [f"folder:{folder}?modality=fundus&anatomy=eye"],
+        },
+    )
+    result = train(config, registry, progress=False)
+    assert result.steps == 8
+    with open(tmp_path / "run" / "bad_images.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(r["uri"].endswith("truncated.png") for r in rows)
+    assert "truncated.png" in rows[0]["uri"] and rows[0]["reason"]
+    assert int(read_metrics(tmp_path / "run")[-1]["bad_images"]) == len(rows)
