@@ -376,13 +376,15 @@ class _Trainer:
                 yield item
 
     def _write_bad_images(self) -> None:
+        """One row per unusable image, with how often the run met it (once per epoch)."""
         import csv
+        from collections import Counter
 
-        path = self.run_dir / "bad_images.csv"
-        with open(path, "w", newline="", encoding="utf-8") as handle:
+        counts = Counter(self.bad_entries)
+        with open(self.run_dir / "bad_images.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["uri", "reason"])
-            writer.writerows(self.bad_entries)
+            writer.writerow(["uri", "reason", "times_skipped"])
+            writer.writerows((uri, reason, n) for (uri, reason), n in sorted(counts.items()))
 
     # ------------------------------------------------------------ numerics
 
