@@ -194,6 +194,11 @@ class Backbone(Protocol):
         """Parameter count, for scaling fits (the study plots against millions)."""
         ...
 
+    # Optional: ``export_state() -> (state_dict, description)`` saves the weights in the
+    # host library's own layout (a timm ViT's state dict) with a JSON-able description
+    # of how that library rebuilds the model; ``load_export_state(state_dict)`` reads
+    # them back. Without them, exports hold this module's own ``state_dict``.
+
 
 # ----------------------------------------------------------------------- objectives
 

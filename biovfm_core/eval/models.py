@@ -133,10 +133,21 @@ def load_export(folder: Path, registry) -> LoadedModel:
         raise ConfigError(f"{folder}: backbone.json without backbone.safetensors")
     backbone = registry.build("backbones", info["backbone"], options=info.get("options", {}))
     state = load_file(str(weights_file))
-    if info.get("layout") == "host":
-        _load_host_layout(backbone, state, weights_file)
-    else:
-        backbone.load_state_dict(state)
+    try:
+        if info.get("layout") == "host":
+            load = getattr(backbone, "load_export_state", None)
+            if load is None:
+                raise ConfigError(
+                    f"{weights_file}: saved in its host library's layout, but backbone "
+                    f"{info['backbone']!r} has no load_export_state() to read it"
+                )
+            load(state)
+        else:
+            backbone.load_state_dict(state)
+    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
+        raise ConfigError(
+            f"{weights_file}: does not fit backbone {info['backbone']!r}: {exc}"
+        ) from None
     run = folder.parent if folder.name == "export" else folder
     objective = _run_objective(run)
     return LoadedModel(
@@ -148,25 +159,6 @@ def load_export(folder: Path, registry) -> LoadedModel:
         str(folder),
         {"step": info.get("step")},
     )
-
-
-def _load_host_layout(backbone: torch.nn.Module, state: dict, where: Path) -> None:
-    """Weights saved in the host library's layout (a timm ViT's own state dict) go into
-    the wrapper under the one prefix that makes every exported key fit."""
-    own = backbone.state_dict()
-    first = next(iter(state))
-    for key in own:
-        if key.endswith(first):
-            prefix = key[: len(key) - len(first)]
-            if all(prefix + k in own for k in state):
-                missing = [k for k in own if not k.startswith(prefix)]
-                backbone.load_state_dict({prefix + k: v for k, v in state.items()}, strict=False)
-                # Only tokens that evaluation never uses (e.g. the iBOT mask token) may stay.
-                unused = [k for k in missing if "mask_token" not in k]
-                if unused or len(state) != sum(k.startswith(prefix) for k in own):
-                    raise ConfigError(f"{where}: exported weights do not cover {unused}")
-                return
-    raise ConfigError(f"{where}: exported weights do not fit the backbone it names")
 
 
 def _run_objective(run: Path) -> str:

@@ -124,6 +124,10 @@ class ViTBackbone(nn.Module):
             description["timm"] = {"model_name": base, "kwargs": model_args}
         return dict(vit.state_dict()), description
 
+    def load_export_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of ``export_state``: weights in timm's layout into this backbone."""
+        self.vit.load_state_dict(state)
+
 
 # timm's registered models with our sizes' widths, depths and heads (and, for giant,
 # DINOv2's SwiGLU MLP); patch and image size are passed as overrides.
