@@ -216,16 +216,23 @@ class _Trainer:
                     (scaler.scale(loss) if scaler else loss).backward()
                 for key, value in out.items():
                     parts[key] = parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
-            values = self._reduce(parts)
-            if not all(math.isfinite(v) for v in values.values()):
-                last_good = ckpt.latest_checkpoint(self.run_dir)
-                raise TrainingDiverged(
-                    f"loss is not finite at step {step} ({_fmt(values)}); stopped before the "
-                    f"optimizer step. Last good checkpoint: {last_good or 'none yet'}"
-                )
             if scaler:
                 scaler.unscale_(optimizer)
+            # Clipping first lets the gradient norm travel with the losses: one
+            # collective and one device sync per step. Nothing is applied before the
+            # finiteness check, so a bad step still leaves the weights untouched.
             grad_norm = self._clip(objective, plan.grad_clip)
+            values = self._reduce({**parts, "grad_norm": grad_norm})
+            grad_norm = values.pop("grad_norm")
+            # Under fp16 an infinite gradient is the scaler's business (it skips the step).
+            finite_norm = scaler is not None or math.isfinite(grad_norm)
+            if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
+                last_good = ckpt.latest_checkpoint(self.run_dir)
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step} ({_fmt(values)}, grad_norm="
+                    f"{grad_norm}); stopped before the optimizer step. Last good checkpoint: "
+                    f"{last_good or 'none yet'}"
+                )
             objective.before_optimizer_step(info)
             if scaler:
                 scaler.step(optimizer)
@@ -397,12 +404,16 @@ class _Trainer:
             stacked /= self.rt.world_size
         return dict(zip(keys, stacked.tolist(), strict=True))
 
-    def _clip(self, objective: torch.nn.Module, max_norm: float | None) -> float:
+    def _clip(self, objective: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+        """The total gradient norm (a device tensor: no sync), clipped to ``max_norm``."""
         params = [p for p in objective.parameters() if p.grad is not None]
         if not params:
-            return 0.0
+            return torch.zeros((), device=self.rt.device)
         limit = max_norm if max_norm is not None else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        # Under FSDP the norm of sharded gradients is a DTensor; make it a plain one.
+        full = getattr(norm, "full_tensor", None)
+        return (full() if full is not None else norm).float()
 
     # ------------------------------------------------------- checkpoints
 

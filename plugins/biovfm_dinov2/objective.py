@@ -165,17 +165,25 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         if use_ibot:
             p = backbone.patch_size
             grid = (images.shape[-2] // p, images.shape[-1] // p)
-            masks = sample_ibot_masks(
+            # Masks are drawn on the CPU; everything data-dependent about them (is any
+            # patch masked, which ones) is computed there, so the device never has to
+            # synchronise for a boolean index, as DINOv2 does with its index lists.
+            cpu_masks = sample_ibot_masks(
                 images.shape[0], grid, self.mask_ratio_min_max, self.mask_sample_probability
-            ).to(images.device)
-            has_masked = bool(masks.any())
+            )
+            has_masked = bool(cpu_masks.any())
+            masked_index = cpu_masks.flatten().nonzero().squeeze(1).to(images.device)
+            masks = cpu_masks.to(images.device, non_blocking=True)
+
+        def masked_patches(tokens: Tensor) -> Tensor:
+            return tokens.flatten(0, 1).index_select(0, masked_index)
 
         with torch.no_grad():
             t_out = self.teacher["backbone"].forward_tokens(images)
             t_cls_logits = self.teacher["dino_head"](t_out.cls)
             t_cls_targets = self.dino_targets(t_cls_logits, teacher_temp).chunk(n_global)
             if use_ibot and has_masked:
-                t_patch_logits = self._ibot_head(self.teacher)(t_out.patches[masks])
+                t_patch_logits = self._ibot_head(self.teacher)(masked_patches(t_out.patches))
                 t_patch_targets = self.ibot_targets(t_patch_logits, teacher_temp)
 
         s_global = backbone.forward_tokens(images, mask=masks if use_ibot else None)
@@ -190,8 +198,8 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         out = {"dino_loss": dino.detach(), "koleo_loss": koleo.detach()}
         if use_ibot:
             if has_masked:
-                s_patch_logits = self._ibot_head(self.student)(s_global.patches[masks])
-                ibot = self.ibot_loss(s_patch_logits, t_patch_targets, masks)
+                s_patch_logits = self._ibot_head(self.student)(masked_patches(s_global.patches))
+                ibot = self.ibot_loss(s_patch_logits, t_patch_targets, cpu_masks)
             else:
                 ibot = images.new_zeros(())
             loss = loss + self.ibot_loss_weight * ibot

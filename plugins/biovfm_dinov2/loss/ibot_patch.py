@@ -23,9 +23,13 @@ class IBOTPatchLoss(nn.Module):
 
     def forward(self, student_logits: Tensor, teacher_targets: Tensor, mask: Tensor) -> Tensor:
         """``student_logits``/``teacher_targets``: ``(T, K)`` for the ``T`` masked patches
-        in ``mask[mask]`` order; ``mask``: bool ``(M, N)``."""
+        in ``mask[mask]`` order; ``mask``: bool ``(M, N)``.
+
+        Pass ``mask`` on the CPU: the per-patch weights are then gathered there, and
+        moved, instead of forcing the device to synchronise for boolean indexing.
+        """
         n_masked = mask.sum(dim=1, keepdim=True).clamp(min=1).float()
-        weight = (1.0 / n_masked).expand_as(mask)[mask]
+        weight = (1.0 / n_masked).expand_as(mask)[mask].to(student_logits.device)
         log_q = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         per_patch = -(teacher_targets * log_q).sum(dim=-1)
         return (per_patch * weight).sum() / mask.shape[0]
