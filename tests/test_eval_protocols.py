@@ -178,3 +178,38 @@ def test_timm_pretrained_offline_fails_clearly_and_random_init_works(monkeypatch
         options={"pretrained": "false", "image_size": "32"},
     )
     assert model.objective == "random" and model.params_m > 5
+
+
+def test_probe_augment_is_the_studys_rotation_and_padded_crop():
+    import math
+
+    from biovfm_core.eval.data import probe_augment
+
+    x = torch.rand(6, 3, 28, 28)
+    a = probe_augment(x, torch.Generator().manual_seed(1))
+    b = probe_augment(x, torch.Generator().manual_seed(1))
+    c = probe_augment(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+    # No rotation and no shift is the identity.
+    assert torch.allclose(probe_augment(x, torch.Generator(), degrees=0.0, padding=0), x, atol=1e-5)
+    # A pure integer shift moves pixels by that many and fills with 0, like a padded crop.
+    shifted = probe_augment(x, torch.Generator().manual_seed(0), degrees=0.0, padding=4)
+    zero_cols = (shifted.abs().sum(dim=(1, 2)) < 1e-6).sum(dim=1)  # per image
+    zero_rows = (shifted.abs().sum(dim=(1, 3)) < 1e-6).sum(dim=1)
+    assert int((zero_cols + zero_rows).max()) <= 8 and math.isfinite(float(shifted.sum()))
+
+
+def test_linear_probe_reextracts_train_features_every_epoch():
+    rng = np.random.default_rng(0)
+    labels = {s: rng.integers(0, 2, n) for s, n in (("train", 40), ("val", 10), ("test", 10))}
+    feats = {
+        s: rng.normal(size=(len(y), 8)).astype(np.float32) + y[:, None] for s, y in labels.items()
+    }
+    calls = []
+
+    def per_epoch(epoch):
+        calls.append(epoch)
+        return feats["train"] + rng.normal(scale=0.01, size=feats["train"].shape).astype(np.float32)
+
+    P.linear_probe(feats, labels, "binary", 2, epochs=4, train_features=per_epoch)
+    assert calls == [0, 1, 2, 3]

@@ -57,6 +57,12 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
     "--epochs", type=int, default=10, show_default=True,
     help="Linear-probe epochs (the study: 100; the default keeps CPU runs short).",
 )  # fmt: skip
+@click.option(
+    "--probe-augment/--no-probe-augment", default=False, show_default=True,
+    help="The study's linear-probe augmentation (rotation ±30°, crop with 4 px padding): "
+    "train features are re-extracted from augmented images every epoch (epochs × the "
+    "extraction cost; off keeps the cached features).",
+)  # fmt: skip
 @click.option("--lr", type=float, default=1e-2, show_default=True, help="Linear-probe AdamW lr.")
 @click.option("--knn-k", type=int, default=20, show_default=True)
 @click.option("--knn-temperature", type=float, default=0.07, show_default=True)
@@ -88,7 +94,8 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
     "--compare", nargs=2, type=click.Path(dir_okay=False), default=None, metavar="A.csv B.csv",
     help="Print per-metric differences B-A of two results tables with CI overlap; no eval.",
 )  # fmt: skip
-def eval_(models, benchmarks, medmnist_root, size, protocols, features, image_size, epochs, lr,
+def eval_(models, benchmarks, medmnist_root, size, protocols, features, image_size, epochs,
+          probe_augment, lr,
           knn_k, knn_temperature, finetune_epochs, finetune_lr, layer_decay, threshold,
           bootstrap, seed, device, batch_size, output, cache, opts, compare) -> None:  # fmt: skip
     """Evaluate MODELS (run folders, exports, random:<backbone>, timm:<name>) on
@@ -118,6 +125,7 @@ def eval_(models, benchmarks, medmnist_root, size, protocols, features, image_si
         image_size=image_size,
         size=int(size),
         epochs=epochs,
+        probe_augment=probe_augment,
         lr=lr,
         knn_k=knn_k,
         knn_temperature=knn_temperature,

@@ -3,6 +3,7 @@ their official train/val/test splits, and the study's preprocessing."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -230,12 +231,40 @@ def _check_labels(
     return task, num
 
 
-def preprocess(images: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
+def preprocess(
+    images: np.ndarray,
+    size: int,
+    device: torch.device | str,
+    augment: torch.Generator | None = None,
+) -> torch.Tensor:
     """uint8 ``(B, H, W[, 3])`` → normalised float ``(B, 3, size, size)`` as the study:
-    gray repeated to 3 channels, bilinear resize, mean 0.5 / std 0.5."""
+    gray repeated to 3 channels, bilinear resize, mean 0.5 / std 0.5. With a generator,
+    the study's probe augmentation is applied before normalising (``probe_augment``)."""
     x = torch.as_tensor(np.ascontiguousarray(images)).to(device)
     x = x.unsqueeze(-1).expand(*x.shape, 3) if x.ndim == 3 else x
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if augment is not None:
+        x = probe_augment(x, augment)
     return (x - 0.5) / 0.5
+
+
+def probe_augment(
+    x: torch.Tensor, gen: torch.Generator, degrees: float = 30.0, padding: int = 4
+) -> torch.Tensor:
+    """The study's linear-probe augmentation on ``(B, C, H, W)`` in [0, 1]: a random
+    rotation in ±``degrees`` and a random crop of the image padded by ``padding`` px
+    (torchvision's RandomRotation(30) + RandomCrop(size, padding=4), fill 0), done as
+    one batched affine warp with a per-image angle and integer shift."""
+    b, _, h, w = x.shape
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(degrees)
+    shift = torch.randint(-padding, padding + 1, (b, 2), generator=gen).float()
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    # affine_grid works in [-1, 1] coordinates: a shift of s px is 2 s / side.
+    theta[:, 0, 2] = 2 * shift[:, 0] / w
+    theta[:, 1, 2] = 2 * shift[:, 1] / h
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -74,13 +74,15 @@ def extract(
     size: int,
     device: torch.device | str = "cpu",
     batch_size: int = 128,
+    augment: torch.Generator | None = None,
 ) -> dict[str, np.ndarray]:
-    """CLS and mean-patch features ``(N, D)`` float32 of uint8 ``images``."""
+    """CLS and mean-patch features ``(N, D)`` float32 of uint8 ``images`` (of randomly
+    augmented copies when ``augment`` is a generator; those are never cached)."""
     backbone.eval()
     cls, mean = [], []
     amp = torch.device(device).type == "cuda"
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start : start + batch_size], size, device)
+        x = preprocess(images[start : start + batch_size], size, device, augment)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = backbone.forward_tokens(x)
         cls.append(out.cls.float().cpu())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,10 +77,14 @@ def linear_probe(
     batch_size: int = 128,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    train_features: Callable[[int], np.ndarray] | None = None,
 ) -> ProtocolOutput:
     """Train the head on frozen train features with AdamW and a per-step cosine
-    schedule; keep the epoch with the lowest validation loss (the study's recipe,
-    minus its image augmentation, which cached features cannot have)."""
+    schedule; keep the epoch with the lowest validation loss (the study's recipe).
+
+    ``train_features(epoch)``, when given, supplies that epoch's train features (of
+    augmented images, as the study trained its probes); otherwise the cached
+    ``features["train"]`` serve every epoch."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in features.items()}
@@ -93,6 +98,8 @@ def linear_probe(
     best = (math.inf, -1, copy.deepcopy(head.state_dict()))
     val_losses, step = [], 0
     for epoch in range(epochs):
+        if train_features is not None:
+            x["train"] = torch.as_tensor(train_features(epoch), dtype=torch.float32, device=device)
         head.train()
         order = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, batch_size):

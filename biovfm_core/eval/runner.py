@@ -13,7 +13,7 @@ import torch
 from biovfm_core.errors import ConfigError
 from biovfm_core.eval import protocols as P
 from biovfm_core.eval.data import Benchmark, expand_benchmarks, load_benchmark
-from biovfm_core.eval.features import FEATURE_KINDS, FeatureCache, split_features
+from biovfm_core.eval.features import FEATURE_KINDS, FeatureCache, extract, split_features
 from biovfm_core.eval.metrics import evaluate_predictions, select_thresholds
 from biovfm_core.eval.models import LoadedModel, load_model
 from biovfm_core.eval.report import write_result, write_tables
@@ -29,6 +29,7 @@ class EvalSettings:
     image_size: int | None = None  # None: the backbone's own input size
     size: int = 28  # MedMNIST+ file size
     epochs: int = 10
+    probe_augment: bool = False  # the study's rotation + padded crop, re-extracted per epoch
     lr: float = 1e-2
     probe_batch_size: int = 128
     knn_k: int = 20
@@ -111,6 +112,11 @@ def evaluate_one(
                 batch_size=settings.probe_batch_size,
                 seed=settings.seed,
                 device=device,
+                train_features=(
+                    _augmented_train_features(model, bench, settings, size, device)
+                    if settings.probe_augment
+                    else None
+                ),
             )
         else:
             out = P.knn_probe(
@@ -163,6 +169,25 @@ def evaluate_one(
         + f", ACC {metrics['acc'].value:.4f}, MCC {metrics['mcc'].value:.4f}"
     )
     return record
+
+
+def _augmented_train_features(
+    model: LoadedModel, bench: Benchmark, settings: EvalSettings, size: int, device
+) -> Callable[[int], np.ndarray]:
+    """Per-epoch features of freshly augmented train images (seeded by epoch)."""
+    images = bench.splits["train"][0]
+
+    def features(epoch: int) -> np.ndarray:
+        gen = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+        out = extract(
+            model.backbone, images, size=size, device=device,
+            batch_size=settings.batch_size, augment=gen,
+        )  # fmt: skip
+        if settings.features == "both":
+            return np.concatenate([out["cls"], out["mean"]], axis=1)
+        return out[settings.features]
+
+    return features
 
 
 def run_eval(
