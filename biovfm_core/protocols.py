@@ -339,6 +339,10 @@ class AugmentationRecipe(Protocol):
     ``batch_transform`` runs once per batch on the training device (kornia), for the
     photometric part that is cheaper on a GPU; it returns the transformed batch. Its
     randomness comes from torch's global generator, which checkpoints save.
+
+    Optional attributes ``mean`` and ``std`` (three floats each) state the
+    normalisation the views end with, ``(x - mean) / std`` of [0, 1] intensities; the
+    export records them so evaluation feeds the backbone the inputs it was trained on.
     """
 
     def sample_views(

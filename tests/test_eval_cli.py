@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from biovfm_core.cli.main import cli
@@ -83,7 +84,8 @@ def test_eval_of_a_trained_run_writes_json_npz_csv_md(trained_run, tmp_path):
         for metric, value in again.items():
             m = record["metrics"][metric]
             assert m["value"] == pytest.approx(value, abs=1e-6)
-            assert m["ci_low"] <= m["value"] + 1e-9 and m["value"] <= m["ci_high"] + 1e-9
+            # The point value is float32 (torchmetrics), the bootstrap float64.
+            assert m["ci_low"] <= m["value"] + 1e-6 and m["value"] <= m["ci_high"] + 1e-6
     rows = read_results(out / "results.csv")
     assert {(r.model, r.protocol) for r in rows} == {
         ("tiny", "linear"),
@@ -152,3 +154,23 @@ def test_results_csv_columns_are_the_schema(tmp_path):
     assert tuple(header) == COLUMNS
     record = json.loads((out / "random_vit_tiny" / "chestmnist" / "knn.json").read_text())
     assert record["thresholds"] == [0.5] * 14 and record["metrics"]["auc"]["ci_low"] is None
+
+
+def test_trained_input_maps_the_studys_normalisation_to_the_trained_one():
+    from biovfm_core.eval.models import TrainedInput
+
+    class Probe(torch.nn.Module):
+        embed_dim, patch_size, image_size, in_chans = 4, 16, 32, 3
+
+        def forward_tokens(self, images):
+            self.seen = images
+            return None
+
+    probe = Probe()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    adapter = TrainedInput(probe, mean, std)
+    u = torch.rand(2, 3, 8, 8)  # [0, 1] intensities
+    adapter.forward_tokens((u - 0.5) / 0.5)  # what evaluation prepares
+    expected = (u - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(probe.seen, expected)
+    assert adapter.embed_dim == 4 and adapter.image_size == 32

@@ -112,6 +112,43 @@ def load_model(
     raise ConfigError(f"{spec}: neither a biovfm run (config.yaml) nor an export (backbone.json)")
 
 
+class TrainedInput(torch.nn.Module):
+    """Feeds a backbone the normalisation it was trained with.
+
+    Evaluation prepares every image as the study did, ``x = (u - 0.5) / 0.5`` of [0, 1]
+    intensities ``u``; a backbone pretrained on views normalised as ``(u - mean) / std``
+    (ImageNet statistics, say) gets ``x * 0.5 / std + (0.5 - mean) / std`` instead, the
+    very inputs it learned from.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.inner = backbone
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 0.5 / std_t, persistent=False)
+        self.register_buffer("shift", (0.5 - mean_t) / std_t, persistent=False)
+        for attr in ("embed_dim", "patch_size", "image_size", "in_chans"):
+            setattr(self, attr, getattr(backbone, attr))
+
+    def forward_tokens(self, images: torch.Tensor, **kwargs: Any):
+        return self.inner.forward_tokens(images * self.scale + self.shift, **kwargs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(images).cls
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.inner.parameters())
+
+
+def _with_input(model: LoadedModel, norm: dict | None) -> LoadedModel:
+    if norm:
+        model.backbone = TrainedInput(model.backbone, norm["mean"], norm["std"])
+        model.identity = _hash(model.identity, norm)
+        model.extra["input"] = norm
+    return model
+
+
 def _ready(model: LoadedModel) -> LoadedModel:
     model.backbone.eval()
     for p in model.backbone.parameters():
@@ -150,7 +187,7 @@ def load_export(folder: Path, registry) -> LoadedModel:
         ) from None
     run = folder.parent if folder.name == "export" else folder
     objective = _run_objective(run)
-    return LoadedModel(
+    model = LoadedModel(
         run.name if folder.name == "export" else folder.name,
         backbone,
         _file_hash(weights_file),
@@ -159,6 +196,7 @@ def load_export(folder: Path, registry) -> LoadedModel:
         str(folder),
         {"step": info.get("step")},
     )
+    return _with_input(model, info.get("input"))
 
 
 def _run_objective(run: Path) -> str:
@@ -195,7 +233,7 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
     )
     objective.load_state_dict(weights)
     step = ckpt.read_meta(latest).get("step")
-    return LoadedModel(
+    model = LoadedModel(
         run.name,
         objective.eval_backbone(),
         _file_hash(latest / "model.safetensors"),
@@ -204,3 +242,15 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
         str(latest),
         {"step": step},
     )
+    return _with_input(model, _training_normalisation(config, objective, registry))
+
+
+def _training_normalisation(config, objective, registry) -> dict | None:
+    """The normalisation the run's recipe gave its views (what its export records)."""
+    from biovfm_core.train.loop import input_normalisation
+
+    name = "default" if config.augmentation == "auto" else config.augmentation
+    accepted = registry.options("augmentations", name)
+    options = {k: v for k, v in config.options["augmentation"].items() if k in accepted}
+    recipe = registry.build("augmentations", name, objective.views, options=options)
+    return input_normalisation(recipe)

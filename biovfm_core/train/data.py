@@ -104,11 +104,15 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
         report.update(scan_report.as_dict())
         if scan_report.problems and run_dir is not None:
             scan_report.write_problems(str(run_dir / "scan_problems.csv"))
-        missing = [s.name for s in scan_report.sources if s.status in ("missing", "error")]
+        failed = [
+            f"{s.name} ({s.status}{': ' + s.error if s.error else ''})"
+            for s in scan_report.sources
+            if s.status in ("missing", "error")
+        ]
         if len(index) == 0:
             raise ConfigError(
                 f"no images found in --data {' '.join(config.data.sources) or '(demo)'}"
-                + (f"; missing or unreadable sources: {', '.join(missing)}" if missing else "")
+                + (f"; {'; '.join(failed)}" if failed else "")
             )
     index = subset(
         index,

@@ -28,6 +28,7 @@ def export_backbone(
     backbone_options: dict[str, Any],
     step: int,
     source: str,
+    input_norm: dict[str, list[float]] | None = None,
 ) -> Path:
     """Write ``backbone.safetensors`` and ``backbone.json`` into ``out_dir``; return the former."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,9 @@ def export_backbone(
             "step": step,
             "source": source,
             "num_parameters": int(sum(t.numel() for t in tensors.values())),
+            # The normalisation the training views ended with; evaluation feeds the
+            # backbone the same, whatever its own convention for preparing images.
+            **({"input": input_norm} if input_norm else {}),
         },
     }
     write_atomic(out_dir / "backbone.json", (json.dumps(description, indent=2) + "\n").encode())

@@ -294,6 +294,7 @@ class _Trainer:
                 backbone_options=cfg.options["backbone"],
                 step=step,
                 source=f"{cfg.objective} run {self.run_dir.name}",
+                input_norm=input_normalisation(data.batch_recipe),
             )
             write_atomic(
                 self.run_dir / "summary.json",
@@ -552,6 +553,14 @@ class _Trainer:
     def _say(self, message: str) -> None:
         if self.rt.is_main and self.progress:
             print(message, file=sys.stderr, flush=True)
+
+
+def input_normalisation(recipe) -> dict[str, list[float]] | None:
+    """The ``mean``/``std`` a recipe's views end with, if it says (see protocols)."""
+    mean, std = getattr(recipe, "mean", None), getattr(recipe, "std", None)
+    if mean is None or std is None:
+        return None
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def _checksum(state: dict[str, torch.Tensor]) -> float:

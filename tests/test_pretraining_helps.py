@@ -1,0 +1,89 @@
+"""A backbone trained by `biovfm train` beats the random-init floor on a real-image task.
+
+The task: which of three real biomedical images (scikit-image's retina fundus
+photograph, immunohistochemistry section and phase-contrast cell micrograph) a
+64 px gray patch comes from, each patch standardised so brightness and contrast
+give nothing away. Random-init ViT-Ti features reach a linear-probe AUC of about
+0.87 here; 600 supervised steps on the train split (CPU, ~1 minute) lift it to ~0.95.
+The check goes through the whole chain: training views normalised one way, the
+export recording it, evaluation preparing images the study's way and mapping them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def write_patch_task(path: Path, seed: int = 0) -> Path:
+    from skimage import color, data, transform
+
+    rng = np.random.default_rng(seed)
+    sources = [
+        color.rgb2gray(data.retina()),
+        color.rgb2gray(data.immunohistochemistry()),
+        data.cell().astype(np.float64) / 255.0,
+    ]
+
+    def patches(img: np.ndarray, n: int) -> list[np.ndarray]:
+        out = []
+        h, w = img.shape
+        while len(out) < n:
+            side = int(rng.integers(64, min(h, w) // 3))
+            y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+            p = transform.resize(img[y : y + side, x : x + side], (64, 64), anti_aliasing=True)
+            if p.std() < 0.02:
+                continue
+            p = (p - p.mean()) / p.std()
+            out.append(np.clip(p * 40 + 128, 0, 255).astype(np.uint8))
+        return out
+
+    arrays = {}
+    for split, n in (("train", 150), ("val", 30), ("test", 100)):
+        images, labels = [], []
+        for k, img in enumerate(sources):
+            images += patches(img, n)
+            labels += [k] * n
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = np.array(labels).reshape(-1, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def biovfm(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "biovfm_core.cli.main", *args],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout + result.stderr
+
+
+def test_trained_backbone_beats_random_init(tmp_path):
+    task = write_patch_task(tmp_path / "patches.npz")
+    biovfm(
+        "train", "--objective", "supervised", "--data", f"medmnist:{task}?modality=microscopy",
+        "--device", "cpu", "--max-steps", "600", "--batch-size", "30", "--set", "optim.lr=1e-3",
+        "--set", "data.num_workers=2", "--output", str(tmp_path), "--name", "sup",
+    )  # fmt: skip
+    biovfm(
+        "eval", str(tmp_path / "sup"), "random:vit_tiny", "--benchmark", f"medmnist:{task}",
+        "--protocol", "linear", "--epochs", "30", "--image-size", "64", "--device", "cpu",
+        "--bootstrap", "200",
+        "--cache", "none", "-o", str(tmp_path / "eval"),
+    )  # fmt: skip
+    auc = {}
+    for result in (tmp_path / "eval").glob("*/*/linear.json"):
+        record = json.loads(result.read_text())
+        auc[record["model"]] = record["metrics"]["auc"]
+    trained, floor = auc["sup"], auc["random:vit_tiny"]
+    assert floor["value"] < 0.95  # the task is not trivial for random features
+    # Measured: trained 0.949 [0.923, 0.967] against the floor's 0.875 [0.852, 0.900].
+    assert trained["ci_low"] > floor["value"] and trained["value"] > floor["ci_high"], (
+        trained,
+        floor,
+    )
