@@ -63,7 +63,7 @@ def biovfm(*args: str) -> str:
     return result.stdout + result.stderr
 
 
-def test_trained_backbone_beats_random_init(tmp_path):
+def test_trained_backbone_beats_random_init_and_every_protocol_runs(tmp_path):
     task = write_patch_task(tmp_path / "patches.npz")
     biovfm(
         "train", "--objective", "supervised", "--data", f"medmnist:{task}?modality=microscopy",
@@ -72,7 +72,8 @@ def test_trained_backbone_beats_random_init(tmp_path):
     )  # fmt: skip
     biovfm(
         "eval", str(tmp_path / "sup"), "random:vit_tiny", "--benchmark", f"medmnist:{task}",
-        "--protocol", "linear", "--epochs", "30", "--image-size", "64", "--device", "cpu",
+        "--protocol", "linear", "--protocol", "knn", "--protocol", "finetune",
+        "--epochs", "30", "--finetune-epochs", "1", "--image-size", "64", "--device", "cpu",
         "--bootstrap", "200",
         "--cache", "none", "-o", str(tmp_path / "eval"),
     )  # fmt: skip
@@ -81,6 +82,14 @@ def test_trained_backbone_beats_random_init(tmp_path):
         record = json.loads(result.read_text())
         auc[record["model"]] = record["metrics"]["auc"]
     trained, floor = auc["sup"], auc["random:vit_tiny"]
+    # Every protocol ran end to end on the real-image benchmark, for both models.
+    for model in ("sup", "random_vit_tiny"):
+        for protocol in ("linear", "knn", "finetune"):
+            record = json.loads(
+                (tmp_path / "eval" / model / "patches" / f"{protocol}.json").read_text()
+            )
+            assert 0.5 < record["metrics"]["auc"]["value"] <= 1.0, (model, protocol)
+            assert (tmp_path / "eval" / model / "patches" / f"{protocol}.npz").is_file()
     assert floor["value"] < 0.95  # the task is not trivial for random features
     # Measured: trained 0.949 [0.923, 0.967] against the floor's 0.875 [0.852, 0.900].
     assert trained["ci_low"] > floor["value"] and trained["value"] > floor["ci_high"], (
