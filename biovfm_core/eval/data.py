@@ -240,7 +240,9 @@ def preprocess(
     """uint8 ``(B, H, W[, 3])`` → normalised float ``(B, 3, size, size)`` as the study:
     gray repeated to 3 channels, bilinear resize, mean 0.5 / std 0.5. With a generator,
     the study's probe augmentation is applied before normalising (``probe_augment``)."""
-    x = torch.as_tensor(np.ascontiguousarray(images)).to(device)
+    # Read-only arrays (memory-mapped npz members) are copied: torch warns on them,
+    # and the uint8 copy is a quarter of the float tensor made next anyway.
+    x = torch.as_tensor(np.require(images, requirements=["C", "W"])).to(device)
     x = x.unsqueeze(-1).expand(*x.shape, 3) if x.ndim == 3 else x
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size:
