@@ -2,7 +2,13 @@
 # The device check: one script for a lent GPU machine, run from the repository root.
 # The machine has torch/timm but no internet: biovfm is installed without
 # dependencies beside them, and the missing pure/binary wheels travel in .whl/
-# (see benchmarks/README.md for how they were fetched). Each part is time-boxed.
+# (git-ignored; pass it to the device tool as carry [".whl"]). Fetch them first with
+#   pip download -q --only-binary=:all: --python-version 3.12 --no-deps -d .whl \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_17_x86_64 lightly albumentations albucore kornia \
+#     kornia_rs pydicom nibabel pydantic pydantic_core annotated_types \
+#     typing_inspection typing_extensions stringzilla simsimd
+# (14 wheels, 21 MB; 3.12 is the device machine's Python). Each part is time-boxed.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
