@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,9 +241,11 @@ def preprocess(
     """uint8 ``(B, H, W[, 3])`` → normalised float ``(B, 3, size, size)`` as the study:
     gray repeated to 3 channels, bilinear resize, mean 0.5 / std 0.5. With a generator,
     the study's probe augmentation is applied before normalising (``probe_augment``)."""
-    # Read-only arrays (memory-mapped npz members) are copied: torch warns on them,
-    # and the uint8 copy is a quarter of the float tensor made next anyway.
-    x = torch.as_tensor(np.require(images, requirements=["C", "W"])).to(device)
+    with warnings.catch_warnings():
+        # Benchmark images are often memory-mapped read-only. Nothing writes to this
+        # view: .float() below makes the first copy, so no extra copy is made here.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        x = torch.as_tensor(np.ascontiguousarray(images)).to(device)
     x = x.unsqueeze(-1).expand(*x.shape, 3) if x.ndim == 3 else x
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size:
