@@ -4,7 +4,8 @@ Synthetic uint8 images shaped like the 12 MedMNIST 2D benchmarks (gray or RGB, a
 each benchmark is) at a given file size, pushed through the same path the eval uses
 (``biovfm_core.eval.features.extract``: gray → 3 channels, resize, normalise,
 ``forward_tokens``, CLS + mean-patch). The per-benchmark image count is scaled down
-(``--images``) so the run finishes; rates are images per second after warm-up.
+(``--images``) so the run finishes; rates are images per second after warm-up, and
+the projected wall time is each benchmark's real train + val + test size at that rate.
 
     python benchmarks/bench_eval.py --backbone vit_small --device cuda --input-size 224
 """
@@ -23,8 +24,22 @@ from biovfm_core.eval.features import extract
 from biovfm_core.eval.models import load_model
 from biovfm_core.registry import get_registry
 
-# Channels per benchmark (../shared/data/medmnist_2d.csv).
+# Channels and train + val + test images per benchmark (MedMNIST v2).
 RGB = {"pathmnist", "dermamnist", "retinamnist", "bloodmnist"}
+SPLIT_IMAGES = {
+    "pathmnist": 107_180,
+    "chestmnist": 112_120,
+    "dermamnist": 10_015,
+    "octmnist": 109_309,
+    "pneumoniamnist": 5_856,
+    "retinamnist": 1_600,
+    "breastmnist": 780,
+    "bloodmnist": 17_092,
+    "tissuemnist": 236_386,
+    "organamnist": 58_830,
+    "organcmnist": 23_583,
+    "organsmnist": 25_211,
+}
 
 
 @dataclass
@@ -37,6 +52,11 @@ class Result:
     @property
     def images_s(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def full_seconds(self) -> float:
+        """Projected extraction time for the benchmark's real train + val + test."""
+        return SPLIT_IMAGES[self.benchmark] / self.images_s
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
@@ -78,11 +98,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"{args.backbone} ({model.params_m:.1f}M) on {args.device}, {args.file_size}px files → "
         f"{args.input_size}px input, batch {args.batch_size}"
     )
-    print("| benchmark | channels | images | images/s |")
-    print("|---|---:|---:|---:|")
+    print("| benchmark | channels | images | images/s | all splits | projected wall (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r.benchmark} | {r.channels} | {r.images} | {r.images_s:.1f} |")
-    print(f"| all | | {sum(r.images for r in results)} | {total:.1f} |")
+        print(
+            f"| {r.benchmark} | {r.channels} | {r.images} | {r.images_s:.1f} | "
+            f"{SPLIT_IMAGES[r.benchmark]:,} | {r.full_seconds:.0f} |"
+        )
+    print(
+        f"| all | | {sum(r.images for r in results)} | {total:.1f} | "
+        f"{sum(SPLIT_IMAGES[r.benchmark] for r in results):,} | "
+        f"{sum(r.full_seconds for r in results):.0f} |"
+    )
     return results
 
 

@@ -17,6 +17,20 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tm
 BIOVFM="python3 -m biovfm_core.cli.main"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, timm; from timm.layers import use_fused_attn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'fused_attn', use_fused_attn())"
+# Most wanted first: if the machine is taken back early, the MFU table and the
+# profile are what the next session needs most.
+bench="timeout 200 python3 benchmarks/bench_train_step.py --device cuda"
+echo "== train step, bf16 (MFU)"
+$bench --backbones vit_small,vit_base,vit_large --batch-size 64 --steps 10 --warmup 3 | tee "$OUT/step_bf16.md"
+echo "== profile, DINOv2 ViT-L"
+timeout 120 python3 benchmarks/profile_step.py --device cuda --backbone vit_large --batch-size 64 \
+  --trace "$OUT/profile_dinov2_vit_large.json" | tee "$OUT/profile_dinov2_vit_large.md"
+gzip -f "$OUT/profile_dinov2_vit_large.json" 2>/dev/null
+echo "== against the plain timm + lightly step, ViT-S/16"
+timeout 150 python3 benchmarks/bench_vs_reference.py --device cuda --size 224 --local-size 96 \
+  --local-crops 8 --prototypes 65536 --hidden 2048 --backbone vit_small --batch-size 64 | tee "$OUT/vs_reference.md"
+echo "== loader"
+timeout 90 python3 benchmarks/bench_loader.py --device cuda --workers 8 | tee "$OUT/loader.md"
 echo "== biovfm train on the GPU (demo data, paper-scale DINOv2 ViT-S/16, bf16)"
 timeout 150 $BIOVFM train --output /tmp/runs --name gpu --backbone vit_small --batch-size 64 \
   --max-steps 30 --set train.log_every=10 --set data.num_workers=8 2>&1 | tail -8
@@ -25,13 +39,8 @@ echo "== torchrun, 1 GPU, MAE ViT-B"
 timeout 120 torchrun --nproc_per_node 1 -m biovfm_core.cli.main train --objective mae \
   --backbone vit_base --batch-size 64 --max-steps 20 --output /tmp/runs --name ddp1 \
   --set train.log_every=10 --set data.num_workers=8 2>&1 | tail -5
-echo "== train step, bf16"
-bench="timeout 200 python3 benchmarks/bench_train_step.py --device cuda"
-$bench --backbones vit_small,vit_base,vit_large --batch-size 64 --steps 10 --warmup 3 | tee "$OUT/step_bf16.md"
 echo "== train step, ViT-L, compiled blocks"
 $bench --backbones vit_large --batch-size 64 --steps 10 --warmup 3 --compile | tee "$OUT/step_compile.md"
-echo "== loader"
-timeout 90 python3 benchmarks/bench_loader.py --device cuda --workers 8 | tee "$OUT/loader.md"
 echo "== train step, fp32 ViT-L"
 $bench --backbones vit_large --batch-size 64 --steps 4 --warmup 2 --precision fp32 | tee "$OUT/step_fp32.md"
 echo "== train step, ViT-g/14"

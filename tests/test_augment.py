@@ -111,6 +111,67 @@ def test_batch_transform_on_device_keeps_shapes():
     assert no_colour.batch_transform(b) is b
 
 
+def _gray_views(levels, batch, size):
+    """Views whose [0, 1] image is the uniform gray ``level``, normalised as recipes do."""
+    import torch
+
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return [((torch.full((batch, 3, size, size), lv) - mean) / std) for lv in levels]
+
+
+def _levels(views):
+    return [round(float(_unnorm(v[0].double().numpy()).mean()), 4) for v in views]
+
+
+@pytest.mark.parametrize("fuse_limit", [None, 1])
+def test_batch_transform_keeps_each_view_in_place_whether_fused_or_not(monkeypatch, fuse_limit):
+    import biovfm_augment.recipes as recipes
+
+    if fuse_limit is not None:  # every view on its own, as big CPU views are
+        monkeypatch.setattr(recipes, "CPU_FUSE_ELEMENTS", fuse_limit)
+    # No jitter, sure solarize: on uniform gray views every op left is exact
+    # (grayscale and blur keep a uniform gray), so each output level is known:
+    # only the second global view is solarized (x >= 0.5 -> 1 - x).
+    r = MultiCropRecipe(VIEWS, jitter_p=0.0, solarize_p=1.0)
+    batch = Batch(
+        _gray_views([0.3, 0.7], 2, 64),
+        _gray_views([0.1, 0.6, 0.9], 2, 32),
+        modality=["ct", "ct"],
+    )
+    out = r.batch_transform(batch)
+    assert _levels(out.global_views) == [0.3, 0.3]
+    assert _levels(out.local_views) == [0.1, 0.6, 0.9]
+    assert [tuple(v.shape) for v in out.local_views] == [(2, 3, 32, 32)] * 3
+
+
+def test_batch_transform_draws_jitter_per_image_across_fused_views():
+    import torch
+
+    torch.manual_seed(0)
+    r = MultiCropRecipe(VIEWS, jitter_p=1.0)
+    local = _gray_views([0.5], 2, 32)[0]
+    out = r.batch_transform(
+        Batch(
+            _gray_views([0.5, 0.5], 2, 64), [local.clone() for _ in range(3)], modality=["ct"] * 2
+        )
+    )
+    images = torch.cat(out.local_views)  # 6 identical inputs, fused into one kornia call
+    levels = {round(float(im.mean()), 4) for im in images}
+    assert len(levels) == 6
+
+
+def test_fusable_groups_views_up_to_the_cpu_limit(monkeypatch):
+    import torch
+    from biovfm_augment import recipes
+
+    views = [torch.zeros(2, 3, 8, 8) for _ in range(5)]  # 384 elements each
+    monkeypatch.setattr(recipes, "CPU_FUSE_ELEMENTS", 800)
+    assert [len(g) for g in recipes._fusable(views)] == [2, 2, 1]
+    monkeypatch.setattr(recipes, "CPU_FUSE_ELEMENTS", 10**9)
+    assert [len(g) for g in recipes._fusable(views)] == [5]
+
+
 def test_recipes_registered_under_modality_ids():
     from biovfm_core.registry import get_registry
 

@@ -75,4 +75,21 @@ def test_eval_extraction_benchmark_runs_on_the_twelve_shapes(capsys):
     assert len(results) == 12
     assert [r.channels for r in results][:3] == [3, 1, 3]  # pathmnist RGB, chestmnist gray
     assert all(r.images == 3 and r.images_s > 0 for r in results)
-    assert "| organsmnist | 1 | 3 |" in capsys.readouterr().out
+    # Projected wall time scales each rate to the benchmark's real size (MedMNIST v2).
+    assert results[0].full_seconds == 107_180 / results[0].images_s
+    out = capsys.readouterr().out
+    assert "| organsmnist | 1 | 3 |" in out and "| all | | 36 |" in out and "707,962" in out
+
+
+def test_step_profile_splits_the_step_into_phases(capsys):
+    bench = _load("profile_step")
+    rows = bench.main(["--batch-size", "2", "--steps", "1", "--warmup", "1", "--top", "3"])
+    assert [r.name for r in rows] == list(bench.PHASES)
+    by_name = {r.name: r for r in rows}
+    # kornia's colour augmentation and the ViT forward are each hundreds of ops;
+    # backward is one autograd call from Python.
+    assert by_name["augment"].ops > 100 and by_name["forward"].ops > 100
+    assert by_name["backward"].ops == 1
+    assert all(r.cpu_ms > 0 and r.device_ms is None for r in rows)
+    out = capsys.readouterr().out
+    assert "| **step** |" in out and out.count("| aten::") == 3
