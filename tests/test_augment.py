@@ -111,6 +111,18 @@ def test_batch_transform_on_device_keeps_shapes():
     assert no_colour.batch_transform(b) is b
 
 
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3)])
+def test_finish_clips_repeats_gray_normalises_channel_first(shape):
+    rng = np.random.default_rng(0)
+    view = (rng.random(shape) * 1.4 - 0.2).astype(np.float32)
+    out = MultiCropRecipe(VIEWS)._finish(view)
+    rgb = np.clip(view, 0, 1)
+    rgb = np.stack([rgb] * 3, -1) if rgb.ndim == 2 else rgb
+    expected = ((rgb - MEAN) / STD).transpose(2, 0, 1)
+    assert out.shape == (3, 5, 7) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
 def _gray_views(levels, batch, size):
     """Views whose [0, 1] image is the uniform gray ``level``, normalised as recipes do."""
     import torch

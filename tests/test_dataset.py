@@ -69,3 +69,32 @@ def test_collate_lists_skipped_on_the_batch_and_log_counts_them():
     log = BadImageLog()
     assert [b.size for b in log.track(batches)] == [2]
     assert log.count == 3 and log.reasons() == {"truncated": 3}
+
+
+def _collate_and_report_sharing(samples):
+    batch = collate(samples)
+    return batch, [v.is_shared() for v in batch.global_views + batch.local_views]
+
+
+def test_collate_in_a_loader_worker_stacks_into_shared_memory():
+    import torch
+
+    ds = _dataset(["/d/0.png", "/d/1.png", "/d/2.png"])
+    samples = [ds[(k, k)] for k in range(3)]
+    in_main = collate(samples)
+    assert not any(v.is_shared() for v in in_main.global_views)  # no shm outside workers
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=3,
+        sampler=[(k, k) for k in range(3)],
+        collate_fn=_collate_and_report_sharing,
+        num_workers=1,
+    )
+    ((batch, shared_in_worker),) = list(loader)
+    assert shared_in_worker == [True] * 4  # written once, straight into shared memory
+    for ours, reference in zip(
+        batch.global_views + batch.local_views,
+        in_main.global_views + in_main.local_views,
+        strict=True,
+    ):
+        assert torch.equal(ours, reference)

@@ -121,14 +121,15 @@ def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | EmptyBatch:
     skipped = [(s.uri, s.reason) for s in samples if isinstance(s, Skipped)]
     if not good:
         return EmptyBatch(skipped)
-    n_global = len(good[0]["views"]["global"])
-    n_local = len(good[0]["views"]["local"])
-    global_views = [
-        torch.from_numpy(np.stack([s["views"]["global"][k] for s in good])) for k in range(n_global)
-    ]
-    local_views = [
-        torch.from_numpy(np.stack([s["views"]["local"][k] for s in good])) for k in range(n_local)
-    ]
+    from torch.utils.data import default_collate
+
+    def stack(kind: str, k: int) -> torch.Tensor:
+        # torch's collate stacks straight into shared memory inside a loader worker;
+        # a plain np.stack would be copied a second time on its way to the queue.
+        return default_collate([torch.from_numpy(s["views"][kind][k]) for s in good])
+
+    global_views = [stack("global", k) for k in range(len(good[0]["views"]["global"]))]
+    local_views = [stack("local", k) for k in range(len(good[0]["views"]["local"]))]
     labels_raw = [s["label"] for s in good]
     labels = None
     if all(lb is not None for lb in labels_raw):
