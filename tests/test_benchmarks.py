@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -57,11 +59,13 @@ def test_loader_benchmark_runs_and_reports_positive_rates(capsys):
     assert "| ct | loader | 1 workers | 2 | 4 |" in capsys.readouterr().out
 
 
-def test_reference_comparison_runs_both_sides():
+@pytest.mark.parametrize("reference", ["matched", "plain"])
+def test_reference_comparison_runs_both_sides(reference):
     bench = _load("bench_vs_reference")
     rows = bench.main(
         ["--rounds", "1", "--steps", "1", "--warmup", "1", "--batch-size", "2", "--size", "48",
-         "--local-size", "16", "--local-crops", "1", "--prototypes", "64", "--hidden", "32"]
+         "--local-size", "16", "--local-crops", "1", "--prototypes", "64", "--hidden", "32",
+         "--reference", reference]
     )  # fmt: skip
     assert [r["objective"] for r in rows] == ["dinov2", "mae"]
     assert all(r["ours"] > 0 and r["ref"] > 0 and r["ratio"] > 0 for r in rows)
