@@ -400,3 +400,38 @@ def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
     # Met once per epoch; the metrics column counts every skip.
     assert int(read_metrics(tmp_path / "run")[-1]["bad_images"]) == int(rows[0]["times_skipped"])
     assert int(rows[0]["times_skipped"]) >= 2
+
+
+def test_a_slow_loader_is_measured_and_named(tmp_path, monkeypatch, capsys):
+    from biovfm_core.train import loop
+
+    real_make_loader = loop.make_loader
+
+    def slow_loader(*args, **kwargs):
+        for batch in real_make_loader(*args, **kwargs):
+            time.sleep(0.4)  # storage far slower than the model
+            yield batch
+
+    monkeypatch.setattr(loop, "make_loader", slow_loader)
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    config = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 4})
+    train(config, registry, progress=True)
+    rows = read_metrics(tmp_path / "run")
+    assert all(float(r["data_wait_s"]) >= 0.4 for r in rows)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data_wait_fraction"] > 0.5  # sleeping 0.4 s against a tiny ViT's step
+    err = capsys.readouterr().err
+    assert "waiting for data" in err and "the loader held training up" in err
+
+
+def test_loader_wait_leaves_out_the_first_step():
+    from biovfm_core.train.loop import LoaderWait
+
+    feed = LoaderWait()
+    assert feed.fraction is None
+    feed.add(5.0, 6.0)  # worker start-up
+    assert feed.fraction is None
+    feed.add(0.1, 1.0)
+    feed.add(0.3, 1.0)
+    assert feed.fraction == pytest.approx(0.2)

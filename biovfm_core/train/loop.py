@@ -55,6 +55,34 @@ class RunResult:
     rank_checksums: list[float] = field(default_factory=list)
 
 
+# Above this share of the time spent waiting for batches, a run says it is loader-bound.
+LOADER_BOUND = 0.10
+
+
+class LoaderWait:
+    """Share of the training time the main loop spent blocked on the data loader.
+
+    The step ends with one host sync, so time blocked in the loader is time the
+    device sits idle. The first step of a process is left out: it includes the
+    workers' start-up, which says nothing about whether they keep up.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.waited = 0.0
+        self.elapsed = 0.0
+
+    def add(self, waited: float, elapsed: float) -> None:
+        self.steps += 1
+        if self.steps > 1:
+            self.waited += waited
+            self.elapsed += elapsed
+
+    @property
+    def fraction(self) -> float | None:
+        return self.waited / self.elapsed if self.elapsed > 0 else None
+
+
 def resolve_auto_resume(config: RunConfig) -> None:
     """``--resume auto``: continue ``output/name`` if it has a checkpoint, else start it.
 
@@ -202,12 +230,17 @@ class _Trainer:
         last: dict[str, float] = {}
         bar = self._progress_bar(step, total_steps)
         tick = time.perf_counter()
+        feed = LoaderWait()
         while step < total_steps:
             info = StepInfo(step, total_steps, steps_per_epoch)
             lr, wd = apply_schedule(optimizer, plan, step)
             parts: dict[str, torch.Tensor] = {}
+            waited = 0.0
             for m in range(cfg.optim.accumulate):
-                batch = next(stream).to(rt.device)
+                start_wait = time.perf_counter()
+                batch = next(stream)
+                waited += time.perf_counter() - start_wait
+                batch = batch.to(rt.device)
                 batch = data.batch_recipe.batch_transform(batch)
                 with D.no_sync(model, m < cfg.optim.accumulate - 1):
                     with rt.autocast():
@@ -245,6 +278,7 @@ class _Trainer:
 
             now = time.perf_counter()
             seconds, tick = now - tick, now
+            feed.add(waited, seconds)
             row = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
@@ -254,6 +288,7 @@ class _Trainer:
                 "grad_norm": grad_norm,
                 **logged,
                 "images_per_s": cfg.train.batch_size / seconds,
+                "data_wait_s": waited,
                 "memory_gb": _memory_gb(rt.device),
                 "bad_images": self.bad_images,
             }
@@ -261,17 +296,28 @@ class _Trainer:
             last = row
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{values['loss']:.4f}",
+                    img_s=f"{row['images_per_s']:.0f}",
+                    data_wait=f"{waited / seconds:.0%}",
+                )
             elif step % cfg.train.log_every == 0 or step == total_steps:
                 self._say(
                     f"step {step}/{total_steps} loss {values['loss']:.4f} lr {lr:.3g} "
-                    f"{row['images_per_s']:.1f} img/s"
+                    f"{row['images_per_s']:.1f} img/s, {waited / seconds:.0%} waiting for data"
                 )
             if step % cfg.train.checkpoint_every == 0 or step == total_steps:
                 self._save(step, model, objective, optimizer, scaler, identity)
         if bar is not None:
             bar.close()
         metrics.close()
+        if rt.is_main and feed.fraction is not None and feed.fraction > LOADER_BOUND:
+            self._say(
+                f"the loader held training up: {feed.fraction:.0%} of the time after the first "
+                f"step went to waiting for batches ({cfg.data.num_workers} loader workers). "
+                "More data.num_workers, faster storage or lighter decoding would speed this up; "
+                "benchmarks/bench_loader.py measures the rate per worker."
+            )
 
         full_state = self._full_model_state(model, objective)
         checksums = D.all_equal_across_ranks(_checksum(full_state) if full_state else 0.0, rt)
@@ -299,7 +345,12 @@ class _Trainer:
             write_atomic(
                 self.run_dir / "summary.json",
                 json.dumps(
-                    {"steps": step, "last": last, "rank_weight_checksums": checksums},
+                    {
+                        "steps": step,
+                        "last": last,
+                        "data_wait_fraction": feed.fraction,
+                        "rank_weight_checksums": checksums,
+                    },
                     indent=2,
                 ).encode(),
             )
