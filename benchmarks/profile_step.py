@@ -6,7 +6,8 @@ backward, gradient clipping + AdamW, and the objective's after-step hook (EMA
 teacher). For each phase the table gives the number of top-level tensor ops — on a
 GPU each is at least one kernel launch, so a phase made of many small ops is bound
 by the host, not the card — and the host (CPU) and device (CUDA) time per step.
-A second table lists the ops with the most time.
+A second table lists the ops with the most time. ``train.profile_steps`` gives the
+same tables for steps of a real run (``biovfm_core/train/profiling.py``).
 
     python benchmarks/profile_step.py                        # DINOv2, tiny CPU setting
     python benchmarks/profile_step.py --device cuda --backbone vit_large --batch-size 64 \\
@@ -18,8 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,16 +29,9 @@ from bench_train_step import PRESETS, build, make_batch
 
 from biovfm_core.protocols import StepInfo
 from biovfm_core.registry import get_registry
+from biovfm_core.train.profiling import PhaseRow, ops_markdown, phase_markdown, phase_rows
 
 PHASES = ("augment", "forward", "backward", "clip+optimizer", "after_step")
-
-
-@dataclass
-class Phase:
-    name: str
-    ops: float  # top-level tensor ops per step
-    cpu_ms: float  # host time per step
-    device_ms: float | None  # CUDA kernel time per step
 
 
 def profiled_steps(args, device: torch.device):
@@ -91,29 +83,7 @@ def profiled_steps(args, device: torch.device):
     return prof
 
 
-def phases(prof, steps: int, on_device: bool) -> list[Phase]:
-    events = prof.events()
-    ops: dict[str, int] = defaultdict(int)
-    cpu: dict[str, float] = defaultdict(float)
-    dev: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.name in PHASES:
-            cpu[e.name] += e.cpu_time_total
-            dev[e.name] += e.device_time_total
-        elif e.name.startswith("aten::") and e.cpu_parent and e.cpu_parent.name in PHASES:
-            ops[e.cpu_parent.name] += 1  # a top-level op of that phase
-    return [
-        Phase(
-            name=p,
-            ops=ops[p] / steps,
-            cpu_ms=cpu[p] / steps / 1e3,
-            device_ms=dev[p] / steps / 1e3 if on_device else None,
-        )
-        for p in PHASES
-    ]
-
-
-def main(argv: list[str] | None = None) -> list[Phase]:
+def main(argv: list[str] | None = None) -> list[PhaseRow]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--objective", default="dinov2", choices=["dinov2", "mae"])
@@ -133,30 +103,14 @@ def main(argv: list[str] | None = None) -> list[Phase]:
     prof = profiled_steps(args, device)
     if args.trace:
         prof.export_chrome_trace(args.trace)
-    rows = phases(prof, args.steps, on_device)
+    rows = phase_rows(prof, args.steps, PHASES, on_device)
     print(
         f"{args.objective} {args.backbone}, batch {args.batch_size}, preset {args.preset}, "
         f"{device}, torch {torch.__version__}, {args.steps} profiled steps"
     )
-    print("| phase | ops/step | host ms/step | device ms/step |")
-    print("|---|---:|---:|---:|")
-    for r in rows:
-        dev = "-" if r.device_ms is None else f"{r.device_ms:.2f}"
-        print(f"| {r.name} | {r.ops:.0f} | {r.cpu_ms:.2f} | {dev} |")
-    total_ops = sum(r.ops for r in rows)
-    total_cpu = sum(r.cpu_ms for r in rows)
-    total_dev = "-" if not on_device else f"{sum(r.device_ms for r in rows):.2f}"
-    print(f"| **step** | {total_ops:.0f} | {total_cpu:.2f} | {total_dev} |")
-
-    key = "self_device_time_total" if on_device else "self_cpu_time_total"
-    averages = [a for a in prof.key_averages() if a.key not in PHASES]
-    averages.sort(key=lambda a: getattr(a, key), reverse=True)
+    print(phase_markdown(rows))
     print()
-    print(f"| op | calls/step | self {'device' if on_device else 'host'} ms/step |")
-    print("|---|---:|---:|")
-    for a in averages[: args.top]:
-        ms = getattr(a, key) / args.steps / 1e3
-        print(f"| {a.key} | {a.count / args.steps:.0f} | {ms:.2f} |")
+    print(ops_markdown(prof, args.steps, PHASES, on_device, top=args.top))
     return rows
 
 

@@ -79,6 +79,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     log_every: int = 10
+    profile_steps: int = 0
+    """Profile this many steps with torch.profiler after 3 settling steps; writes
+    ``profile/`` in the run folder (a Chrome trace and the costliest ops). 0: off."""
 
 
 @dataclass
@@ -216,11 +219,13 @@ class RunConfig:
             self._set_option(key.split("."), value, source=f"--opt {text}")
 
     def validate_plugins(self, registry: Any) -> None:
-        """Check plugin names and options against the registry; coerce option values.
+        """Check value ranges, then plugin names and options against the registry;
+        coerce option values.
 
         ``dataset`` options are checked per source when the data is opened, because
         each source may use a different reader.
         """
+        self.check_ranges()
         plugin_names = {
             "backbone": self.backbone,
             "objective": self.objective,
@@ -229,6 +234,32 @@ class RunConfig:
             plugin_names["augmentation"] = self.augmentation
         for kind, name in plugin_names.items():
             self.options[kind] = registry.validate(kind + "s", name, self.options[kind])
+
+    def check_ranges(self) -> None:
+        """Numbers a run cannot work with fail here, naming the key, not mid-run."""
+        at_least = {
+            "train.batch_size": 1,
+            "train.max_steps": 1,
+            "train.epochs": 1,
+            "train.checkpoint_every": 1,
+            "train.keep_last": 1,
+            "train.log_every": 1,
+            "train.profile_steps": 0,
+            "data.num_workers": 0,
+            "data.max_image_pixels": 1,
+            "optim.accumulate": 1,
+        }
+        for key, low in at_least.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value is not None and value < low:
+                raise ConfigError(f"{key} must be at least {low}, got {value}")
+        if not 0.0 < self.data.fraction <= 1.0:
+            raise ConfigError(f"data.fraction must be in (0, 1], got {self.data.fraction}")
+        for name in ("lr", "base_lr"):
+            value = getattr(self.optim, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"optim.{name} must be positive, got {value}")
 
 
 def _unknown_key(key: str, fields: dict[str, Any], source: str) -> str:

@@ -245,3 +245,26 @@ def test_options_follow_kwargs_into_the_base_class():
     assert list(specs) == ["gamma", "size", "flip"]
     assert specs["size"].default == 5  # the subclass's default wins
     assert list(factory_options(Closed)) == ["gamma"]  # no **kwargs: nothing passes on
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.log_every", 0, "train.log_every must be at least 1, got 0"),
+        ("train.checkpoint_every", 0, "train.checkpoint_every must be at least 1"),
+        ("train.max_steps", 0, "train.max_steps must be at least 1"),
+        ("train.profile_steps", -1, "train.profile_steps must be at least 0"),
+        ("data.num_workers", -2, "data.num_workers must be at least 0"),
+        ("optim.accumulate", 0, "optim.accumulate must be at least 1"),
+        ("data.fraction", 0.0, "data.fraction must be in (0, 1], got 0.0"),
+        ("data.fraction", 1.5, "data.fraction must be in (0, 1], got 1.5"),
+        ("optim.lr", -0.1, "optim.lr must be positive"),
+    ],
+)
+def test_numbers_a_run_cannot_use_fail_before_it_starts(key, value, message):
+    config = RunConfig()
+    config.check_ranges()  # the defaults are fine
+    config.set(key, value)
+    with pytest.raises(ConfigError) as excinfo:
+        config.check_ranges()
+    assert message in str(excinfo.value)

@@ -435,3 +435,44 @@ def test_loader_wait_leaves_out_the_first_step():
     feed.add(0.1, 1.0)
     feed.add(0.3, 1.0)
     assert feed.fraction == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("max_steps", "profile_steps", "recorded"), [(7, 2, 2), (5, 4, 2)])
+def test_profile_steps_writes_a_trace_and_a_phase_table(
+    tmp_path, max_steps, profile_steps, recorded
+):
+    import gzip
+
+    from biovfm_core.train.profiling import PHASES
+
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    config = _tiny_config(
+        tmp_path,
+        **{
+            "options.objective.nan_at": 100,
+            "train.max_steps": max_steps,
+            "train.profile_steps": profile_steps,
+        },
+    )
+    train(config, registry, progress=False)
+    folder = tmp_path / "run" / "profile"
+    summary = (folder / "summary.md").read_text()
+    # 3 settling steps first; a run that ends early writes the steps it recorded.
+    assert summary.startswith(f"# Profile of {recorded} steps after 3 settling steps")
+    rows = {
+        line.split(" | ")[0].strip("| ") for line in summary.splitlines() if line.startswith("| ")
+    }
+    assert set(PHASES) <= rows and "aten::addmm" in summary  # the ViT's linear layers
+    with gzip.open(folder / "trace.json.gz", "rt") as handle:
+        trace = json.load(handle)
+    names = {event.get("name") for event in trace["traceEvents"]}
+    assert {"forward", "backward", "optimizer"} <= names
+    assert not list(folder.glob(".tmp*"))
+
+
+def test_no_profile_folder_unless_asked(tmp_path):
+    registry = get_registry()
+    registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    train(_tiny_config(tmp_path, **{"options.objective.nan_at": 100}), registry, progress=False)
+    assert not (tmp_path / "run" / "profile").exists()

@@ -37,6 +37,7 @@ from biovfm_core.train.data import (
 from biovfm_core.train.export import export_backbone
 from biovfm_core.train.metrics import MetricsLog
 from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
+from biovfm_core.train.profiling import StepProfiler
 
 DEFAULT_EPOCHS = 100  # DINOv2's and a common MAE schedule length, when none is given
 
@@ -231,86 +232,102 @@ class _Trainer:
         bar = self._progress_bar(step, total_steps)
         tick = time.perf_counter()
         feed = LoaderWait()
-        while step < total_steps:
-            info = StepInfo(step, total_steps, steps_per_epoch)
-            lr, wd = apply_schedule(optimizer, plan, step)
-            parts: dict[str, torch.Tensor] = {}
-            waited = 0.0
-            for m in range(cfg.optim.accumulate):
-                start_wait = time.perf_counter()
-                batch = next(stream)
-                waited += time.perf_counter() - start_wait
-                batch = batch.to(rt.device)
-                batch = data.batch_recipe.batch_transform(batch)
-                with D.no_sync(model, m < cfg.optim.accumulate - 1):
-                    with rt.autocast():
-                        out = model(batch, info)
-                    loss = out["loss"] / cfg.optim.accumulate
-                    (scaler.scale(loss) if scaler else loss).backward()
-                for key, value in out.items():
-                    parts[key] = parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
-            if scaler:
-                scaler.unscale_(optimizer)
-            # Clipping first lets the gradient norm travel with the losses: one
-            # collective and one device sync per step. Nothing is applied before the
-            # finiteness check, so a bad step still leaves the weights untouched.
-            grad_norm = self._clip(objective, plan.grad_clip)
-            values = self._reduce({**parts, "grad_norm": grad_norm})
-            grad_norm = values.pop("grad_norm")
-            # Under fp16 an infinite gradient is the scaler's business (it skips the step).
-            finite_norm = scaler is not None or math.isfinite(grad_norm)
-            if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
-                last_good = ckpt.latest_checkpoint(self.run_dir)
-                raise TrainingDiverged(
-                    f"loss is not finite at step {step} ({_fmt(values)}, grad_norm="
-                    f"{grad_norm}); stopped before the optimizer step. Last good checkpoint: "
-                    f"{last_good or 'none yet'}"
-                )
-            objective.before_optimizer_step(info)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            logged = dict(objective.after_optimizer_step(info))
-            step += 1
+        profiler = StepProfiler(
+            self.run_dir, cfg.train.profile_steps, rt.device.type, enabled=rt.is_main
+        )
+        try:
+            while step < total_steps:
+                info = StepInfo(step, total_steps, steps_per_epoch)
+                lr, wd = apply_schedule(optimizer, plan, step)
+                parts: dict[str, torch.Tensor] = {}
+                waited = 0.0
+                for m in range(cfg.optim.accumulate):
+                    start_wait = time.perf_counter()
+                    with profiler.phase("data"):
+                        batch = next(stream)
+                        waited += time.perf_counter() - start_wait
+                        batch = batch.to(rt.device)
+                    with profiler.phase("augment"):
+                        batch = data.batch_recipe.batch_transform(batch)
+                    with D.no_sync(model, m < cfg.optim.accumulate - 1):
+                        with profiler.phase("forward"), rt.autocast():
+                            out = model(batch, info)
+                        loss = out["loss"] / cfg.optim.accumulate
+                        with profiler.phase("backward"):
+                            (scaler.scale(loss) if scaler else loss).backward()
+                    for key, value in out.items():
+                        parts[key] = (
+                            parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
+                        )
+                with profiler.phase("optimizer"):
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    # Clipping first lets the gradient norm travel with the losses: one
+                    # collective and one device sync per step. Nothing is applied before the
+                    # finiteness check, so a bad step still leaves the weights untouched.
+                    grad_norm = self._clip(objective, plan.grad_clip)
+                    values = self._reduce({**parts, "grad_norm": grad_norm})
+                    grad_norm = values.pop("grad_norm")
+                    # Under fp16 an infinite gradient is the scaler's business (it skips the step).
+                    finite_norm = scaler is not None or math.isfinite(grad_norm)
+                    if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
+                        last_good = ckpt.latest_checkpoint(self.run_dir)
+                        raise TrainingDiverged(
+                            f"loss is not finite at step {step} ({_fmt(values)}, grad_norm="
+                            f"{grad_norm}); stopped before the optimizer step. Last good checkpoint: "
+                            f"{last_good or 'none yet'}"
+                        )
+                    objective.before_optimizer_step(info)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    logged = dict(objective.after_optimizer_step(info))
+                step += 1
 
-            now = time.perf_counter()
-            seconds, tick = now - tick, now
-            feed.add(waited, seconds)
-            row = {
-                "step": step,
-                "epoch": round(step / steps_per_epoch, 4),
-                **values,
-                "lr": lr,
-                "weight_decay": wd,
-                "grad_norm": grad_norm,
-                **logged,
-                "images_per_s": cfg.train.batch_size / seconds,
-                "data_wait_s": waited,
-                "memory_gb": _memory_gb(rt.device),
-                "bad_images": self.bad_images,
-            }
-            metrics.log(row)
-            last = row
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{values['loss']:.4f}",
-                    img_s=f"{row['images_per_s']:.0f}",
-                    data_wait=f"{waited / seconds:.0%}",
-                )
-            elif step % cfg.train.log_every == 0 or step == total_steps:
-                self._say(
-                    f"step {step}/{total_steps} loss {values['loss']:.4f} lr {lr:.3g} "
-                    f"{row['images_per_s']:.1f} img/s, {waited / seconds:.0%} waiting for data"
-                )
-            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
-                self._save(step, model, objective, optimizer, scaler, identity)
+                now = time.perf_counter()
+                seconds, tick = now - tick, now
+                feed.add(waited, seconds)
+                with profiler.phase("log+checkpoint"):
+                    row = {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 4),
+                        **values,
+                        "lr": lr,
+                        "weight_decay": wd,
+                        "grad_norm": grad_norm,
+                        **logged,
+                        "images_per_s": cfg.train.batch_size / seconds,
+                        "data_wait_s": waited,
+                        "memory_gb": _memory_gb(rt.device),
+                        "bad_images": self.bad_images,
+                    }
+                    metrics.log(row)
+                    last = row
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(
+                            loss=f"{values['loss']:.4f}",
+                            img_s=f"{row['images_per_s']:.0f}",
+                            data_wait=f"{waited / seconds:.0%}",
+                        )
+                    elif step % cfg.train.log_every == 0 or step == total_steps:
+                        self._say(
+                            f"step {step}/{total_steps} loss {values['loss']:.4f} lr {lr:.3g} "
+                            f"{row['images_per_s']:.1f} img/s, {waited / seconds:.0%} waiting for data"
+                        )
+                    if step % cfg.train.checkpoint_every == 0 or step == total_steps:
+                        self._save(step, model, objective, optimizer, scaler, identity)
+                profiler.step()
+        finally:
+            profiled = profiler.close()
         if bar is not None:
             bar.close()
         metrics.close()
+        if profiled is not None:
+            self._say(f"profile of {profiler.recorded} steps written to {profiled}")
         if rt.is_main and feed.fraction is not None and feed.fraction > LOADER_BOUND:
             self._say(
                 f"the loader held training up: {feed.fraction:.0%} of the time after the first "
