@@ -36,8 +36,12 @@ echo "== loader"
 timeout 90 python3 benchmarks/bench_loader.py --device cuda --workers 8 | tee "$OUT/loader.md"
 echo "== biovfm train on the GPU (demo data, paper-scale DINOv2 ViT-S/16, bf16)"
 timeout 150 $BIOVFM train --output /tmp/runs --name gpu --backbone vit_small --batch-size 64 \
-  --max-steps 30 --set train.log_every=10 --set data.num_workers=8 2>&1 | tail -8
+  --max-steps 30 --set train.log_every=10 --set data.num_workers=8 \
+  --set train.profile_steps=5 2>&1 | tail -8
 cp /tmp/runs/gpu/metrics.csv "$OUT/train_metrics.csv" 2>/dev/null
+cp /tmp/runs/gpu/summary.json "$OUT/train_summary.json" 2>/dev/null  # data_wait_fraction
+cp /tmp/runs/gpu/profile/summary.md "$OUT/train_profile.md" 2>/dev/null
+cp /tmp/runs/gpu/profile/trace.json.gz "$OUT/train_trace.json.gz" 2>/dev/null
 echo "== torchrun, 1 GPU, MAE ViT-B"
 timeout 120 torchrun --nproc_per_node 1 -m biovfm_core.cli.main train --objective mae \
   --backbone vit_base --batch-size 64 --max-steps 20 --output /tmp/runs --name ddp1 \
