@@ -201,9 +201,10 @@ class MultiCropRecipe:
             return ((y - mean) / std).to(dtype)
 
         # Views that share their ops go through kornia as one batch: kornia draws its
-        # parameters per image either way, and one call over 8 local views issues an
-        # eighth of the tensor ops of 8 calls (~250 per call), which a GPU pays for in
-        # kernel launches (benchmarks/profile_step.py counts them).
+        # parameters per image either way, and its cost per call is hundreds of small
+        # tensor ops, which a GPU pays for in kernel launches. The papers' 2x224 + 8x96
+        # recipe went from 3,142 ops per batch, view by view, to 761 (counted by
+        # benchmarks/profile_step.py).
         with torch.no_grad():
             globals_: list[torch.Tensor] = []
             for group in _fusable(batch.global_views):
@@ -220,8 +221,8 @@ class MultiCropRecipe:
 
 
 # On a CPU, element-wise ops over tensors past the cache run slower per element than
-# the per-call overhead that fusing saves: above ~4 MB of float32 per call, fusing all
-# 8 local views of the 224/96 recipe made it ~1.6x slower on the 2-core workstation.
+# the per-call overhead that fusing saves: fusing all views of the 224/96 recipe
+# (up to 39 MB of float32 per call at batch 32) made it 1.2-1.7x slower on 2 cores.
 CPU_FUSE_ELEMENTS = 2**20
 
 
