@@ -239,52 +239,9 @@ class _Trainer:
             while step < total_steps:
                 info = StepInfo(step, total_steps, steps_per_epoch)
                 lr, wd = apply_schedule(optimizer, plan, step)
-                parts: dict[str, torch.Tensor] = {}
-                waited = 0.0
-                for m in range(cfg.optim.accumulate):
-                    start_wait = time.perf_counter()
-                    with profiler.phase("data"):
-                        batch = next(stream)
-                        waited += time.perf_counter() - start_wait
-                        batch = batch.to(rt.device)
-                    with profiler.phase("augment"):
-                        batch = data.batch_recipe.batch_transform(batch)
-                    with D.no_sync(model, m < cfg.optim.accumulate - 1):
-                        with profiler.phase("forward"), rt.autocast():
-                            out = model(batch, info)
-                        loss = out["loss"] / cfg.optim.accumulate
-                        with profiler.phase("backward"):
-                            (scaler.scale(loss) if scaler else loss).backward()
-                    for key, value in out.items():
-                        parts[key] = (
-                            parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
-                        )
-                with profiler.phase("optimizer"):
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    # Clipping first lets the gradient norm travel with the losses: one
-                    # collective and one device sync per step. Nothing is applied before the
-                    # finiteness check, so a bad step still leaves the weights untouched.
-                    grad_norm = self._clip(objective, plan.grad_clip)
-                    values = self._reduce({**parts, "grad_norm": grad_norm})
-                    grad_norm = values.pop("grad_norm")
-                    # Under fp16 an infinite gradient is the scaler's business (it skips the step).
-                    finite_norm = scaler is not None or math.isfinite(grad_norm)
-                    if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
-                        last_good = ckpt.latest_checkpoint(self.run_dir)
-                        raise TrainingDiverged(
-                            f"loss is not finite at step {step} ({_fmt(values)}, grad_norm="
-                            f"{grad_norm}); stopped before the optimizer step. Last good checkpoint: "
-                            f"{last_good or 'none yet'}"
-                        )
-                    objective.before_optimizer_step(info)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    logged = dict(objective.after_optimizer_step(info))
+                values, grad_norm, logged, waited = self._step(
+                    stream, data, model, objective, optimizer, scaler, plan, info, profiler
+                )
                 step += 1
 
                 now = time.perf_counter()
@@ -376,6 +333,62 @@ class _Trainer:
             self._say(f"done: {step} steps; backbone exported to {result.export}")
         rt.barrier()
         return result
+
+    # ------------------------------------------------------------------ step
+
+    def _step(self, stream, data, model, objective, optimizer, scaler, plan, info, profiler):
+        """One optimizer step over ``optim.accumulate`` micro-batches.
+
+        Returns the rank-averaged logged values, the gradient norm, what the
+        objective's after-step hook reported, and the seconds spent waiting for data.
+        """
+        cfg, rt = self.config, self.rt
+        step = info.step
+        parts: dict[str, torch.Tensor] = {}
+        waited = 0.0
+        for m in range(cfg.optim.accumulate):
+            start_wait = time.perf_counter()
+            with profiler.phase("data"):
+                batch = next(stream)
+                waited += time.perf_counter() - start_wait
+                batch = batch.to(rt.device)
+            with profiler.phase("augment"):
+                batch = data.batch_recipe.batch_transform(batch)
+            with D.no_sync(model, m < cfg.optim.accumulate - 1):
+                with profiler.phase("forward"), rt.autocast():
+                    out = model(batch, info)
+                loss = out["loss"] / cfg.optim.accumulate
+                with profiler.phase("backward"):
+                    (scaler.scale(loss) if scaler else loss).backward()
+            for key, value in out.items():
+                parts[key] = parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
+        with profiler.phase("optimizer"):
+            if scaler:
+                scaler.unscale_(optimizer)
+            # Clipping first lets the gradient norm travel with the losses: one
+            # collective and one device sync per step. Nothing is applied before the
+            # finiteness check, so a bad step still leaves the weights untouched.
+            grad_norm = self._clip(objective, plan.grad_clip)
+            values = self._reduce({**parts, "grad_norm": grad_norm})
+            grad_norm = values.pop("grad_norm")
+            # Under fp16 an infinite gradient is the scaler's business (it skips the step).
+            finite_norm = scaler is not None or math.isfinite(grad_norm)
+            if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
+                last_good = ckpt.latest_checkpoint(self.run_dir)
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step} ({_fmt(values)}, grad_norm="
+                    f"{grad_norm}); stopped before the optimizer step. Last good checkpoint: "
+                    f"{last_good or 'none yet'}"
+                )
+            objective.before_optimizer_step(info)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            logged = dict(objective.after_optimizer_step(info))
+        return values, grad_norm, logged, waited
 
     def _schedule_shape(self, num_images: int) -> tuple[int, int, int]:
         cfg, rt = self.config, self.rt
