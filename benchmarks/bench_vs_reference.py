@@ -11,6 +11,8 @@ iBOT and KoLeo losses with running-mean centering, so biovfm runs with
 fused AdamW as biovfm on a GPU, so the ratio measures what biovfm's own layers cost;
 ``--reference plain`` runs it as first written — fp32, unfused AdamW — so the ratio
 shows what biovfm's GPU defaults buy. On a CPU both are fp32 and the same.
+``--compile`` compiles biovfm's transformer blocks (``train.compile``); the
+reference stays eager.
 
     python benchmarks/bench_vs_reference.py                  # CPU, tiny setting
     python benchmarks/bench_vs_reference.py --device cuda --size 224 --local-size 96 \\
@@ -23,7 +25,9 @@ import argparse
 import contextlib
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
@@ -45,6 +49,9 @@ from torch import nn
 
 from biovfm_core.protocols import Batch, StepInfo, TaskInfo
 from biovfm_core.registry import get_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_step import compile_blocks
 
 
 # ------------------------------------------------------------------ reference DINOv2
@@ -185,6 +192,8 @@ def timed(fn, steps: int, device: torch.device) -> float:
 
 def compare(args, objective: str, device: torch.device) -> dict:
     ours, ref = build_pair(args, objective, device)
+    if args.compile:
+        compile_blocks(ours)
     globals_, locals_ = make_views(ours, args.batch_size, device)
     batch = Batch(global_views=globals_, local_views=locals_)
     fused = device.type == "cuda"
@@ -256,13 +265,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default="matched",
         help="reference with biovfm's GPU precision and optimizer, or fp32 + unfused AdamW",
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="compile biovfm's transformer blocks"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"{args.backbone} batch {args.batch_size}, {args.size}px"
         f" (+{args.local_crops}x{args.local_size}px locals for dinov2), "
-        f"{args.rounds} alternating rounds of {args.steps} steps, {args.reference} reference"
+        f"{args.rounds} alternating rounds of {args.steps} steps, {args.reference} reference, "
+        f"biovfm compiled: {args.compile}"
     )
     print("| objective | biovfm s/step | reference s/step | biovfm / reference |")
     print("|---|---|---|---|")

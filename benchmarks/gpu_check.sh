@@ -31,7 +31,7 @@ timeout 150 python3 benchmarks/bench_vs_reference.py --device cuda --size 224 --
   --local-crops 8 --prototypes 65536 --hidden 2048 --backbone vit_small --batch-size 64 | tee "$OUT/vs_reference.md"
 timeout 150 python3 benchmarks/bench_vs_reference.py --device cuda --size 224 --local-size 96 \
   --local-crops 8 --prototypes 65536 --hidden 2048 --backbone vit_small --batch-size 64 \
-  --reference plain | tee "$OUT/vs_reference_plain.md"
+  --reference plain --compile | tee "$OUT/vs_reference_plain.md"
 echo "== loader"
 timeout 90 python3 benchmarks/bench_loader.py --device cuda --workers 8 | tee "$OUT/loader.md"
 echo "== biovfm train on the GPU (demo data, paper-scale DINOv2 ViT-S/16, bf16)"
