@@ -87,7 +87,7 @@ def ops_markdown(prof: Any, steps: int, phases: tuple[str, ...], on_device: bool
 
 
 class StepProfiler:
-    """Profiles ``steps`` loop steps after ``settle`` steps; a no-op when ``steps`` is 0.
+    """Profiles ``steps`` loop steps after ``SETTLE`` steps; a no-op when ``steps`` is 0.
 
     The loop wraps each phase in ``phase(name)`` and calls ``step()`` once per
     optimizer step. Only the main process profiles (one trace per run, not per rank).
