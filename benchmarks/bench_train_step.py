@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from biovfm_core.protocols import Batch, StepInfo, TaskInfo
 from biovfm_core.registry import get_registry
+from biovfm_core.train import distributed as D
 
 # Peak dense bf16 tensor-core rates (FLOP/s), from the vendors' data sheets.
 PEAK_BF16 = {
@@ -111,21 +112,11 @@ def one_step(model, optimizer, batch, info, autocast) -> torch.Tensor:
     return loss
 
 
-def compile_blocks(model: torch.nn.Module) -> None:
-    # Whole-step compilation breaks on the data-dependent iBOT mask indexing; the
-    # transformer blocks are where the time goes, and compile cleanly one by one.
-    from timm.models.vision_transformer import Block
-
-    for module in model.modules():
-        if isinstance(module, Block):
-            module.compile()
-
-
 def measure(args, objective: str, backbone: str, device: torch.device) -> Result:
     torch.manual_seed(0)
     model, params = build(objective, backbone, args.preset, args.patch_size, device)
     if args.compile:
-        compile_blocks(model)
+        D.for_each_block(model, lambda block: block.compile())  # as train.compile does
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")

@@ -25,9 +25,7 @@ import argparse
 import contextlib
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
@@ -49,9 +47,7 @@ from torch import nn
 
 from biovfm_core.protocols import Batch, StepInfo, TaskInfo
 from biovfm_core.registry import get_registry
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import compile_blocks
+from biovfm_core.train import distributed as D
 
 
 # ------------------------------------------------------------------ reference DINOv2
@@ -193,7 +189,7 @@ def timed(fn, steps: int, device: torch.device) -> float:
 def compare(args, objective: str, device: torch.device) -> dict:
     ours, ref = build_pair(args, objective, device)
     if args.compile:
-        compile_blocks(ours)
+        D.for_each_block(ours, lambda block: block.compile())  # as train.compile does
     globals_, locals_ = make_views(ours, args.batch_size, device)
     batch = Batch(global_views=globals_, local_views=locals_)
     fused = device.type == "cuda"

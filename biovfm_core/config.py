@@ -149,7 +149,7 @@ class RunConfig:
         """Set a field by dotted key (``train.batch_size``) or a whole section by dict.
 
         ``options.<kind>.<name>`` keys are stored as given; the chosen plugin checks
-        them (``validate_plugins``). ``record=False`` is for presets: the key is not
+        them (``validate``). ``record=False`` is for presets: the key is not
         marked as the user's choice.
         """
         parts = key.split(".")
@@ -218,7 +218,7 @@ class RunConfig:
             key, value = parse_assignment(text)
             self._set_option(key.split("."), value, source=f"--opt {text}")
 
-    def validate_plugins(self, registry: Any) -> None:
+    def validate(self, registry: Any) -> None:
         """Check value ranges, then plugin names and options against the registry;
         coerce option values.
 

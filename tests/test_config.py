@@ -137,7 +137,7 @@ def test_plugin_options_from_cli_strings_are_coerced():
             "objective.head=none",
         ]
     )
-    config.validate_plugins(_registry())
+    config.validate(_registry())
     assert config.options["objective"] == {
         "teacher_temp": 0.07,
         "prototypes": 1024,
@@ -152,7 +152,7 @@ def test_unknown_plugin_option_lists_the_valid_ones():
     config = RunConfig(objective="toy", backbone="tiny")
     config.apply_opts(["objective.teacher_tmp=0.07"])
     with pytest.raises(ConfigError) as excinfo:
-        config.validate_plugins(_registry())
+        config.validate(_registry())
     message = str(excinfo.value)
     assert "unknown option objective.teacher_tmp for objective 'toy'" in message
     assert "did you mean objective.teacher_temp?" in message
@@ -164,7 +164,7 @@ def test_ill_typed_plugin_option_is_rejected():
     config = RunConfig(objective="toy", backbone="tiny")
     config.apply_opts(["objective.prototypes=many"])
     with pytest.raises(ConfigError, match=r"objective.prototypes.*'many' is not an integer"):
-        config.validate_plugins(_registry())
+        config.validate(_registry())
 
 
 def test_yaml_section_options_equal_cli_options(tmp_path):
@@ -177,8 +177,8 @@ def test_yaml_section_options_equal_cli_options(tmp_path):
     from_cli = RunConfig(objective="toy", backbone="tiny")
     from_cli.apply_opts(["objective.teacher_temp=0.07", "backbone.depth=4"])
     registry = _registry()
-    from_yaml.validate_plugins(registry)
-    from_cli.validate_plugins(registry)
+    from_yaml.validate(registry)
+    from_cli.validate(registry)
     assert from_yaml.options == from_cli.options
 
 

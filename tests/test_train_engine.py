@@ -305,7 +305,7 @@ def test_cpu_preset_fills_only_unset_values():
     config.apply_sets(["train.batch_size=4"])
     config.apply_opts(["objective.prototypes=64"])
     applied = apply_machine_preset(config, get_registry(), "cpu")
-    config.validate_plugins(get_registry())
+    config.validate(get_registry())
     assert config.backbone == "vit_tiny" and config.train.max_steps == 60
     assert config.train.batch_size == 4 and config.options["objective"]["prototypes"] == 64
     assert "train.batch_size" not in applied and applied["options.objective.global_size"] == 64

@@ -64,7 +64,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     registry = get_registry()
     device_type = _device_type(config.train.device)
     applied = apply_machine_preset(config, registry, device_type)
-    config.validate_plugins(registry)
+    config.validate(registry)
     if applied:
         click.echo(
             f"# {device_type} preset for values not set: "

@@ -116,7 +116,7 @@ def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResu
     resolve_auto_resume(config)
     if config.resume:
         check_resume_names(config)
-    config.validate_plugins(registry)
+    config.validate(registry)
     runtime = D.start(config.train.device, config.train.precision)
     try:
         return _Trainer(config, registry, runtime, progress).run()

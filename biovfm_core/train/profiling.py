@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,15 +115,13 @@ class StepProfiler:
         )
         self._prof.__enter__()
 
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        """A labelled range in the trace while profiling; nothing otherwise."""
         if self._prof is None:
-            yield
-            return
+            return contextlib.nullcontext()
         from torch.profiler import record_function
 
-        with record_function(name):
-            yield
+        return record_function(name)
 
     def step(self) -> None:
         if self._prof is not None:
