@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
@@ -96,4 +97,14 @@ def test_step_profile_splits_the_step_into_phases(capsys):
     assert by_name["backward"].ops == 1
     assert all(r.host_ms > 0 and r.device_ms is None for r in rows)
     out = capsys.readouterr().out
-    assert "| **step** |" in out and out.count("| aten::") == 3
+    assert "| **step** |" in out
+    # The op table has exactly --top rows; which ops fill them depends on the machine's
+    # load (the optimizer step enters it on a busy host), so only the shape is checked.
+    lines = out.splitlines()
+    start = lines.index("| op | calls/step | self host ms/step |")
+    assert lines[start + 1] == "|---|---:|---:|"
+    op_rows = list(itertools.takewhile(lambda line: line.startswith("| "), lines[start + 2 :]))
+    assert len(op_rows) == 3
+    for row in op_rows:
+        name, calls, ms = (cell.strip() for cell in row.strip("|").split("|"))
+        assert name and int(calls) >= 1 and float(ms) >= 0

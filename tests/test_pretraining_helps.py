@@ -79,7 +79,11 @@ def assert_beats_floor(trained: dict, floor: dict) -> None:
     )
 
 
+@pytest.mark.slow
 def test_trained_backbone_beats_random_init_and_every_protocol_runs(tmp_path):
+    # 600 training steps (~1 minute on 2 idle cores, 8+ beside other jobs): a learning
+    # check, so `slow`. The default suite keeps each objective's few-step loss-drop
+    # check on real images (test_dinov2, test_mae, test_supervised).
     task = write_patch_task(tmp_path / "patches.npz")
     biovfm(
         "train", "--objective", "supervised", "--data", f"medmnist:{task}?modality=microscopy",

@@ -208,7 +208,6 @@ def run_eval(
     registry = registry or get_registry()
     device = resolve_device(settings.device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(cache_dir)
     pairs = expand_benchmarks(benchmark_specs, medmnist_root, settings.size)
     benches = [load_benchmark(kind, loc, registry) for kind, loc in pairs]
@@ -223,6 +222,8 @@ def run_eval(
                     evaluate_one(model, bench, protocol, settings, cache, out, device, log)
                 )
         model.backbone.to("cpu")
+    # Made only now: a spec that fails to load leaves no empty output folder behind.
+    out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_tables(out)
     log(f"wrote {csv_path} and {md_path}")
     return records
