@@ -100,6 +100,20 @@ class IndexBuilder:
     def __len__(self) -> int:
         return len(self._source)
 
+    def truncate(self, n: int) -> None:
+        """Forget every record added after the first ``n``."""
+        if n < len(self):
+            del self._names[self._name_end[n - 1] if n else 0 :]
+            for column in (
+                self._prefix,
+                self._source,
+                self._modality,
+                self._anatomy,
+                self._label,
+                self._name_end,
+            ):
+                del column[n:]
+
     def build(self) -> SampleIndex:
         def table(ids: Mapping[str, int]) -> list[str]:
             return sorted(ids, key=ids.__getitem__)
