@@ -168,3 +168,74 @@ def test_readme_data_scan_command_reports_a_catalog_without_output(tmp_path, mon
     report = json.loads(res.output[res.output.index("{") :])
     assert [s["status"] for s in report["sources"]] == ["missing"] * 61
     assert report["index"] is None and all(s["url"] for s in report["sources"])
+
+
+# ------------------------------------------------------------------ issue 14 item 3
+@pytest.fixture
+def deadline():
+    """Fail (instead of hanging the suite) when the code under test loops forever."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("the scan did not finish within 20 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_symlink_loops_index_each_real_file_once_and_end(tmp_path, deadline):
+    import os
+
+    root = _pngs(tmp_path / "imgs", 3)
+    _pngs(root / "sub", 2, seed=1)
+    os.symlink("..", root / "sub" / "up")  # loop 1: back to the root
+    os.symlink("../sub", root / "sub" / "again")  # loop 2: into itself
+    os.symlink("sub", root / "alias")  # the same folder under a second name
+    os.symlink("0.png", root / "same.png")  # the same file under a second name
+    outside = _pngs(tmp_path / "elsewhere", 1, seed=2)
+    os.symlink(outside / "0.png", root / "sub" / "outside.png")  # a real extra image
+    os.symlink(tmp_path / "gone.png", root / "broken.png")
+    out = tmp_path / "idx.npz"
+    res = CliRunner().invoke(
+        cli, ["data", "scan", "--data", f"folder:{root}?modality=xray", "-o", str(out), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{") :])
+    assert report["sources"][0]["found"] == 6  # 3 + 2 + the one outside the tree
+    from biovfm_core.data.index import SampleIndex
+
+    uris = sorted(os.path.relpath(u, root) for u in map(SampleIndex.load(out).uri, range(6)))
+    assert uris == ["0.png", "1.png", "2.png", "sub/0.png", "sub/1.png", "sub/outside.png"]
+    problems = (tmp_path / "idx.problems.csv").read_text()
+    assert "broken.png,cannot open: broken symbolic link" in problems
+
+
+# ------------------------------------------------------------------ issue 14 item 5
+def test_a_file_name_that_is_not_utf8_is_indexed_and_loaded_losslessly(tmp_path):
+    import os
+
+    from biovfm_core.data.index import SampleIndex
+    from biovfm_core.data.scan import open_reader
+
+    root = _pngs(tmp_path / "odd", 2)
+    pixels = np.arange(24 * 20, dtype=np.uint8).reshape(24, 20)
+    Image.fromarray(pixels).save(os.fsdecode(os.fsencode(root) + b"/\xff.png"))
+    open(os.fsencode(root) + b"/\xfe-empty.png", "wb").close()
+    out = tmp_path / "idx.npz"
+    spec = f"folder:{root}?modality=xray"
+    res = CliRunner().invoke(cli, ["data", "scan", "--data", spec, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "3 images from 1 sources" in res.output and "1 unusable files" in res.output
+    index = SampleIndex.load(out)
+    names = [os.fsencode(index.uri(i)).rsplit(b"/", 1)[1] for i in range(len(index))]
+    assert names == [b"0.png", b"1.png", b"\xff.png"]
+    loaded = open_reader(index, "odd").load(index.record(2))
+    np.testing.assert_array_equal(loaded, pixels)
+    # The problem list names the empty file by its real bytes.
+    row = (tmp_path / "idx.problems.csv").read_bytes().splitlines()[1]
+    assert row == b"odd," + os.fsencode(root) + b"/\xfe-empty.png,zero-byte file"
+    res = CliRunner().invoke(cli, ["data", "stats", "--data", spec, "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["total"] == 3

@@ -94,7 +94,9 @@ class IndexBuilder:
         self._modality.append(_MOD_ID[record.modality])
         self._anatomy.append(aid)
         self._label.append(code)
-        self._names += name.encode("utf-8")
+        # surrogateescape: a file name that is not UTF-8 (os.fsdecode gave its bad bytes
+        # as surrogates) is stored as its original bytes and comes back unchanged.
+        self._names += name.encode("utf-8", "surrogateescape")
         self._name_end.append(len(self._names))
 
     def __len__(self) -> int:
@@ -199,7 +201,9 @@ class SampleIndex:
     def uri(self, i: int) -> str:
         r = self._row(i)
         a, b = self._name_offsets[r], self._name_offsets[r + 1]
-        return self.prefixes[self._prefix[r]] + self._names[a:b].tobytes().decode("utf-8")
+        return self.prefixes[self._prefix[r]] + self._names[a:b].tobytes().decode(
+            "utf-8", "surrogateescape"
+        )
 
     def record(self, i: int) -> SampleRecord:
         r = self._row(i)
@@ -210,7 +214,8 @@ class SampleIndex:
         label = tuple(code >> b & 1 for b in range(width)) if width else None if code < 0 else code
         a, b = self._name_offsets[r], self._name_offsets[r + 1]
         return SampleRecord(
-            uri=self.prefixes[self._prefix[r]] + self._names[a:b].tobytes().decode("utf-8"),
+            uri=self.prefixes[self._prefix[r]]
+            + self._names[a:b].tobytes().decode("utf-8", "surrogateescape"),
             source=source,
             modality=MODALITIES[self._modality[r]],
             anatomy=self.anatomies[self._anatomy[r]],

@@ -51,7 +51,9 @@ class ScanReport:
         return [s for s in self.sources if s.status == status]
 
     def write_problems(self, path: str) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        # A file name that is not UTF-8 is written as its own bytes (surrogateescape),
+        # so the listed path is the file's real path.
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f)
             w.writerow(["source", "path", "reason"])
             w.writerows(self.problems)

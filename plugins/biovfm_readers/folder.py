@@ -70,6 +70,9 @@ class FolderReader:
 
         class_ids = {c: i for i, c in enumerate(self.classes)}
         for path in walk_files(self.location):
+            if isinstance(path, ScanProblem):
+                yield path
+                continue
             ext = os.path.splitext(path)[1].lower()
             if ext not in IMAGE_EXTENSIONS:
                 if ext not in SIDECAR_EXTENSIONS:

@@ -68,6 +68,9 @@ class NiftiReader:
 
     def scan(self) -> Iterator[SampleRecord | ScanProblem]:
         for path in walk_files(self.location):
+            if isinstance(path, ScanProblem):
+                yield path
+                continue
             if not path.lower().endswith(_NIFTI_SUFFIXES):
                 continue
             if os.path.getsize(path) == 0:
