@@ -239,3 +239,32 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_loaded_losslessly(tmp_path)
     assert row == b"odd," + os.fsencode(root) + b"/\xfe-empty.png,zero-byte file"
     res = CliRunner().invoke(cli, ["data", "stats", "--data", spec, "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["total"] == 3
+
+
+# ------------------------------------------------------------------ issue 14 item 7
+def test_an_all_nan_nifti_volume_is_a_listed_problem_without_numpy_warnings(tmp_path):
+    import warnings
+
+    import nibabel as nib
+
+    root = tmp_path / "mr"
+    root.mkdir()
+    good = np.full((5, 6, 4), np.nan, np.float32)
+    good[:, :, 1] = np.arange(30, dtype=np.float32).reshape(5, 6)  # one usable slice
+    nib.save(nib.Nifti1Image(good, np.eye(4)), root / "good.nii.gz")
+    nan = np.full((5, 6, 4), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), root / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 4), np.int16), np.eye(4)), root / "zero.nii.gz")
+    sources, _ = resolve_data([f"nifti:{root}?modality=mr"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "All-NaN slice" RuntimeWarning would raise
+        index, report = scan_sources(sources)
+    assert [index.uri(i).rsplit("/", 1)[1] for i in range(len(index))] == [
+        "good.nii.gz#axis=2&slice=1"
+    ]
+    problems = {p.rsplit("/", 1)[1]: reason for _, p, reason in report.problems}
+    assert problems == {
+        "nan.nii.gz": "no usable slice: every voxel is NaN or infinite",
+        "zero.nii.gz": "no usable slice: every slice is constant (e.g. all 0)",
+    }
+    assert report.sources[0].problems == 2

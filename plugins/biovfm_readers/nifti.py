@@ -93,11 +93,13 @@ class NiftiReader:
                 continue
             others = tuple(i for i in range(3) if i != self.axis)
             # Constant slices have max == min; NaN-only slices count as empty too.
+            # fmax/fmin skip NaN like nanmax/nanmin, without the "All-NaN slice" warning.
             with np.errstate(invalid="ignore"):
-                spread = np.nanmax(vol, axis=others) - np.nanmin(vol, axis=others)
-            for k in range(0, shape[self.axis], self.stride):
-                if not spread[k] > 0:
-                    continue
+                spread = np.fmax.reduce(vol, axis=others) - np.fmin.reduce(vol, axis=others)
+            kept = [k for k in range(0, shape[self.axis], self.stride) if spread[k] > 0]
+            if not kept:
+                yield ScanProblem(path, _why_empty(vol))
+            for k in kept:
                 yield SampleRecord(
                     uri=join_uri(path, axis=self.axis, slice=k),
                     source=self.tags.source,
@@ -111,6 +113,15 @@ class NiftiReader:
         k = int(frag.get("slice", 0))
         vol_idx = int(frag.get("volume", self.volume))
         return load_nifti_slice(path, axis, k, vol_idx)
+
+
+def _why_empty(vol: np.ndarray) -> str:
+    """Why a volume gave no slices (a file that gives nothing is a problem to list)."""
+    finite = np.isfinite(vol) if vol.dtype.kind in "fc" else None
+    if finite is not None and not finite.any():
+        return "no usable slice: every voxel is NaN or infinite"
+    value = vol[finite][0] if finite is not None else vol.flat[0]
+    return f"no usable slice: every slice is constant (e.g. all {value})"
 
 
 def _read_volume(path: str, volume: int) -> np.ndarray:
