@@ -268,3 +268,41 @@ def test_an_all_nan_nifti_volume_is_a_listed_problem_without_numpy_warnings(tmp_
         "zero.nii.gz": "no usable slice: every slice is constant (e.g. all 0)",
     }
     assert report.sources[0].problems == 2
+
+
+# ----------------------------------------------------------------- issue 14 item 12
+def test_max_pixels_above_pillows_limit_lifts_it_for_that_reader_only(tmp_path, monkeypatch):
+    import warnings
+
+    from biovfm_readers.folder import FolderReader
+    from PIL import Image
+
+    from biovfm_core.errors import BadImageError
+    from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
+
+    # Pillow's limit made tiny, so that real images exceed it cheaply: it warns above
+    # 100 pixels and refuses above 200.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    root = tmp_path / "big"
+    pixels = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30).astype(np.uint8)
+    root.mkdir()
+    Image.fromarray(pixels).save(root / "a.png")  # 1200 pixels: Pillow refuses
+    Image.fromarray(pixels[:12, :12]).save(root / "b.png")  # 144 pixels: Pillow warns
+    tags = SourceTags("big", "xray")
+    roomy = FolderReader(str(root), tags, max_pixels=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning would raise
+        records = list(roomy.scan())
+        assert all(isinstance(r, SampleRecord) for r in records) and len(records) == 2
+        np.testing.assert_array_equal(roomy.load(records[0]), pixels)
+        np.testing.assert_array_equal(roomy.load(records[1]), pixels[:12, :12])
+    # Our limit still decides, below Pillow's too, with our message.
+    strict = FolderReader(str(root), tags, max_pixels=1000)
+    problems = [r for r in strict.scan() if isinstance(r, ScanProblem)]
+    assert [p.reason for p in problems] == ["30x40 = 1200 pixels exceeds the limit of 1000"]
+    with pytest.raises(BadImageError, match="exceeds the limit of 1000"):
+        strict.load(records[0])
+    # Pillow's global guard is unchanged for everyone else.
+    assert Image.MAX_IMAGE_PIXELS == 100
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(root / "a.png")

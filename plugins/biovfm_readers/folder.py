@@ -8,7 +8,10 @@ RGB; two-level images become 8-bit gray.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +29,7 @@ from ._common import (
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 _TIFF = frozenset({".tif", ".tiff"})
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class FolderReader:
@@ -38,7 +42,8 @@ class FolderReader:
     verify: open every file's header during ``scan`` so corrupt, zero-byte and
         oversized files are reported up front (turn off to scan millions of files
         faster; ``load`` still reports them).
-    max_pixels: images with more pixels are refused (decompression-bomb guard).
+    max_pixels: images with more pixels are refused (decompression-bomb guard); it
+        replaces Pillow's own limit for this reader, above or below it.
     """
 
     def __init__(
@@ -128,9 +133,7 @@ def _image_size(path: str, ext: str) -> tuple[int, int]:
         with tifffile.TiffFile(path) as tif:
             shape = tif.pages[0].shape
         return int(shape[0]), int(shape[1])
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with _open_pil(path) as im:
         w, h = im.size
     return h, w
 
@@ -138,7 +141,6 @@ def _image_size(path: str, ext: str) -> tuple[int, int]:
 def load_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one image file to ``(H, W)`` or ``(H, W, 3)`` keeping its bit depth."""
     ext = os.path.splitext(path)[1].lower()
-    _raise_pillow_limit(max_pixels)
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "zero-byte file")
@@ -153,19 +155,31 @@ def load_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return _canonical(arr, path)
 
 
-def _raise_pillow_limit(max_pixels: int) -> None:
-    # Pillow refuses images over 2 x its own MAX_IMAGE_PIXELS (~179M) while opening
-    # them, before our limit is checked; lift its limit to ours so ours decides.
+@contextmanager
+def _open_pil(path: str) -> Iterator[Any]:
+    """``Image.open`` with Pillow's own decompression-bomb guard off for this call.
+
+    Pillow refuses (or warns about) images over its global ``MAX_IMAGE_PIXELS`` while
+    opening them, before the reader's ``max_pixels`` is checked, so a reader set to
+    allow more could never read them. The reader's limit is checked right after the
+    header is read and before any pixel is decoded. Pillow's global is lifted only
+    around the header read, under a lock, and restored, so other code keeps its guard.
+    """
     from PIL import Image
 
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
 
 
 def _decode_pil(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with _open_pil(path) as im:
         im.load()
         mode = im.mode
         if mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
