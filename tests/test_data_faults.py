@@ -124,7 +124,7 @@ def test_any_exception_while_scanning_fails_the_source_and_keeps_none_of_its_rec
 
     monkeypatch.setattr(catalog.SourceSpec, "build_reader", build)
     sources, _ = resolve_data([_catalog(tmp_path, GOOD + TYPO.replace("verfy", "verify"))])
-    with pytest.raises(SourceError, match=r"'typo' failed: KeyError: 'auto'"):
+    with pytest.raises(SourceError, match=r"'typo' \(reader 'folder'\) failed: KeyError: 'auto'"):
         scan_sources(sources, stop_on_error=True)
     index, report = scan_sources(sources)
     assert index.counts("source") == {"good": 3}  # the two records before the failure are gone
@@ -140,7 +140,11 @@ def test_data_scan_stops_on_a_failing_source_unless_allowed(tmp_path):
     out = tmp_path / "idx.npz"
     res = CliRunner().invoke(cli, ["data", "scan", "--data", cat, "-o", str(out)])
     assert res.exit_code == 2, res.output
-    assert "'typo' failed" in res.output and "verfy" in res.output and not out.exists()
+    assert (
+        "'typo' (reader 'folder') failed" in res.output
+        and "verfy" in res.output
+        and not out.exists()
+    )
     res = CliRunner().invoke(
         cli, ["data", "scan", "--data", cat, "-o", str(out), "--allow-missing-sources"]
     )
@@ -306,3 +310,28 @@ def test_max_pixels_above_pillows_limit_lifts_it_for_that_reader_only(tmp_path, 
     assert Image.MAX_IMAGE_PIXELS == 100
     with pytest.raises(Image.DecompressionBombError):
         Image.open(root / "a.png")
+
+
+# ------------------------------------------------------------------ issue 16 item 3
+class _AutoReader:
+    """A plugin reader that passes the source's tag on instead of one modality id."""
+
+    def __init__(self, tags):
+        self.tags = tags
+
+    def scan(self):
+        from biovfm_core.protocols import SampleRecord
+
+        yield SampleRecord("/x/0.npy", self.tags.source, self.tags.modality, "chest")
+
+
+def test_a_record_with_modality_auto_names_the_reader_not_a_key_error(tmp_path, monkeypatch):
+    from biovfm_core.data import catalog
+
+    (tmp_path / "npy").mkdir()
+    monkeypatch.setattr(catalog.SourceSpec, "build_reader", lambda spec: _AutoReader(spec.tags))
+    res = CliRunner().invoke(cli, ["data", "scan", "--data", f"folder:{tmp_path / 'npy'}"])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: data source 'npy' (reader 'folder') failed: /x/0.npy: ")
+    assert "record modality 'auto' is not one modality id (xray, ct," in res.output
+    assert "KeyError" not in res.output

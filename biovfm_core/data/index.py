@@ -65,6 +65,13 @@ class IndexBuilder:
         return sid
 
     def add(self, record: SampleRecord) -> None:
+        mid = _MOD_ID.get(record.modality)
+        if mid is None:
+            raise ConfigError(
+                f"{record.uri}: record modality {record.modality!r} is not one modality id "
+                f"({', '.join(MODALITIES)}); a reader resolves its source's modality tag "
+                f"('auto' or a comma list) to one id per record"
+            )
         prefix, name = _split_uri(record.uri)
         pid = self._prefix_ids.get(prefix)
         if pid is None:
@@ -91,7 +98,7 @@ class IndexBuilder:
             code = int(label)
         self._prefix.append(pid)
         self._source.append(sid)
-        self._modality.append(_MOD_ID[record.modality])
+        self._modality.append(mid)
         self._anatomy.append(aid)
         self._label.append(code)
         # surrogateescape: a file name that is not UTF-8 (os.fsdecode gave its bad bytes

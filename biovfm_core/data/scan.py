@@ -77,6 +77,10 @@ def _listing(parts: Sequence[str], most: int = 5) -> str:
     return "; ".join(parts[:most]) + (more if len(parts) > most else "")
 
 
+def _failed(spec: SourceSpec, exc: BaseException) -> str:
+    return f"data source {spec.name!r} (reader {spec.reader!r}) failed: {_failure(exc)}"
+
+
 def missing_message(specs: Sequence[SourceSpec]) -> str:
     parts = []
     for s in specs:
@@ -118,7 +122,7 @@ def scan_sources(
             readers[spec.name] = spec.build_reader()
         except Exception as exc:
             if stop_on_error:
-                raise SourceError(f"data source {spec.name!r} failed: {_failure(exc)}") from exc
+                raise SourceError(_failed(spec, exc)) from exc
             build_errors[spec.name] = _failure(exc)
 
     builder = IndexBuilder()
@@ -161,7 +165,7 @@ def scan_sources(
                     problems.append((spec.name, item.path, item.reason))
         except Exception as exc:
             if stop_on_error:
-                raise SourceError(f"data source {spec.name!r} failed: {_failure(exc)}") from exc
+                raise SourceError(_failed(spec, exc)) from exc
             status.status, status.error = "error", _failure(exc)
         status.seconds = time.perf_counter() - t0
         report.problems.extend(problems)
