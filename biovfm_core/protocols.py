@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     import torch
 
-# Canonical modality tags (the ten modalities of BioVFM-21M). Catalogs and readers
-# use these ids; `normalise_modality` maps the spellings found in the wild.
+# Canonical modality tags: the ten modalities of BioVFM-21M, then "other" for images
+# whose modality nobody named or could infer (they get the default augmentation).
+# Catalogs and readers use these ids; `normalise_modality` maps the spellings found in
+# the wild. New ids go at the end: an index stores ids by position.
 MODALITIES: tuple[str, ...] = (
     "xray",
     "ct",
@@ -33,6 +35,7 @@ MODALITIES: tuple[str, ...] = (
     "microscopy",
     "fundus",
     "octa",
+    "other",
 )
 
 _MODALITY_ALIASES = {

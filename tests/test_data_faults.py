@@ -335,3 +335,47 @@ def test_a_record_with_modality_auto_names_the_reader_not_a_key_error(tmp_path, 
     assert res.output.startswith("error: data source 'npy' (reader 'folder') failed: /x/0.npy: ")
     assert "record modality 'auto' is not one modality id (xray, ct," in res.output
     assert "KeyError" not in res.output
+
+
+# ------------------------------------------------------------------ issue 16 item 4
+def test_a_folder_of_unknown_modality_trains_with_the_default_recipe_and_says_so(tmp_path, capsys):
+    from biovfm_core.data.dataset import collate
+    from biovfm_core.protocols import ViewSpec
+    from biovfm_core.registry import get_registry
+    from biovfm_core.train.data import training_data
+
+    root = _pngs(tmp_path / "my_images", 3)
+    config = RunConfig()
+    index, _ = _open_index(f"folder:{root}", tmp_path)
+    assert index.counts("modality") == {"other": 3}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"warning: folder:{root}: cannot tell the modality of 3 images; they train with the "
+        f"default augmentation recipe (name it, e.g. 'folder:{root}?modality=xray'"
+    )
+    views = ViewSpec(global_size=16, local_size=8, local_crops=1)
+    data = training_data(index, views, config, get_registry())
+    assert set(data.dataset.recipes) == {"default"}
+    batch = collate([data.dataset[(i, 7)] for i in range(3)])
+    assert batch.size == 3 and batch.global_views[0].shape == (3, 3, 16, 16)
+
+    # `data scan` shows the same note; a source whose modalities were listed still
+    # refuses an image it cannot place.
+    res = CliRunner().invoke(cli, ["data", "scan", "--data", f"folder:{root}"])
+    assert res.exit_code == 0 and "note: folder:" in res.output
+    res = CliRunner().invoke(cli, ["data", "scan", "--data", f"folder:{root}?modality=ct,mr"])
+    assert res.exit_code == 2 and "cannot tell the modality of its images" in res.output
+
+
+def test_an_index_from_before_other_was_added_still_loads(tmp_path):
+    from biovfm_core.data.index import SampleIndex, build_index
+    from biovfm_core.protocols import SampleRecord
+
+    path = build_index([SampleRecord("/a/0.png", "s", "octa")]).save(tmp_path / "i.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["modalities"] = meta["modalities"][:10]  # the list before "other"
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    assert SampleIndex.load(path).record(0).modality == "octa"

@@ -39,6 +39,7 @@ def _status_table(report: Any) -> list[str]:
             lines.append(f"    error: {s.error}")
         if s.status == "missing" and s.url:
             lines.append(f"    download: {s.url}")
+        lines.extend(f"    note: {n}" for n in s.notes)
     return lines
 
 

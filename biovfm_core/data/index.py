@@ -364,7 +364,9 @@ class SampleIndex:
             raise ConfigError(
                 f"{path}: unsupported index format {meta.get('format')} v{meta.get('version')}"
             )
-        if meta["modalities"] != list(MODALITIES):
+        # Ids are positions, and new modalities are only ever appended: an index from
+        # an older list still reads right.
+        if meta["modalities"] != list(MODALITIES)[: len(meta["modalities"])]:
             raise ConfigError(f"{path}: index was built with another modality list; rescan it")
         return cls(
             **cols,

@@ -36,6 +36,7 @@ class SourceStatus:
     error: str = ""
     optional: bool = False
     url: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -173,6 +174,7 @@ def scan_sources(
             builder.truncate(mark)
             status.found = 0
         else:
+            status.notes = list(getattr(reader, "notes", ()))
             classes = getattr(reader, "classes", None)
             if classes:
                 builder.sources_meta[spec.name]["classes"] = list(classes)
@@ -211,6 +213,9 @@ def check_sources(
 ) -> list[str]:
     """Stop when a requested source gave no images, unless ``allow_missing``; then warn
     with the list of dropped sources and return it (for the run's data report)."""
+    if warn is not None:
+        for note in (n for s in report.sources for n in s.notes):
+            warn(note)
     dropped = [describe(s) for s in dropped_sources(report)]
     if dropped and not allow_missing:
         raise SourceError(

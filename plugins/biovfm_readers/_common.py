@@ -145,9 +145,48 @@ def modality_from_path(path: str, allowed: tuple[str, ...]) -> str | None:
             m = normalise_modality(part)
         except ValueError:
             continue
-        if m in allowed:
+        if m in allowed and m != UNNAMED:  # a folder called "other" names nothing
             return m
     return None
+
+
+UNNAMED = "other"
+
+
+class ModalityGuess:
+    """Per-file modality of a reader whose source may be tagged ``auto``.
+
+    A file whose path names no allowed modality is an error when the user listed the
+    modalities, and ``other`` (default augmentation recipe) under ``auto``: a plain
+    folder of images trains, and ``notes`` says how to name the modality.
+    """
+
+    def __init__(self, kind: str, location: str, tags: SourceTags) -> None:
+        self.kind, self.location = kind, location
+        self.allowed = allowed_modalities(tags)
+        self.unnamed = 0
+
+    def __call__(self, path: str) -> str:
+        if len(self.allowed) == 1:
+            return self.allowed[0]
+        modality = modality_from_path(os.path.relpath(path, self.location), self.allowed)
+        if modality is None:
+            if UNNAMED not in self.allowed:
+                raise unknown_modality_error(self.kind, self.location)
+            self.unnamed += 1
+            modality = UNNAMED
+        return modality
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.unnamed:
+            return []
+        return [
+            f"{self.kind}:{self.location}: cannot tell the modality of {self.unnamed} images; "
+            f"they train with the default augmentation recipe (name it, e.g. "
+            f"'{self.kind}:{self.location}?modality=xray', or put images in folders named "
+            f"after their modality: ct, mr, xray, ...)"
+        ]
 
 
 def unknown_modality_error(kind: str, location: str) -> ConfigError:

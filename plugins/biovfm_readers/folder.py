@@ -19,13 +19,7 @@ from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
 from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
 
-from ._common import (
-    SIDECAR_EXTENSIONS,
-    allowed_modalities,
-    modality_from_path,
-    require_location,
-    unknown_modality_error,
-)
+from ._common import SIDECAR_EXTENSIONS, ModalityGuess, require_location
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 _TIFF = frozenset({".tif", ".tiff"})
@@ -60,7 +54,8 @@ class FolderReader:
         self.labels_from_subfolders = labels_from_subfolders
         self.verify = verify
         self.max_pixels = max_pixels
-        self.allowed = allowed_modalities(tags)
+        self._modality = ModalityGuess("folder", self.location, tags)
+        self.allowed = self._modality.allowed
         self.classes: list[str] = []
         if labels_from_subfolders and os.path.isdir(self.location):
             self.classes = sorted(
@@ -69,11 +64,17 @@ class FolderReader:
                 if not d.startswith(".") and os.path.isdir(os.path.join(self.location, d))
             )
 
+    @property
+    def notes(self) -> list[str]:
+        """What the last ``scan`` wants the user to know (an unnamed modality)."""
+        return self._modality.notes
+
     # ------------------------------------------------------------------ scan
     def scan(self) -> Iterator[SampleRecord | ScanProblem]:
         from ._common import walk_files
 
         class_ids = {c: i for i, c in enumerate(self.classes)}
+        self._modality.unnamed = 0
         for path in walk_files(self.location):
             if isinstance(path, ScanProblem):
                 yield path
@@ -99,11 +100,7 @@ class FolderReader:
                     yield ScanProblem(path, "not inside a class sub-folder")
                     continue
                 label = class_ids[top]
-            modality = self.allowed[0] if len(self.allowed) == 1 else None
-            if modality is None:
-                modality = modality_from_path(os.path.relpath(path, self.location), self.allowed)
-                if modality is None:
-                    raise unknown_modality_error("folder", self.location)
+            modality = self._modality(path)
             yield SampleRecord(
                 uri=path,
                 source=self.tags.source,

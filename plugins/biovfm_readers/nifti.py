@@ -18,15 +18,7 @@ from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
 from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
 
-from ._common import (
-    allowed_modalities,
-    join_uri,
-    modality_from_path,
-    require_location,
-    split_uri,
-    unknown_modality_error,
-    walk_files,
-)
+from ._common import ModalityGuess, join_uri, require_location, split_uri, walk_files
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -64,9 +56,16 @@ class NiftiReader:
         self.stride = stride
         self.volume = volume
         self.max_pixels = max_pixels
-        self.allowed = allowed_modalities(tags)
+        self._modality = ModalityGuess("nifti", self.location, tags)
+        self.allowed = self._modality.allowed
+
+    @property
+    def notes(self) -> list[str]:
+        """What the last ``scan`` wants the user to know (an unnamed modality)."""
+        return self._modality.notes
 
     def scan(self) -> Iterator[SampleRecord | ScanProblem]:
+        self._modality.unnamed = 0
         for path in walk_files(self.location):
             if isinstance(path, ScanProblem):
                 yield path
@@ -76,11 +75,7 @@ class NiftiReader:
             if os.path.getsize(path) == 0:
                 yield ScanProblem(path, "zero-byte file")
                 continue
-            modality = self.allowed[0] if len(self.allowed) == 1 else None
-            if modality is None:
-                modality = modality_from_path(os.path.relpath(path, self.location), self.allowed)
-                if modality is None:
-                    raise unknown_modality_error("nifti", self.location)
+            modality = self._modality(path)
             try:
                 vol = _read_volume(path, self.volume)
             except Exception as exc:
