@@ -42,6 +42,9 @@ class DataConfig:
     num_workers: int = 4
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     """Images larger than this are skipped as decompression bombs."""
+    allow_missing_sources: bool = False
+    """Train without sources that are missing or fail to scan (a warning lists them)
+    instead of stopping before the first step."""
 
 
 @dataclass

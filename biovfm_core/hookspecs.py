@@ -118,5 +118,6 @@ def biovfm_register_datasets(register: Register) -> None:
     ``biovfm_core.protocols.DatasetReader``: ``scan()`` yields one ``SampleRecord``
     per image without decoding pixels (or a ``ScanProblem`` per unusable file), and
     ``load(record)`` decodes one image, raising ``BadImageError`` naming the file
-    and the reason when it cannot.
+    and the reason when it cannot. ``tags.modality`` may be one id, a comma list of
+    ids or ``"auto"``; each record must carry exactly one id (see ``SourceTags``).
     """

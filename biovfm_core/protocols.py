@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     import torch
 
-# Canonical modality tags (the ten modalities of BioVFM-21M). Catalogs and readers
-# use these ids; `normalise_modality` maps the spellings found in the wild.
+# Canonical modality tags: the ten modalities of BioVFM-21M, then "other" for images
+# whose modality nobody named or could infer (they get the default augmentation).
+# Catalogs and readers use these ids; `normalise_modality` maps the spellings found in
+# the wild. New ids go at the end: an index stores ids by position.
 MODALITIES: tuple[str, ...] = (
     "xray",
     "ct",
@@ -33,6 +35,7 @@ MODALITIES: tuple[str, ...] = (
     "microscopy",
     "fundus",
     "octa",
+    "other",
 )
 
 _MODALITY_ALIASES = {
@@ -357,7 +360,17 @@ class AugmentationRecipe(Protocol):
 
 @dataclass(frozen=True)
 class SourceTags:
-    """The catalog's description of one source, handed to its reader."""
+    """The catalog's description of one source, handed to its reader.
+
+    ``modality`` is what the user wrote, normalised: one modality id (``"ct"``), a
+    comma list of ids for a mixed source (``"ct,mr,us"``), or ``"auto"`` when the
+    user did not say. It is a constraint for the reader, not a record's value: the
+    reader gives every ``SampleRecord`` exactly one id from ``MODALITIES`` (the one
+    id; for a list or ``auto``, one it infers from headers or folder names within
+    the allowed ids). A record carrying ``"auto"`` or a list fails the scan with an
+    error naming the reader. Options a reader declares reach it from a catalog
+    entry's ``options:`` or from ``--data KIND:PATH?key=value``.
+    """
 
     source: str
     modality: str
@@ -371,6 +384,8 @@ class SampleRecord:
     ``uri`` is a path, optionally with a fragment for an image inside a file
     (``scan.dcm#frame=3``, ``brain.nii.gz#axis=2&slice=40``, ``pathmnist.npz#train/17``).
     ``label`` is an int class, a tuple of 0/1 for multi-label data, or ``None``.
+    ``modality`` is one id of ``MODALITIES`` (never ``"auto"`` or a comma list; see
+    ``SourceTags``).
     """
 
     uri: str

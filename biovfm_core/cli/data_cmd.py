@@ -37,6 +37,9 @@ def _status_table(report: Any) -> list[str]:
         )
         if s.error:
             lines.append(f"    error: {s.error}")
+        if s.status == "missing" and s.url:
+            lines.append(f"    download: {s.url}")
+        lines.extend(f"    note: {n}" for n in s.notes)
     return lines
 
 
@@ -45,9 +48,8 @@ def _status_table(report: Any) -> list[str]:
 @click.option(
     "--output",
     "-o",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="Index file to write (.npz).",
+    help="Index file to write (.npz). Omitted: only report what is present, missing or short.",
 )
 @click.option(
     "--root", type=click.Path(file_okay=False), help="Override the catalog's root folder."
@@ -56,28 +58,42 @@ def _status_table(report: Any) -> list[str]:
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
-    help="CSV of files that could not be used (default: INDEX.problems.csv).",
+    help="CSV of files that could not be used (default with -o: INDEX.problems.csv).",
+)
+@click.option(
+    "--allow-missing-sources",
+    is_flag=True,
+    help="Write the index even when a source fails to scan (it is left out and reported).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the scan report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-source progress lines.")
 def scan(
     data_specs: tuple[str, ...],
-    output: str,
+    output: str | None,
     root: str | None,
     report_path: str | None,
+    allow_missing_sources: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Build the sample index of --data and report present / missing / short sources and bad files."""
+    """Report present / missing / short sources and bad files of --data; with -o, also
+    build its sample index.
+
+    Missing sources are reported with their download page; a source that fails to
+    scan (e.g. a bad reader option) is an error naming it, unless --allow-missing-sources.
+    """
     from biovfm_core.data.catalog import resolve_data
     from biovfm_core.data.scan import default_problem_path, scan_sources
 
     sources, _ = resolve_data(data_specs, root=root)
     progress = None if (quiet or as_json) else (lambda m: click.echo(m, err=True))
-    index, report = scan_sources(sources, progress=progress)
-    path = index.save(output)
-    problems = report_path or default_problem_path(path)
-    report.write_problems(problems)
+    index, report = scan_sources(
+        sources, progress=progress, stop_on_error=not allow_missing_sources
+    )
+    path = index.save(output) if output else None
+    problems = report_path or (default_problem_path(path) if path else None)
+    if problems:
+        report.write_problems(problems)
     if as_json:
         out = report.as_dict()
         out.update(index=path, problems_file=problems, problem_count=len(report.problems))
@@ -89,12 +105,14 @@ def scan(
     counts = {
         st: len(report.by_status(st)) for st in ("present", "short", "missing", "empty", "error")
     }
+    listed = f"listed in {problems}" if problems else "(give -o or --report to list them)"
     click.echo(
         f"{report.total} images from {len(report.sources)} sources "
         f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}); "
-        f"{len(report.problems)} unusable files listed in {problems}"
+        f"{len(report.problems)} unusable files {listed}"
     )
-    click.echo(f"index written to {path}")
+    if path:
+        click.echo(f"index written to {path}")
 
 
 @data.command("stats")
@@ -143,7 +161,7 @@ def stats(
         from biovfm_core.data.scan import scan_sources
 
         sources, _ = resolve_data(data_specs, root=root)
-        index, report = scan_sources(sources)
+        index, report = scan_sources(sources, stop_on_error=True)
     counts = {by: index.counts(by) for by in ("source", "modality", "anatomy")}
     result: dict[str, Any] = {"total": len(index), **counts}
     if report is not None:

@@ -153,7 +153,9 @@ def load_catalog(path: str, *, root: str | None = None, check_paths: bool = True
     missing = str(doc.get("missing", "fail"))
     if missing not in ("fail", "report"):
         raise ConfigError(f"{path}: 'missing' must be 'fail' or 'report', not {missing!r}")
-    if check_paths and not os.path.isdir(cat_root):
+    # A "missing: report" catalog with no root yet is the start of a download: every
+    # source is reported missing (with its download page) instead of failing here.
+    if check_paths and missing == "fail" and not os.path.isdir(cat_root):
         raise ConfigError(
             f"{path}: root folder {cat_root!r} does not exist (set 'root:' in the catalog or pass --root)"
         )

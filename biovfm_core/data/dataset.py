@@ -170,7 +170,7 @@ class BadImageLog:
         return Counter(r.split(":")[0] for _, r in self.entries)
 
     def write(self, path: str) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f)
             w.writerow(["uri", "reason"])
             w.writerows(self.entries)

@@ -65,6 +65,13 @@ class IndexBuilder:
         return sid
 
     def add(self, record: SampleRecord) -> None:
+        mid = _MOD_ID.get(record.modality)
+        if mid is None:
+            raise ConfigError(
+                f"{record.uri}: record modality {record.modality!r} is not one modality id "
+                f"({', '.join(MODALITIES)}); a reader resolves its source's modality tag "
+                f"('auto' or a comma list) to one id per record"
+            )
         prefix, name = _split_uri(record.uri)
         pid = self._prefix_ids.get(prefix)
         if pid is None:
@@ -91,14 +98,30 @@ class IndexBuilder:
             code = int(label)
         self._prefix.append(pid)
         self._source.append(sid)
-        self._modality.append(_MOD_ID[record.modality])
+        self._modality.append(mid)
         self._anatomy.append(aid)
         self._label.append(code)
-        self._names += name.encode("utf-8")
+        # surrogateescape: a file name that is not UTF-8 (os.fsdecode gave its bad bytes
+        # as surrogates) is stored as its original bytes and comes back unchanged.
+        self._names += name.encode("utf-8", "surrogateescape")
         self._name_end.append(len(self._names))
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def truncate(self, n: int) -> None:
+        """Forget every record added after the first ``n``."""
+        if n < len(self):
+            del self._names[self._name_end[n - 1] if n else 0 :]
+            for column in (
+                self._prefix,
+                self._source,
+                self._modality,
+                self._anatomy,
+                self._label,
+                self._name_end,
+            ):
+                del column[n:]
 
     def build(self) -> SampleIndex:
         def table(ids: Mapping[str, int]) -> list[str]:
@@ -185,7 +208,9 @@ class SampleIndex:
     def uri(self, i: int) -> str:
         r = self._row(i)
         a, b = self._name_offsets[r], self._name_offsets[r + 1]
-        return self.prefixes[self._prefix[r]] + self._names[a:b].tobytes().decode("utf-8")
+        return self.prefixes[self._prefix[r]] + self._names[a:b].tobytes().decode(
+            "utf-8", "surrogateescape"
+        )
 
     def record(self, i: int) -> SampleRecord:
         r = self._row(i)
@@ -196,7 +221,8 @@ class SampleIndex:
         label = tuple(code >> b & 1 for b in range(width)) if width else None if code < 0 else code
         a, b = self._name_offsets[r], self._name_offsets[r + 1]
         return SampleRecord(
-            uri=self.prefixes[self._prefix[r]] + self._names[a:b].tobytes().decode("utf-8"),
+            uri=self.prefixes[self._prefix[r]]
+            + self._names[a:b].tobytes().decode("utf-8", "surrogateescape"),
             source=source,
             modality=MODALITIES[self._modality[r]],
             anatomy=self.anatomies[self._anatomy[r]],
@@ -338,7 +364,9 @@ class SampleIndex:
             raise ConfigError(
                 f"{path}: unsupported index format {meta.get('format')} v{meta.get('version')}"
             )
-        if meta["modalities"] != list(MODALITIES):
+        # Ids are positions, and new modalities are only ever appended: an index from
+        # an older list still reads right.
+        if meta["modalities"] != list(MODALITIES)[: len(meta["modalities"])]:
             raise ConfigError(f"{path}: index was built with another modality list; rescan it")
         return cls(
             **cols,

@@ -8,11 +8,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from biovfm_core.errors import BiovfmError
+from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.protocols import SampleRecord, ScanProblem
 
 from .catalog import SourceSpec
 from .index import IndexBuilder, SampleIndex
+
+
+class SourceError(ConfigError):
+    """A data source the run asked for is missing or failed while scanning."""
+
 
 # A source with fewer images than this share of its catalog count is "short".
 SHORT_THRESHOLD = 0.99
@@ -29,6 +34,9 @@ class SourceStatus:
     problems: int = 0
     seconds: float = 0.0
     error: str = ""
+    optional: bool = False
+    url: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,7 +52,9 @@ class ScanReport:
         return [s for s in self.sources if s.status == status]
 
     def write_problems(self, path: str) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        # A file name that is not UTF-8 is written as its own bytes (surrogateescape),
+        # so the listed path is the file's real path.
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f)
             w.writerow(["source", "path", "reason"])
             w.writerows(self.problems)
@@ -57,18 +67,73 @@ class ScanReport:
         }
 
 
+def _failure(exc: BaseException) -> str:
+    # Our own errors already read as a sentence; anything else (a third-party reader's
+    # bug) keeps its type so the reason is not a bare "'auto'".
+    return str(exc) if isinstance(exc, BiovfmError) else f"{type(exc).__name__}: {exc}"
+
+
+def _listing(parts: Sequence[str], most: int = 5) -> str:
+    more = f"; and {len(parts) - most} more (`biovfm data scan` lists them)"
+    return "; ".join(parts[:most]) + (more if len(parts) > most else "")
+
+
+def _failed(spec: SourceSpec, exc: BaseException) -> str:
+    return f"data source {spec.name!r} (reader {spec.reader!r}) failed: {_failure(exc)}"
+
+
+def missing_message(specs: Sequence[SourceSpec]) -> str:
+    parts = []
+    for s in specs:
+        where = f" (download: {s.url})" if s.url else ""
+        parts.append(f"{s.name}: path {s.path!r} does not exist{where}")
+    return _listing(parts)
+
+
 def scan_sources(
     sources: Sequence[SourceSpec],
     *,
     progress: Callable[[str], None] | None = None,
+    stop_on_error: bool = False,
+    stop_on_missing: bool = False,
 ) -> tuple[SampleIndex, ScanReport]:
-    """Scan every source; missing or failing sources are reported, not fatal."""
+    """Scan every source into one index.
+
+    By default missing and failing sources are only reported (status ``missing`` /
+    ``error``). ``stop_on_missing``: a missing non-optional source stops before anything
+    is scanned. ``stop_on_error``: a reader that cannot be built (a typo in its
+    options) stops before anything is scanned, and a source whose scan fails stops at
+    once. Each error names the source and the reason.
+    """
+    if stop_on_missing:
+        absent = [s for s in sources if not s.exists and not s.optional]
+        if absent:
+            raise SourceError(
+                f"{len(absent)} data source(s) missing: {missing_message(absent)} "
+                f"(set data.allow_missing_sources=true to train without them)"
+            )
+    # Build every reader before the first (possibly hours-long) scan, so a bad option
+    # of the last source is reported at once.
+    readers: dict[str, object] = {}
+    build_errors: dict[str, str] = {}
+    for spec in sources:
+        if not spec.exists:
+            continue
+        try:
+            readers[spec.name] = spec.build_reader()
+        except Exception as exc:
+            if stop_on_error:
+                raise SourceError(_failed(spec, exc)) from exc
+            build_errors[spec.name] = _failure(exc)
+
     builder = IndexBuilder()
     report = ScanReport()
     for spec in sources:
         status = SourceStatus(
             spec.name, spec.reader, spec.path, "present", expected=spec.expected_count
         )
+        status.optional = spec.optional
+        status.url = spec.url
         report.sources.append(status)
         builder.add_source(
             spec.name,
@@ -83,24 +148,36 @@ def scan_sources(
         if not spec.exists:
             status.status = "missing"
             continue
+        if spec.name in build_errors:
+            status.status, status.error = "error", build_errors[spec.name]
+            continue
+        reader = readers[spec.name]
         t0 = time.perf_counter()
+        # A source that fails halfway must not leave half its images in the index.
+        mark = len(builder)
+        problems: list[tuple[str, str, str]] = []
         try:
-            reader = spec.build_reader()
-            for item in reader.scan():
+            for item in reader.scan():  # type: ignore[attr-defined]
                 if isinstance(item, SampleRecord):
                     builder.add(item)
                     status.found += 1
                 elif isinstance(item, ScanProblem):
                     status.problems += 1
-                    report.problems.append((spec.name, item.path, item.reason))
-        except (BiovfmError, OSError) as exc:
-            status.status = "error"
-            status.error = str(exc)
+                    problems.append((spec.name, item.path, item.reason))
+        except Exception as exc:
+            if stop_on_error:
+                raise SourceError(_failed(spec, exc)) from exc
+            status.status, status.error = "error", _failure(exc)
         status.seconds = time.perf_counter() - t0
-        classes = getattr(reader, "classes", None) if status.status != "error" else None
-        if classes:
-            builder.sources_meta[spec.name]["classes"] = list(classes)
-        if status.status == "present":
+        report.problems.extend(problems)
+        if status.status == "error":
+            builder.truncate(mark)
+            status.found = 0
+        else:
+            status.notes = list(getattr(reader, "notes", ()))
+            classes = getattr(reader, "classes", None)
+            if classes:
+                builder.sources_meta[spec.name]["classes"] = list(classes)
             if status.found == 0:
                 status.status = "empty"
             elif spec.expected_count and status.found < SHORT_THRESHOLD * spec.expected_count:
@@ -110,6 +187,44 @@ def scan_sources(
                 f"{spec.name}: {status.status}, {status.found} images, {status.problems} problems"
             )
     return builder.build(), report
+
+
+def dropped_sources(report: ScanReport) -> list[SourceStatus]:
+    """Sources that give the run no images although it asked for them: failed, empty,
+    or missing (an absent ``optional: true`` catalog entry is not dropped)."""
+    return [
+        s
+        for s in report.sources
+        if s.status in ("error", "empty") or (s.status == "missing" and not s.optional)
+    ]
+
+
+def describe(status: SourceStatus) -> str:
+    if status.status == "error":
+        return f"{status.name} (failed: {status.error})"
+    if status.status == "missing":
+        url = f"; download: {status.url}" if status.url else ""
+        return f"{status.name} (missing: {status.path!r}{url})"
+    return f"{status.name} (no usable images, {status.problems} unusable files)"
+
+
+def check_sources(
+    report: ScanReport, *, allow_missing: bool, warn: Callable[[str], None] | None = None
+) -> list[str]:
+    """Stop when a requested source gave no images, unless ``allow_missing``; then warn
+    with the list of dropped sources and return it (for the run's data report)."""
+    if warn is not None:
+        for note in (n for s in report.sources for n in s.notes):
+            warn(note)
+    dropped = [describe(s) for s in dropped_sources(report)]
+    if dropped and not allow_missing:
+        raise SourceError(
+            f"{len(dropped)} data source(s) gave no images: {_listing(dropped)} "
+            f"(set data.allow_missing_sources=true to go on without them)"
+        )
+    if dropped and warn is not None:
+        warn(f"training without {len(dropped)} data source(s): {_listing(dropped, 20)}")
+    return dropped
 
 
 def default_problem_path(index_path: str) -> str:

@@ -21,7 +21,7 @@ from .index import SampleIndex
 
 
 def _source_seed(seed: int, name: str) -> list[int]:
-    return [seed & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))]
+    return [seed & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8", "surrogateescape"))]
 
 
 def fraction_rows(index: SampleIndex, fraction: float, seed: int = 0) -> np.ndarray:

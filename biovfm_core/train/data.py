@@ -8,6 +8,7 @@ distributed run see disjoint shards of each epoch.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
     """
     from biovfm_core.data.catalog import resolve_data
     from biovfm_core.data.index import SampleIndex
-    from biovfm_core.data.scan import scan_sources
+    from biovfm_core.data.scan import check_sources, scan_sources
     from biovfm_core.data.subsets import subset
 
     report: dict = {}
@@ -100,10 +101,15 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
     else:
         sources, _ = resolve_data(config.data.sources)
         sources = [_with_pixel_limit(spec, config.data.max_image_pixels) for spec in sources]
-        index, scan_report = scan_sources(sources)
+        allow = config.data.allow_missing_sources
+        index, scan_report = scan_sources(
+            sources, stop_on_error=not allow, stop_on_missing=not allow
+        )
         report.update(scan_report.as_dict())
         if scan_report.problems and run_dir is not None:
             scan_report.write_problems(str(run_dir / "scan_problems.csv"))
+        warn = (lambda m: print(f"warning: {m}", file=sys.stderr)) if run_dir else None
+        report["dropped_sources"] = check_sources(scan_report, allow_missing=allow, warn=warn)
         failed = [
             f"{s.name} ({s.status}{': ' + s.error if s.error else ''})"
             for s in scan_report.sources

@@ -111,6 +111,9 @@ class DicomReader:
         from pydicom.errors import InvalidDicomError
 
         for path in walk_files(self.location):
+            if isinstance(path, ScanProblem):
+                yield path
+                continue
             ext = os.path.splitext(path)[1].lower()
             if self.extensions and ext not in self.extensions:
                 continue

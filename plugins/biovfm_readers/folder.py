@@ -8,7 +8,10 @@ RGB; two-level images become 8-bit gray.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -16,16 +19,11 @@ from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
 from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
 
-from ._common import (
-    SIDECAR_EXTENSIONS,
-    allowed_modalities,
-    modality_from_path,
-    require_location,
-    unknown_modality_error,
-)
+from ._common import SIDECAR_EXTENSIONS, ModalityGuess, require_location
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 _TIFF = frozenset({".tif", ".tiff"})
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class FolderReader:
@@ -38,7 +36,8 @@ class FolderReader:
     verify: open every file's header during ``scan`` so corrupt, zero-byte and
         oversized files are reported up front (turn off to scan millions of files
         faster; ``load`` still reports them).
-    max_pixels: images with more pixels are refused (decompression-bomb guard).
+    max_pixels: images with more pixels are refused (decompression-bomb guard); it
+        replaces Pillow's own limit for this reader, above or below it.
     """
 
     def __init__(
@@ -55,7 +54,8 @@ class FolderReader:
         self.labels_from_subfolders = labels_from_subfolders
         self.verify = verify
         self.max_pixels = max_pixels
-        self.allowed = allowed_modalities(tags)
+        self._modality = ModalityGuess("folder", self.location, tags)
+        self.allowed = self._modality.allowed
         self.classes: list[str] = []
         if labels_from_subfolders and os.path.isdir(self.location):
             self.classes = sorted(
@@ -64,12 +64,21 @@ class FolderReader:
                 if not d.startswith(".") and os.path.isdir(os.path.join(self.location, d))
             )
 
+    @property
+    def notes(self) -> list[str]:
+        """What the last ``scan`` wants the user to know (an unnamed modality)."""
+        return self._modality.notes
+
     # ------------------------------------------------------------------ scan
     def scan(self) -> Iterator[SampleRecord | ScanProblem]:
         from ._common import walk_files
 
         class_ids = {c: i for i, c in enumerate(self.classes)}
+        self._modality.unnamed = 0
         for path in walk_files(self.location):
+            if isinstance(path, ScanProblem):
+                yield path
+                continue
             ext = os.path.splitext(path)[1].lower()
             if ext not in IMAGE_EXTENSIONS:
                 if ext not in SIDECAR_EXTENSIONS:
@@ -91,11 +100,7 @@ class FolderReader:
                     yield ScanProblem(path, "not inside a class sub-folder")
                     continue
                 label = class_ids[top]
-            modality = self.allowed[0] if len(self.allowed) == 1 else None
-            if modality is None:
-                modality = modality_from_path(os.path.relpath(path, self.location), self.allowed)
-                if modality is None:
-                    raise unknown_modality_error("folder", self.location)
+            modality = self._modality(path)
             yield SampleRecord(
                 uri=path,
                 source=self.tags.source,
@@ -125,9 +130,7 @@ def _image_size(path: str, ext: str) -> tuple[int, int]:
         with tifffile.TiffFile(path) as tif:
             shape = tif.pages[0].shape
         return int(shape[0]), int(shape[1])
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with _open_pil(path) as im:
         w, h = im.size
     return h, w
 
@@ -135,7 +138,6 @@ def _image_size(path: str, ext: str) -> tuple[int, int]:
 def load_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one image file to ``(H, W)`` or ``(H, W, 3)`` keeping its bit depth."""
     ext = os.path.splitext(path)[1].lower()
-    _raise_pillow_limit(max_pixels)
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "zero-byte file")
@@ -150,19 +152,31 @@ def load_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return _canonical(arr, path)
 
 
-def _raise_pillow_limit(max_pixels: int) -> None:
-    # Pillow refuses images over 2 x its own MAX_IMAGE_PIXELS (~179M) while opening
-    # them, before our limit is checked; lift its limit to ours so ours decides.
+@contextmanager
+def _open_pil(path: str) -> Iterator[Any]:
+    """``Image.open`` with Pillow's own decompression-bomb guard off for this call.
+
+    Pillow refuses (or warns about) images over its global ``MAX_IMAGE_PIXELS`` while
+    opening them, before the reader's ``max_pixels`` is checked, so a reader set to
+    allow more could never read them. The reader's limit is checked right after the
+    header is read and before any pixel is decoded. Pillow's global is lifted only
+    around the header read, under a lock, and restored, so other code keeps its guard.
+    """
     from PIL import Image
 
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
 
 
 def _decode_pil(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with _open_pil(path) as im:
         im.load()
         mode = im.mode
         if mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):

@@ -18,15 +18,7 @@ from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
 from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
 
-from ._common import (
-    allowed_modalities,
-    join_uri,
-    modality_from_path,
-    require_location,
-    split_uri,
-    unknown_modality_error,
-    walk_files,
-)
+from ._common import ModalityGuess, join_uri, require_location, split_uri, walk_files
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -64,20 +56,26 @@ class NiftiReader:
         self.stride = stride
         self.volume = volume
         self.max_pixels = max_pixels
-        self.allowed = allowed_modalities(tags)
+        self._modality = ModalityGuess("nifti", self.location, tags)
+        self.allowed = self._modality.allowed
+
+    @property
+    def notes(self) -> list[str]:
+        """What the last ``scan`` wants the user to know (an unnamed modality)."""
+        return self._modality.notes
 
     def scan(self) -> Iterator[SampleRecord | ScanProblem]:
+        self._modality.unnamed = 0
         for path in walk_files(self.location):
+            if isinstance(path, ScanProblem):
+                yield path
+                continue
             if not path.lower().endswith(_NIFTI_SUFFIXES):
                 continue
             if os.path.getsize(path) == 0:
                 yield ScanProblem(path, "zero-byte file")
                 continue
-            modality = self.allowed[0] if len(self.allowed) == 1 else None
-            if modality is None:
-                modality = modality_from_path(os.path.relpath(path, self.location), self.allowed)
-                if modality is None:
-                    raise unknown_modality_error("nifti", self.location)
+            modality = self._modality(path)
             try:
                 vol = _read_volume(path, self.volume)
             except Exception as exc:
@@ -90,11 +88,13 @@ class NiftiReader:
                 continue
             others = tuple(i for i in range(3) if i != self.axis)
             # Constant slices have max == min; NaN-only slices count as empty too.
+            # fmax/fmin skip NaN like nanmax/nanmin, without the "All-NaN slice" warning.
             with np.errstate(invalid="ignore"):
-                spread = np.nanmax(vol, axis=others) - np.nanmin(vol, axis=others)
-            for k in range(0, shape[self.axis], self.stride):
-                if not spread[k] > 0:
-                    continue
+                spread = np.fmax.reduce(vol, axis=others) - np.fmin.reduce(vol, axis=others)
+            kept = [k for k in range(0, shape[self.axis], self.stride) if spread[k] > 0]
+            if not kept:
+                yield ScanProblem(path, _why_empty(vol))
+            for k in kept:
                 yield SampleRecord(
                     uri=join_uri(path, axis=self.axis, slice=k),
                     source=self.tags.source,
@@ -108,6 +108,15 @@ class NiftiReader:
         k = int(frag.get("slice", 0))
         vol_idx = int(frag.get("volume", self.volume))
         return load_nifti_slice(path, axis, k, vol_idx)
+
+
+def _why_empty(vol: np.ndarray) -> str:
+    """Why a volume gave no slices (a file that gives nothing is a problem to list)."""
+    finite = np.isfinite(vol) if vol.dtype.kind in "fc" else None
+    if finite is not None and not finite.any():
+        return "no usable slice: every voxel is NaN or infinite"
+    value = vol[finite][0] if finite is not None else vol.flat[0]
+    return f"no usable slice: every slice is constant (e.g. all {value})"
 
 
 def _read_volume(path: str, volume: int) -> np.ndarray:
