@@ -150,7 +150,10 @@ def prepare(sweep: Sweep, *, echo=print) -> None:
     from biovfm_core.data.scan import scan_sources
 
     sources, _ = resolve_data(sweep.data)
-    index, report = scan_sources(sources)
+    # As in `biovfm train`: a source that fails or is absent stops the sweep before any
+    # cell trains, unless the sweep's configs allow training without it.
+    strict = not any(cell.config.data.allow_missing_sources for cell in sweep.cells())
+    index, report = scan_sources(sources, stop_on_error=strict, stop_on_missing=strict)
     if len(index) == 0:
         raise ConfigError(f"{sweep.source}: no images found in the sweep's data")
     index.save(sweep.index_path)

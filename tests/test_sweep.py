@@ -170,3 +170,13 @@ def test_shipped_example_sweeps_are_valid(name):
     sweep = S.load_sweep(Path(__file__).resolve().parents[1] / "examples" / "sweeps" / name)
     cells = sweep.cells()
     assert len(cells) == {"study.yaml": 24, "demo.yaml": 8}[name]
+
+
+def test_a_failing_source_stops_the_sweep_before_any_cell(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    text = SWEEP.format(output=tmp_path / "out") + f"data: ['folder:{images}?verfy=true']\n"
+    sweep = S.load_sweep(write_sweep(tmp_path, text))
+    with pytest.raises(ConfigError, match="verfy"):
+        S.prepare(sweep, echo=lambda _: None)
+    assert not sweep.index_path.exists()
