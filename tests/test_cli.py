@@ -20,7 +20,7 @@ def run_biovfm(*args: str, env: dict | None = None) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=900,  # a hang guard only: generous, so a busy machine never trips it
     )
 
 

@@ -38,7 +38,7 @@ def trained_run(tmp_path_factory):
     done = subprocess.run(
         [sys.executable, "-m", "biovfm_core.cli.main", "train", *TINY_TRAIN,
          "--output", str(root), "--name", "tiny"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return root / "tiny"

@@ -35,7 +35,7 @@ def example_site(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
         cwd=build,  # keep pip's build folders out of the source tree
-        timeout=300,
+        timeout=900,
     )
     assert list(target.glob("biovfm_example_plugin-*.dist-info"))
     return target
@@ -48,7 +48,7 @@ def _biovfm(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=environ,
-        timeout=120,
+        timeout=900,  # a hang guard only: generous, so a busy machine never trips it
     )
 
 
