@@ -36,9 +36,16 @@ VIT_SIZES: dict[str, ViTSize] = {
     "giant": ViTSize(1536, 40, 24),
 }
 
-# SwiGLUPacked takes the fused (gate + value) hidden width. 2/3 * 4 per branch keeps the
-# parameter count of a GELU MLP with ratio 4; for width 1536 it gives DINOv2's 4096.
-_SWIGLU_MLP_RATIO = 2.66667 * 2
+
+def _swiglu_mlp_ratio(dim: int) -> float:
+    """The ``mlp_ratio`` that gives timm's SwiGLUPacked DINOv2's SwiGLUFFNFused widths.
+
+    DINOv2 takes 2/3 of the GELU MLP's 4x width per branch, rounded up to a multiple
+    of 8 (1536 -> 4096 for ViT-g, 1280 -> 3416 for the study's ViT-H); SwiGLUPacked
+    takes the fused (gate + value) width ``int(dim * mlp_ratio)``.
+    """
+    hidden = (int(dim * 4 * 2 / 3) + 7) // 8 * 8
+    return (2 * hidden + 0.5) / dim
 
 
 class ViTBackbone(nn.Module):
@@ -193,7 +200,11 @@ def build_vit(
     use_swiglu = (size == "giant") if swiglu is None else swiglu
     extra: dict = {}
     if use_swiglu:
-        extra = {"mlp_ratio": _SWIGLU_MLP_RATIO, "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
+        extra = {
+            "mlp_ratio": _swiglu_mlp_ratio(cfg.embed_dim),
+            "mlp_layer": SwiGLUPacked,
+            "act_layer": nn.SiLU,
+        }
     vit = VisionTransformer(
         img_size=image_size,
         patch_size=patch_size,
