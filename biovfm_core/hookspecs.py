@@ -24,7 +24,10 @@ fast even when your plugin imports torch.
 
 ``presets`` names option sets for a setting; biovfm knows ``"cpu"``: the values
 ``biovfm train`` uses on a machine without a GPU for options the user did not set
-(e.g. fewer prototypes, smaller crops), so the demo finishes in minutes there.
+(e.g. fewer prototypes, smaller crops), so the demo finishes in minutes there. An
+objective's ``"backbone"`` preset holds the backbone options its recipe sets (DINOv2:
+drop-path, LayerScale); ``biovfm train`` applies them on every machine where the
+backbone has the option and the user did not set it.
 
 Options. Every keyword-only parameter of a factory is a user-facing option, settable
 from YAML (``options: {objective: {teacher_temp: 0.07}}``) or the command line

@@ -49,6 +49,28 @@ def test_giant_is_dinov2_vit_g_with_swiglu() -> None:
     assert ours.num_parameters() == _count(ref) + 1536
 
 
+def test_study_vit_huge_has_dinov2_swiglu_widths() -> None:
+    # The study's dino_vit_huge: ffn_layer "swiglufused", whose hidden width is
+    # (int(1280 * 4 * 2 / 3) + 7) // 8 * 8 = 3416 per branch (dinov2 layers/swiglu_ffn.py).
+    with torch.device("meta"):
+        ours = build_vit("huge", patch_size=14, swiglu=True)
+    mlp = ours.vit.blocks[0].mlp
+    assert mlp.fc1.out_features == 2 * 3416 and mlp.fc2.in_features == 3416
+
+
+def test_drop_path_uniform_or_linear() -> None:
+    def rates(vit) -> list[float]:
+        return [getattr(b.drop_path1, "drop_prob", 0.0) for b in vit.blocks]
+
+    with torch.device("meta"):
+        uniform = build_vit("tiny", image_size=32, drop_path_rate=0.3, drop_path_uniform=True)
+        linear = build_vit("tiny", image_size=32, drop_path_rate=0.3)
+    assert rates(uniform.vit) == [0.3] * 12  # dinov2 vision_transformer.py: [rate] * depth
+    assert [getattr(b.drop_path2, "drop_prob", 0.0) for b in uniform.vit.blocks] == [0.3] * 12
+    assert rates(linear.vit) == pytest.approx([0.3 * i / 11 for i in range(12)])
+    assert uniform.state_dict().keys() == linear.state_dict().keys()  # no weights added
+
+
 @pytest.fixture(scope="module")
 def tiny() -> torch.nn.Module:
     torch.manual_seed(0)

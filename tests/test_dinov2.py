@@ -18,8 +18,6 @@ from real_images import real_crops
 from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import Batch, StepInfo, TaskInfo
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm:FutureWarning")
-
 SMALL = {"prototypes": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 32}
 
 
@@ -196,19 +194,55 @@ def test_defaults_follow_dinov2_vit_l_recipe() -> None:
     assert defaults["local_crops"] == 8 and defaults["sinkhorn_iterations"] == 3
 
 
-def test_teacher_gets_no_gradient_and_last_layer_frozen_in_epoch_zero(objective) -> None:
+def test_teacher_gets_no_gradient_and_the_prototype_norm_learns(objective) -> None:
     out = objective.training_step(_batch(), StepInfo(step=0, total_steps=10, steps_per_epoch=5))
     out["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in objective.teacher.parameters())
-    head = objective.student["dino_head"]
-    assert head.last_layer.weight_v.grad is not None
-    objective.before_optimizer_step(StepInfo(step=4, total_steps=10, steps_per_epoch=5))
-    assert head.last_layer.weight_v.grad is None
-    assert head.layers[0].weight.grad is not None  # the rest of the head still learns
-    objective.zero_grad()
-    objective.training_step(_batch(), StepInfo(5, 10, 5))["loss"].backward()
-    objective.before_optimizer_step(StepInfo(step=5, total_steps=10, steps_per_epoch=5))
-    assert head.last_layer.weight_v.grad is not None
+    last = objective.student["dino_head"].last_layer
+    g, v = last.parametrizations.weight.original0, last.parametrizations.weight.original1
+    # DINOv2's DINOHead: weight_g starts at 1 and is trained (dino_head.py).
+    assert torch.equal(g, torch.ones_like(g)) and g.requires_grad and g.grad is not None
+    assert v.grad is not None
+    torch.testing.assert_close(last.weight.norm(dim=1), torch.ones(g.shape[0]))
+    assert set(objective.lr_freeze()) == {
+        "student.dino_head.last_layer.parametrizations.weight.original0",
+        "student.dino_head.last_layer.parametrizations.weight.original1",
+    }
+
+
+def test_norm_last_layer_keeps_the_prototype_norm_at_one() -> None:
+    obj = build_dinov2(build_vit("tiny", image_size=32), TaskInfo(), **SMALL, norm_last_layer=True)
+    g = obj.student["dino_head"].prototype_norm
+    assert torch.equal(g, torch.ones_like(g)) and not g.requires_grad
+
+
+def test_last_layer_has_lr_zero_in_epoch_zero_while_adamw_moments_update(objective) -> None:
+    from biovfm_core.config import OptimConfig
+    from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
+
+    plan = make_plan(
+        objective.optim_recipe, OptimConfig(), batch_size=64, steps_per_epoch=5, total_steps=50
+    )
+    backbone = objective.student["backbone"]
+    opt = build_optimizer(objective, backbone, plan, torch.device("cpu"))
+    last = objective.student["dino_head"].last_layer.parametrizations.weight
+    first = objective.student["dino_head"].layers[0].weight
+    for step in (4, 5):
+        before_v, before_first = last.original1.detach().clone(), first.detach().clone()
+        lr, _ = apply_schedule(opt, plan, step)
+        group = next(g for g in opt.param_groups if any(p is last.original1 for p in g["params"]))
+        opt.zero_grad()
+        objective.training_step(_batch(), StepInfo(step, 50, 5))["loss"].backward()
+        opt.step()
+        moment = opt.state[last.original1]["exp_avg"]
+        assert moment.abs().sum() > 0  # the moments follow the gradients from step 0 on
+        assert not torch.equal(first, before_first)  # the rest of the head learns
+        if step < 5:  # train.py: last_layer_lr_schedule[: freeze_last_layer_epochs * EPOCH] = 0
+            assert group["lr"] == 0.0
+            assert torch.equal(last.original1, before_v)
+        else:
+            assert group["lr"] == pytest.approx(lr * group["lr_mult"]) and lr > 0
+            assert not torch.equal(last.original1, before_v)
 
 
 def test_ema_update_and_schedules(objective) -> None:
@@ -221,10 +255,13 @@ def test_ema_update_and_schedules(objective) -> None:
     m = 0.996  # half-way along the cosine from 0.992 to 1
     assert logged["teacher_momentum"] == pytest.approx(m)
     torch.testing.assert_close(teacher, m * before_t + (1 - m) * before_s)
-    # Teacher temperature: 0.04 -> 0.07 over 2 epochs of 10 steps, then flat.
-    assert objective.current_teacher_temp(StepInfo(0, 100, 10)) == pytest.approx(0.04)
-    assert objective.current_teacher_temp(StepInfo(10, 100, 10)) == pytest.approx(0.055)
-    assert objective.current_teacher_temp(StepInfo(40, 100, 10)) == pytest.approx(0.07)
+    # Teacher temperature: np.linspace(0.04, 0.07, 20) over 2 epochs of 10 steps (it
+    # reaches 0.07 at step 19, as DINOv2's CosineScheduler warm-up does), then flat.
+    temp = lambda step: objective.current_teacher_temp(StepInfo(step, 100, 10))  # noqa: E731
+    assert temp(0) == pytest.approx(0.04)
+    assert temp(10) == pytest.approx(0.04 + 0.03 * 10 / 19)
+    assert temp(18) == pytest.approx(0.04 + 0.03 * 18 / 19)
+    assert temp(19) == pytest.approx(0.07) and temp(40) == pytest.approx(0.07)
     assert objective.current_momentum(StepInfo(0, 100, 10)) == pytest.approx(0.992)
     assert objective.current_momentum(StepInfo(100, 100, 10)) == pytest.approx(1.0)
 
@@ -242,12 +279,21 @@ def test_separate_ibot_head_and_centering_mode() -> None:
         TaskInfo(),
         **SMALL,
         ibot_separate_head=True,
+        ibot_head_n_prototypes=48,
+        ibot_head_hidden_dim=40,
+        ibot_head_bottleneck_dim=24,
+        ibot_head_nlayers=2,
         centering="centering",
         local_crops=0,
         global_size=32,
         mask_sample_probability=1.0,
     )
     assert "ibot_head" in obj.student and "ibot_head" in obj.teacher
+    ibot = obj.student["ibot_head"]
+    assert [m.weight.shape for m in ibot.layers if hasattr(m, "weight")] == [(40, 192), (24, 40)]
+    assert (
+        ibot.last_layer.weight.shape == (48, 24) and obj.ibot_targets.center.value.shape[-1] == 48
+    )
     batch = _batch()
     out = obj.training_step(Batch(global_views=batch.global_views), StepInfo(0, 10, 5))
     assert out["ibot_loss"] > 0

@@ -123,3 +123,51 @@ def test_a_few_adamw_steps_lower_the_mae_loss() -> None:
         opt.step()
     after = loss_now()
     assert after < before, (before, after)
+
+
+def test_sincos_table_by_hand() -> None:
+    from biovfm_mae.init import sincos_2d
+
+    dim, grid = 8, 3  # quarter = 2 channels per (sin|cos) x (column|row), omega = 1, 1/100
+    table = sincos_2d(dim, grid)
+    assert table.shape == (1 + 9, 8) and torch.equal(table[0], torch.zeros(8))
+    r, c = 1, 2  # token 1 + 3 * r + c; MAE's meshgrid puts the column first
+    row = table[1 + 3 * r + c].double()
+    expect = [
+        *(torch.tensor([c * 1.0, c / 100], dtype=torch.float64).sin()),
+        *(torch.tensor([c * 1.0, c / 100], dtype=torch.float64).cos()),
+        *(torch.tensor([r * 1.0, r / 100], dtype=torch.float64).sin()),
+        *(torch.tensor([r * 1.0, r / 100], dtype=torch.float64).cos()),
+    ]
+    torch.testing.assert_close(row, torch.stack(expect), atol=1e-7, rtol=0)
+
+
+def test_encoder_pos_embed_is_fixed_sincos_and_init_is_mae(mae) -> None:
+    from biovfm_mae.init import sincos_2d
+
+    vit = mae.encoder.vit
+    # models_mae.py: pos_embed = get_2d_sincos_pos_embed(..., cls_token=True), requires_grad=False
+    torch.testing.assert_close(vit.pos_embed[0], sincos_2d(192, 2))
+    assert not vit.pos_embed.requires_grad
+    # ... and the decoder's (lightly's table) is the same function of its width.
+    torch.testing.assert_close(mae.decoder.pos_embed[0], sincos_2d(64, 2))
+    # initialize_weights: xavier_uniform_ on every Linear (bound sqrt(6 / (fan_in + fan_out))),
+    # zero biases, on the flattened patch embedding too; normal(0.02) cls and mask tokens.
+    for lin in (vit.blocks[0].attn.qkv, mae.decoder_embed, mae.prediction_head):
+        bound = (6 / sum(lin.weight.shape)) ** 0.5
+        w = lin.weight
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+        assert torch.equal(lin.bias, torch.zeros_like(lin.bias))
+    proj = vit.patch_embed.proj.weight
+    assert proj.abs().max() <= (6 / (192 + 3 * 16 * 16)) ** 0.5
+    for token in (vit.cls_token, mae.decoder.mask_token):
+        assert 0.005 < token.std() < 0.04
+    norm = vit.blocks[0].norm1
+    assert torch.equal(norm.weight, torch.ones(192)) and torch.equal(norm.bias, torch.zeros(192))
+
+
+def test_learned_pos_embed_option() -> None:
+    obj = build_mae(
+        build_vit("tiny", image_size=32), TaskInfo(), **TINY_DECODER, sincos_pos_embed=False
+    )
+    assert obj.encoder.vit.pos_embed.requires_grad

@@ -87,8 +87,11 @@ def test_no_decay_on_norms_biases_and_tokens_and_layer_decay():
     assert lr(prefix + "patch_embed.proj.weight") == pytest.approx(0.9**13 * 0.2)
     assert lr(prefix + "pos_embed") == pytest.approx(0.9**13)
     assert lr("student.dino_head.layers.0.weight") == 1.0  # heads are not backbone layers
-    # DINOv2's prototypes keep unit norm: weight_g is frozen, so never optimised.
-    assert id(named["student.dino_head.last_layer.weight_g"]) not in by_param
+    # DINOv2 trains the prototype norm g; the prototype layer has lr 0 for one epoch.
+    last = "student.dino_head.last_layer.parametrizations.weight."
+    for p in ("original0", "original1"):
+        assert by_param[id(named[last + p])]["frozen_until"] == 5
+    assert by_param[id(named[prefix + "blocks.0.mlp.fc1.weight"])]["frozen_until"] == 0
     # The EMA teacher is never optimised.
     trainable = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in trainable for p in objective.teacher.parameters())

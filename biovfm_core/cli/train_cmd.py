@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from biovfm_core.cli.common import config_options, resolve_config
-from biovfm_core.train.presets import apply_machine_preset
+from biovfm_core.train.presets import apply_machine_preset, apply_objective_backbone_preset
 
 
 @click.command("train")
@@ -64,18 +64,27 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     registry = get_registry()
     device_type = _device_type(config.train.device)
     applied = apply_machine_preset(config, registry, device_type)
+    recipe = apply_objective_backbone_preset(config, registry)
     config.validate(registry)
-    if applied:
-        click.echo(
-            f"# {device_type} preset for values not set: "
-            + ", ".join(f"{k}={v}" for k, v in applied.items()),
-            err=not dry_run,
-        )
+    for label, filled in (
+        (f"{device_type} preset", applied),
+        (f"{config.objective} recipe", recipe),
+    ):
+        if filled:
+            click.echo(
+                f"# {label} for values not set: "
+                + ", ".join(f"{k}={v}" for k, v in filled.items()),
+                err=not dry_run,
+            )
     if dry_run:
         for kind in ("objective", "backbone"):
             name = getattr(config, kind)
             registration, _ = registry.get(kind + "s", name)
             click.echo(f"# {kind}: {name} (plugin {registration.plugin})")
+            # Every option the factory will get: set, preset, or its default.
+            resolved = {k: spec.default for k, spec in registry.options(kind + "s", name).items()}
+            resolved.update(registry.validate(kind + "s", name, config.options[kind]))
+            click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
         click.echo(config.to_yaml(), nl=False)
         return
     from biovfm_core.train.loop import train as run_training

@@ -1,4 +1,9 @@
-"""AdamW with the recipes' parameter groups and step-indexed lr / weight-decay schedules."""
+"""AdamW with the recipes' parameter groups and step-indexed lr / weight-decay schedules.
+
+An objective may hold parameters still early on the way DINOv2 does (learning rate 0,
+AdamW's moments still updating): its ``lr_freeze()`` maps parameter names to the
+number of epochs their learning rate stays 0.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class Plan:
     grad_clip: float | None
     layer_decay: float | None
     patch_embed_lr_mult: float
+    steps_per_epoch: int = 1
 
     def lr_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.lr, self.min_lr, self.warmup_steps)
@@ -87,18 +93,25 @@ def make_plan(
         grad_clip=recipe.grad_clip,
         layer_decay=recipe.layer_decay,
         patch_embed_lr_mult=recipe.patch_embed_lr_mult,
+        steps_per_epoch=steps_per_epoch,
     )
 
 
 def param_groups(model: nn.Module, backbone: nn.Module, plan: Plan) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (decays?, lr multiplier).
 
-    Each group carries ``lr_mult`` and ``wd_mult``; ``apply_schedule`` sets the
-    group's lr and weight decay from them every step.
+    Each group carries ``lr_mult``, ``wd_mult`` and ``frozen_until`` (the first step
+    with a non-zero lr); ``apply_schedule`` sets the group's lr and weight decay from
+    them every step.
     """
     backbone_names = {id(p): name for name, p in backbone.named_parameters()}
     depth = _depth(backbone_names.values())
-    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    freeze = getattr(model, "lr_freeze", None)
+    frozen_epochs = dict(freeze()) if freeze is not None else {}
+    unknown = set(frozen_epochs) - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"lr_freeze names no parameter of the model: {sorted(unknown)}")
+    groups: dict[tuple[float, float, int], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -110,8 +123,12 @@ def param_groups(model: nn.Module, backbone: nn.Module, plan: Plan) -> list[dict
                 lr_mult = plan.layer_decay ** (depth + 1 - _layer_id(local, depth))
             if _EMBED.search(local) and "patch_embed" in local:
                 lr_mult *= plan.patch_embed_lr_mult
-        key = (wd_mult, lr_mult)
-        group = groups.setdefault(key, {"params": [], "wd_mult": wd_mult, "lr_mult": lr_mult})
+        frozen_until = round(frozen_epochs.get(name, 0) * plan.steps_per_epoch)
+        key = (wd_mult, lr_mult, frozen_until)
+        group = groups.setdefault(
+            key,
+            {"params": [], "wd_mult": wd_mult, "lr_mult": lr_mult, "frozen_until": frozen_until},
+        )
         group["params"].append(param)
     if not groups:
         raise ConfigError("the objective has no trainable parameters")
@@ -132,7 +149,7 @@ def build_optimizer(
 def apply_schedule(optimizer: torch.optim.Optimizer, plan: Plan, step: int) -> tuple[float, float]:
     lr, wd = plan.lr_at(step), plan.weight_decay_at(step)
     for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_mult"]
+        group["lr"] = 0.0 if step < group.get("frozen_until", 0) else lr * group["lr_mult"]
         group["weight_decay"] = wd * group["wd_mult"]
     return lr, wd
 

@@ -40,3 +40,23 @@ def apply_machine_preset(config: RunConfig, registry, device_type: str) -> dict[
                 config.options[kind][option] = value
                 applied[key] = value
     return applied
+
+
+def apply_objective_backbone_preset(config: RunConfig, registry) -> dict[str, Any]:
+    """Fill the backbone options the objective's recipe sets (its ``"backbone"`` preset),
+    on every machine, where the backbone has the option and the user did not set it.
+
+    DINOv2's drop-path and LayerScale are properties of the backbone it trains, not of
+    the ViT in general (MAE trains the same ViT without them), so the objective names
+    them. Filled values are saved with the config, so every rebuild of the backbone
+    (resume, export, eval) gets the same model.
+    """
+    recipe = registry.preset("objectives", config.objective, "backbone")
+    accepted = registry.options("backbones", config.backbone)
+    applied: dict[str, Any] = {}
+    for option, value in recipe.items():
+        key = f"options.backbone.{option}"
+        if option in accepted and key not in config.explicit:
+            config.options["backbone"][option] = value
+            applied[key] = value
+    return applied

@@ -1,7 +1,10 @@
 """DINOv2: DINO CLS-token loss + iBOT masked-patch loss + KoLeo, with an EMA teacher.
 
 Defaults are DINOv2's ``ssl_default_config`` for ViT-L (with the Sinkhorn-Knopp
-centering of its ViT-L/g recipes). For a CPU demo use
+centering of its ViT-L/g recipes); the README's "matches the official recipe" table
+lists each value with its source. The backbone half of the recipe (drop-path 0.3 in
+every block, LayerScale 1e-5) is this plugin's ``"backbone"`` preset, which
+``biovfm train`` applies to the ViT options the user did not set. For a CPU demo use
 ``prototypes=1024, local_crops=4, global_size=64, local_size=32`` on ``vit_tiny``
 (patch 16), and ``warmup_teacher_temp_epochs`` no longer than the run.
 """
@@ -12,7 +15,6 @@ import copy
 from collections.abc import Mapping
 
 import torch
-from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import update_momentum
 from torch import Tensor, nn
 
@@ -26,7 +28,8 @@ from biovfm_core.protocols import (
     TaskInfo,
     ViewSpec,
 )
-from biovfm_core.schedules import cosine_schedule, linear_warmup
+from biovfm_core.schedules import cosine_schedule
+from biovfm_dinov2.head import DINOHead
 from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
 from biovfm_dinov2.loss.teacher_targets import CENTERINGS, TeacherTargets
 from biovfm_dinov2.masking import sample_ibot_masks
@@ -49,23 +52,14 @@ RECIPE = OptimRecipe(
 )
 
 
-def _make_head(embed_dim: int, hidden: int, bottleneck: int, prototypes: int) -> nn.Module:
-    # norm_last_layer: weight-normalised prototypes with the norm fixed at 1, as DINOv2.
-    return DINOProjectionHead(
-        input_dim=embed_dim,
-        hidden_dim=hidden,
-        bottleneck_dim=bottleneck,
-        output_dim=prototypes,
-        batch_norm=False,
-        norm_last_layer=True,
-    )
-
-
-def _copy_head(head: nn.Module, embed_dim: int, hidden: int, bottleneck: int, k: int) -> nn.Module:
-    # weight_norm's hooks make deepcopy fail, so build a twin and copy the weights.
-    twin = _make_head(embed_dim, hidden, bottleneck, k)
-    twin.load_state_dict(head.state_dict())
-    return twin
+def linspace_warmup(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """``np.linspace(start, end, warmup_steps)[step]``, then ``end``: DINOv2's
+    ``CosineScheduler`` warm-up, which reaches ``end`` at step ``warmup_steps - 1``."""
+    if step >= warmup_steps:
+        return float(end)
+    if warmup_steps == 1:
+        return float(start)
+    return float(start + (end - start) * step / (warmup_steps - 1))
 
 
 class DINOv2Objective(ObjectiveBase, nn.Module):
@@ -78,7 +72,13 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         prototypes: int,
         head_hidden_dim: int,
         head_bottleneck_dim: int,
+        head_nlayers: int,
+        norm_last_layer: bool,
         ibot_separate_head: bool,
+        ibot_head_n_prototypes: int,
+        ibot_head_hidden_dim: int,
+        ibot_head_bottleneck_dim: int,
+        ibot_head_nlayers: int,
         centering: str,
         sinkhorn_iterations: int,
         center_momentum: float,
@@ -112,16 +112,29 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         self.mask_sample_probability = mask_sample_probability
         self.ibot_separate_head = ibot_separate_head
 
-        dims = (backbone.embed_dim, head_hidden_dim, head_bottleneck_dim, prototypes)
-        student = {"backbone": backbone, "dino_head": _make_head(*dims)}
+        dino_head = DINOHead(
+            backbone.embed_dim,
+            prototypes,
+            hidden_dim=head_hidden_dim,
+            bottleneck_dim=head_bottleneck_dim,
+            nlayers=head_nlayers,
+            norm_last_layer=norm_last_layer,
+        )
+        student = {"backbone": backbone, "dino_head": dino_head}
+        ibot_prototypes = prototypes
         if ibot_separate_head:
-            student["ibot_head"] = _make_head(*dims)
+            ibot_prototypes = ibot_head_n_prototypes
+            student["ibot_head"] = DINOHead(
+                backbone.embed_dim,
+                ibot_head_n_prototypes,
+                hidden_dim=ibot_head_hidden_dim,
+                bottleneck_dim=ibot_head_bottleneck_dim,
+                nlayers=ibot_head_nlayers,
+                norm_last_layer=norm_last_layer,
+            )
         self.student = nn.ModuleDict(student)
-        teacher = {"backbone": copy.deepcopy(backbone)}
-        for name in student:
-            if name != "backbone":
-                teacher[name] = _copy_head(student[name], *dims)
-        self.teacher = nn.ModuleDict(teacher)
+        # The teacher starts as the student's copy (DINOv2 loads the student's state).
+        self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
@@ -129,7 +142,7 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
             prototypes, centering, center_momentum, sinkhorn_iterations
         )
         self.ibot_targets = TeacherTargets(
-            prototypes, centering, center_momentum, sinkhorn_iterations
+            ibot_prototypes, centering, center_momentum, sinkhorn_iterations
         )
         self.dino_loss = DINOClsTokenLoss(student_temp)
         self.ibot_loss = IBOTPatchLoss(student_temp)
@@ -145,8 +158,21 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         return which["ibot_head"] if self.ibot_separate_head else which["dino_head"]
 
     def current_teacher_temp(self, info: StepInfo) -> float:
-        warmup_steps = self.warmup_teacher_temp_epochs * max(1, info.steps_per_epoch)
-        return linear_warmup(info.step, warmup_steps, self.warmup_teacher_temp, self.teacher_temp)
+        warmup_steps = round(self.warmup_teacher_temp_epochs * max(1, info.steps_per_epoch))
+        return linspace_warmup(info.step, warmup_steps, self.warmup_teacher_temp, self.teacher_temp)
+
+    def lr_freeze(self) -> dict[str, float]:
+        """Parameter name -> epochs its learning rate is held at 0 (``biovfm_core.train.optim``).
+
+        DINOv2 holds the prototype layers still in the first epoch by giving them lr 0,
+        so AdamW's moments keep accumulating their gradients meanwhile.
+        """
+        return {
+            f"student.{name}.last_layer.{param}": self.freeze_last_layer_epochs
+            for name, head in self.student.items()
+            if name != "backbone"
+            for param, _ in head.last_layer.named_parameters()
+        }
 
     def current_momentum(self, info: StepInfo) -> float:
         return cosine_schedule(
@@ -207,13 +233,6 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         out["loss"] = loss
         return out
 
-    def before_optimizer_step(self, info: StepInfo) -> None:
-        if info.epoch < self.freeze_last_layer_epochs:
-            for name, head in self.student.items():
-                if name != "backbone":
-                    for param in head.last_layer.parameters():
-                        param.grad = None
-
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
         m = self.current_momentum(info)
@@ -232,7 +251,13 @@ def build_dinov2(
     prototypes: int = 65536,
     head_hidden_dim: int = 2048,
     head_bottleneck_dim: int = 256,
+    head_nlayers: int = 3,
+    norm_last_layer: bool = False,
     ibot_separate_head: bool = False,
+    ibot_head_n_prototypes: int = 65536,
+    ibot_head_hidden_dim: int = 2048,
+    ibot_head_bottleneck_dim: int = 256,
+    ibot_head_nlayers: int = 3,
     centering: str = "sinkhorn_knopp",
     sinkhorn_iterations: int = 3,
     center_momentum: float = 0.9,
@@ -257,13 +282,16 @@ def build_dinov2(
     """DINOv2 self-distillation (DINO + iBOT + KoLeo) with an EMA teacher.
 
     Heads: ``prototypes`` K (65,536), ``head_hidden_dim`` (2048), ``head_bottleneck_dim``
-    (256); ``ibot_separate_head`` gives iBOT its own head. Teacher targets:
+    (256), ``head_nlayers`` (3); the prototypes are weight-normalised with a learned
+    norm, or a norm frozen at 1 with ``norm_last_layer``. ``ibot_separate_head`` gives
+    iBOT its own head of ``ibot_head_n_prototypes`` (65,536), ``ibot_head_hidden_dim``
+    (2048), ``ibot_head_bottleneck_dim`` (256), ``ibot_head_nlayers`` (3). Teacher targets:
     ``centering`` "sinkhorn_knopp" (``sinkhorn_iterations`` 3) or "centering"
     (running mean, ``center_momentum`` 0.9). Temperatures: ``student_temp`` 0.1, teacher
     ``warmup_teacher_temp`` 0.04 -> ``teacher_temp`` 0.07 linearly over
     ``warmup_teacher_temp_epochs`` (30). Teacher EMA momentum cosine
-    ``momentum_teacher`` 0.992 -> ``final_momentum_teacher`` 1.0. Head last layers frozen
-    for ``freeze_last_layer_epochs`` (1). Loss weights ``dino_loss_weight`` 1,
+    ``momentum_teacher`` 0.992 -> ``final_momentum_teacher`` 1.0. Prototype layers get
+    learning rate 0 for ``freeze_last_layer_epochs`` (1). Loss weights ``dino_loss_weight`` 1,
     ``ibot_loss_weight`` 1 (0 disables iBOT, allowing CNN backbones),
     ``koleo_loss_weight`` 0.1. iBOT masks: ratio in ``mask_ratio_min_max`` (0.1, 0.5) for
     a share ``mask_sample_probability`` (0.5) of the global crops. Views: 2 global crops
@@ -276,8 +304,10 @@ def build_dinov2(
         raise ConfigError(
             f"dinov2: centering must be one of {', '.join(CENTERINGS)}, got {centering!r}"
         )
-    if prototypes < 1 or local_crops < 0:
-        raise ConfigError("dinov2: prototypes must be >= 1 and local_crops >= 0")
+    if prototypes < 1 or ibot_head_n_prototypes < 1 or local_crops < 0:
+        raise ConfigError(
+            "dinov2: prototypes and ibot_head_n_prototypes must be >= 1, local_crops >= 0"
+        )
     if ibot_loss_weight > 0:
         if backbone.patch_size <= 1:
             raise ConfigError(
@@ -304,7 +334,13 @@ def build_dinov2(
         prototypes=prototypes,
         head_hidden_dim=head_hidden_dim,
         head_bottleneck_dim=head_bottleneck_dim,
+        head_nlayers=head_nlayers,
+        norm_last_layer=norm_last_layer,
         ibot_separate_head=ibot_separate_head,
+        ibot_head_n_prototypes=ibot_head_n_prototypes,
+        ibot_head_hidden_dim=ibot_head_hidden_dim,
+        ibot_head_bottleneck_dim=ibot_head_bottleneck_dim,
+        ibot_head_nlayers=ibot_head_nlayers,
         centering=centering,
         sinkhorn_iterations=sinkhorn_iterations,
         center_momentum=center_momentum,

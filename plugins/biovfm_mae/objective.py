@@ -16,6 +16,7 @@ from biovfm_core.protocols import (
     TaskInfo,
     ViewSpec,
 )
+from biovfm_mae.init import fix_sincos_pos_embed, mae_initialize
 from biovfm_mae.loss import mae_loss, patchify, random_keep
 
 # MAE's pre-training recipe (He et al., 2022, Table 8): lr = 1.5e-4 * batch / 256,
@@ -43,6 +44,8 @@ class MAEObjective(ObjectiveBase, nn.Module):
         decoder_dim: int,
         decoder_heads: int,
         norm_pix_loss: bool,
+        sincos_pos_embed: bool,
+        mae_init: bool,
         views: ViewSpec,
     ) -> None:
         super().__init__()
@@ -66,6 +69,12 @@ class MAEObjective(ObjectiveBase, nn.Module):
         self.prediction_head = nn.Linear(
             decoder_dim, self.patch_size**2 * backbone.in_chans, bias=True
         )
+        vit = backbone.vit
+        if mae_init:
+            tokens = [t for t in (vit.cls_token, self.decoder.mask_token) if t is not None]
+            mae_initialize(self, vit.patch_embed.proj, tokens)
+        if sincos_pos_embed:
+            fix_sincos_pos_embed(vit)
 
     def reconstruct(self, images: Tensor, keep: Tensor) -> Tensor:
         """Predicted pixels ``(B, N, p*p*C)`` for every patch, given the kept indices."""
@@ -105,6 +114,8 @@ def build_mae(
     decoder_dim: int = 512,
     decoder_heads: int = 16,
     norm_pix_loss: bool = True,
+    sincos_pos_embed: bool = True,
+    mae_init: bool = True,
     image_size: int | None = None,
     global_scale: tuple[float, float] = (0.2, 1.0),
 ) -> MAEObjective:
@@ -112,13 +123,18 @@ def build_mae(
 
     ``mask_ratio`` share of patches dropped before the encoder (0.75); decoder
     ``decoder_depth`` (8) blocks of width ``decoder_dim`` (512) with ``decoder_heads``
-    (16); ``norm_pix_loss`` regress per-patch normalised pixels (True); ``image_size``
+    (16); ``norm_pix_loss`` regress per-patch normalised pixels (True);
+    ``sincos_pos_embed`` give the encoder MAE's fixed 2-D sin-cos position embedding
+    instead of the backbone's learned one (True); ``mae_init`` MAE's initialisation of
+    encoder and decoder: xavier-uniform linear and patch-embedding weights, normal(0.02)
+    cls and mask tokens (True); set both false to start from a pretrained backbone's
+    weights. The decoder's position embedding is always the fixed sin-cos table. ``image_size``
     crop side (default: the backbone's); ``global_scale`` random-resized-crop scale
     (0.2, 1.0). One crop per image, no colour augmentation. CPU demo: vit_tiny patch 16,
     image_size=64, decoder_depth=2, decoder_dim=128, decoder_heads=4.
     """
     del task
-    if backbone.patch_size <= 1:
+    if backbone.patch_size <= 1 or not hasattr(backbone, "vit"):
         raise ConfigError(
             f"mae: {type(backbone).__name__} has no patch tokens to drop; use a ViT backbone"
         )
@@ -147,5 +163,7 @@ def build_mae(
         decoder_dim=decoder_dim,
         decoder_heads=decoder_heads,
         norm_pix_loss=norm_pix_loss,
+        sincos_pos_embed=sincos_pos_embed,
+        mae_init=mae_init,
         views=views,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from lightly.models.modules import MaskedVisionTransformerTIMM
-from timm.layers import GluMlp, SwiGLUPacked
+from timm.layers import DropPath, GluMlp, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -36,9 +36,16 @@ VIT_SIZES: dict[str, ViTSize] = {
     "giant": ViTSize(1536, 40, 24),
 }
 
-# SwiGLUPacked takes the fused (gate + value) hidden width. 2/3 * 4 per branch keeps the
-# parameter count of a GELU MLP with ratio 4; for width 1536 it gives DINOv2's 4096.
-_SWIGLU_MLP_RATIO = 2.66667 * 2
+
+def _swiglu_mlp_ratio(dim: int) -> float:
+    """The ``mlp_ratio`` that gives timm's SwiGLUPacked DINOv2's SwiGLUFFNFused widths.
+
+    DINOv2 takes 2/3 of the GELU MLP's 4x width per branch, rounded up to a multiple
+    of 8 (1536 -> 4096 for ViT-g, 1280 -> 3416 for the study's ViT-H); SwiGLUPacked
+    takes the fused (gate + value) width ``int(dim * mlp_ratio)``.
+    """
+    hidden = (int(dim * 4 * 2 / 3) + 7) // 8 * 8
+    return (2 * hidden + 0.5) / dim
 
 
 class ViTBackbone(nn.Module):
@@ -154,6 +161,7 @@ def build_vit(
     patch_size: int = 16,
     image_size: int = 224,
     drop_path_rate: float = 0.0,
+    drop_path_uniform: bool = False,
     layer_scale_init: float | None = None,
     num_register_tokens: int = 0,
     swiglu: bool | None = None,
@@ -163,11 +171,13 @@ def build_vit(
 
     Options: ``patch_size`` 14 or 16; ``image_size`` the side the position embeddings
     are made for (other sizes are interpolated, so 96 px local crops work; sides should
-    be multiples of the patch size); ``drop_path_rate`` stochastic depth (DINOv2 ViT-L:
-    0.4); ``layer_scale_init`` LayerScale init value (DINOv2: 1e-5) or None;
-    ``num_register_tokens`` extra tokens (Darcet et al.), excluded from the patches;
-    ``swiglu`` SwiGLU FFN (default: only for giant, as DINOv2's ViT-g); ``pretrained``
-    is not available for these configurations.
+    be multiples of the patch size); ``drop_path_rate`` stochastic depth, rising
+    linearly from 0 to this rate over the blocks (timm) or, with ``drop_path_uniform``,
+    this rate in every block (DINOv2); ``layer_scale_init`` LayerScale init value or
+    None (no LayerScale); ``num_register_tokens`` extra tokens (Darcet et al.), excluded
+    from the patches; ``swiglu`` SwiGLU FFN (default: only for giant, as DINOv2's
+    ViT-g); ``pretrained`` is not available for these configurations. The dinov2
+    objective sets drop-path 0.3 uniform and LayerScale 1e-5 unless told otherwise.
     """
     if size not in VIT_SIZES:
         raise ConfigError(f"unknown ViT size {size!r}; valid: {', '.join(VIT_SIZES)}")
@@ -179,6 +189,8 @@ def build_vit(
         )
     if num_register_tokens < 0:
         raise ConfigError(f"vit_{size}: num_register_tokens must be >= 0")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ConfigError(f"vit_{size}: drop_path_rate must be in [0, 1), got {drop_path_rate}")
     if pretrained:
         raise NotImplementedError(
             f"vit_{size}: pretrained weights are not bundled for this configuration; "
@@ -188,7 +200,11 @@ def build_vit(
     use_swiglu = (size == "giant") if swiglu is None else swiglu
     extra: dict = {}
     if use_swiglu:
-        extra = {"mlp_ratio": _SWIGLU_MLP_RATIO, "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
+        extra = {
+            "mlp_ratio": _swiglu_mlp_ratio(cfg.embed_dim),
+            "mlp_layer": SwiGLUPacked,
+            "act_layer": nn.SiLU,
+        }
     vit = VisionTransformer(
         img_size=image_size,
         patch_size=patch_size,
@@ -202,6 +218,12 @@ def build_vit(
         dynamic_img_size=True,
         **extra,
     )
+    if drop_path_uniform and drop_path_rate > 0:
+        # timm only builds the linear rule; DropPath holds no weights, so swapping it
+        # leaves the state dict as timm's.
+        for block in vit.blocks:
+            block.drop_path1 = DropPath(drop_path_rate)
+            block.drop_path2 = DropPath(drop_path_rate)
     return ViTBackbone(vit, name=f"vit_{size}")
 
 
@@ -211,6 +233,7 @@ def _size_factory(size: str):
         patch_size: int = 16,
         image_size: int = 224,
         drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = False,
         layer_scale_init: float | None = None,
         num_register_tokens: int = 0,
         swiglu: bool | None = None,
@@ -221,6 +244,7 @@ def _size_factory(size: str):
             patch_size=patch_size,
             image_size=image_size,
             drop_path_rate=drop_path_rate,
+            drop_path_uniform=drop_path_uniform,
             layer_scale_init=layer_scale_init,
             num_register_tokens=num_register_tokens,
             swiglu=swiglu,
