@@ -168,8 +168,8 @@ def load_export(folder: Path, registry) -> LoadedModel:
     weights_file = folder / "backbone.safetensors"
     if not weights_file.is_file():
         raise ConfigError(f"{folder}: backbone.json without backbone.safetensors")
+    state = read_safetensors(weights_file)  # a damaged file fails before any building
     backbone = registry.build("backbones", info["backbone"], options=info.get("options", {}))
-    state = read_safetensors(weights_file)
     load = backbone.load_state_dict
     if info.get("layout") == "host":
         load = getattr(backbone, "load_export_state", None)
