@@ -8,10 +8,14 @@ fits (parameter count, objective, data size, modality mix).
 Required columns: ``model``, ``benchmark``, ``protocol``, ``metric``, ``value``.
 Optional columns: ``ci_low``, ``ci_high`` (95% bootstrap interval), ``objective``,
 ``backbone``, ``params_m`` (parameters in millions), ``images`` (pretraining images),
-``data_fraction``, ``modalities`` (``+``-joined ids, or ``all``), ``seed``, ``source``.
+``data_fraction``, ``modalities`` (``+``-joined ids, or ``all``), ``seed``, ``source``,
+``convention`` (the metric definitions: ``study``, ``medmnist`` or ``standard``; see
+``biovfm_core/eval/conventions.py``). A table without the column, or with it empty, was
+written before conventions were recorded, when every number was ``standard``.
 
-Metric names: ``auc``, ``acc``, ``balanced_acc``, ``mcc``, ``f1_macro``, ``f1_micro``
-(values in [0, 1], or [-1, 1] for MCC). Protocols: ``linear``, ``knn``, ``finetune``.
+Metric names: ``auc``, ``acc``, ``balanced_acc``, ``mcc``, ``f1_macro``, ``f1_micro``,
+``recall_macro``, ``recall_micro`` (values in [0, 1], or [-1, 1] for MCC).
+Protocols: ``linear``, ``knn``, ``finetune``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,8 +31,12 @@ from biovfm_core.config import write_atomic
 from biovfm_core.errors import ConfigError
 
 REQUIRED = ("model", "benchmark", "protocol", "metric", "value")
-METRICS = ("auc", "acc", "balanced_acc", "mcc", "f1_macro", "f1_micro")
+METRICS = (
+    "auc", "acc", "balanced_acc", "mcc", "f1_macro", "f1_micro", "recall_macro", "recall_micro",
+)  # fmt: skip
 PROTOCOLS = ("linear", "knn", "finetune")
+CONVENTIONS = ("study", "medmnist", "standard")
+UNRECORDED = "standard"  # what a table without a convention holds
 
 
 @dataclass
@@ -48,6 +56,7 @@ class ResultRow:
     modalities: str = ""
     seed: int | None = None
     source: str = ""
+    convention: str = ""  # empty: not recorded (an older table), i.e. standard
 
 
 COLUMNS = tuple(f.name for f in fields(ResultRow))
@@ -98,5 +107,35 @@ def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
                 ) from None
         if values["value"] is None:
             raise ConfigError(f"{path}:{line}: empty value")
+        if values["convention"] and values["convention"] not in CONVENTIONS:
+            raise ConfigError(
+                f"{path}:{line}: convention {values['convention']!r} is not one of "
+                f"{', '.join(CONVENTIONS)}"
+            )
         rows.append(ResultRow(**values))
     return rows
+
+
+def one_convention(tables: Iterable[tuple[str, Sequence[ResultRow]]]) -> str:
+    """The one metric convention of some tables (``(name, rows)`` pairs); an error naming
+    each table's convention when they differ, since their numbers do not compare."""
+    found: dict[str, list[str]] = {}
+    unrecorded = []
+    for name, rows in tables:
+        for conv in sorted({r.convention for r in rows}):
+            found.setdefault(conv or UNRECORDED, []).append(name)
+            if not conv:
+                unrecorded.append(name)
+    if len(found) <= 1:
+        return next(iter(found), UNRECORDED)
+    parts = "; ".join(f"{conv}: {', '.join(dict.fromkeys(names))}" for conv, names in found.items())
+    note = (
+        f" ({', '.join(dict.fromkeys(unrecorded))} record no convention: written before "
+        "conventions were recorded, so treated as standard)"
+        if unrecorded
+        else ""
+    )
+    raise ConfigError(
+        f"results computed under different metric conventions cannot be mixed: {parts}{note}; "
+        "re-run `biovfm eval` with one --metrics for all of them"
+    )

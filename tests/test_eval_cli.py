@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from biovfm_core.cli.main import cli
+from biovfm_core.eval.conventions import evaluate_study
 from biovfm_core.eval.data import load_benchmark
 from biovfm_core.eval.features import FeatureCache, split_features
-from biovfm_core.eval.metrics import compute_metrics
 from biovfm_core.eval.models import load_model
 from biovfm_core.eval.synthetic import write_medmnist_npz
 from biovfm_core.registry import get_registry
@@ -77,22 +77,25 @@ def test_eval_of_a_trained_run_writes_json_npz_csv_md(trained_run, tmp_path):
         assert record["task"] == "binary" and record["input_size"] == 32
         assert record["backbone"] == "vit_tiny" and record["objective"] == "dinov2"
         saved = np.load(out / "tiny" / "breastmnist" / f"{protocol}.npz")
-        # Anyone can recompute the metrics from the saved labels, scores and threshold.
-        again = compute_metrics(
-            "binary", saved["test_labels"], saved["test_scores"], saved["thresholds"]
-        )
+        # Anyone can recompute the metrics from the saved labels, scores and threshold:
+        # by default the study's (the mean of its resamples, which need no seed).
+        assert record["metrics_convention"] == "study"
+        again = evaluate_study(
+            "binary", saved["test_labels"], saved["test_scores"], saved["thresholds"],
+            resamples=200,
+        )  # fmt: skip
         for metric, value in again.items():
             m = record["metrics"][metric]
-            assert m["value"] == pytest.approx(value, abs=1e-6)
-            # The point value is float32 (torchmetrics), the bootstrap float64.
-            assert m["ci_low"] <= m["value"] + 1e-6 and m["value"] <= m["ci_high"] + 1e-6
+            assert m["value"] == pytest.approx(value.value, abs=1e-12)
+            assert m["point"] == pytest.approx(value.point, abs=1e-12)
+            assert m["ci_low"] <= m["value"] <= m["ci_high"]
     rows = read_results(out / "results.csv")
     assert {(r.model, r.protocol) for r in rows} == {
         ("tiny", "linear"),
         ("tiny", "knn"),
         ("random:vit_tiny", "linear"),
     }
-    assert len(rows) == 3 * 6
+    assert len(rows) == 3 * 8 and {r.convention for r in rows} == {"study"}
     md = (out / "results.md").read_text()
     assert "### linear — auc" in md and "| random:vit_tiny |" in md and "| mean |" in md
 
@@ -154,6 +157,14 @@ def test_results_csv_columns_are_the_schema(tmp_path):
     assert tuple(header) == COLUMNS
     record = json.loads((out / "random_vit_tiny" / "chestmnist" / "knn.json").read_text())
     assert record["thresholds"] == [0.5] * 14 and record["metrics"]["auc"]["ci_low"] is None
+    assert {r.convention for r in read_results(out / "results.csv")} == {"study"}
+    assert "Metric convention: **study**" in (out / "results.md").read_text()
+    # Another convention into the same folder would mix its tables: refused up front.
+    code, log = eval_cli(
+        "random:vit_tiny", "--opt", "backbone.image_size=32", "--benchmark", f"medmnist:{data}",
+        "--protocol", "knn", "--metrics", "medmnist", "--output", str(out), "--cache", "none",
+    )  # fmt: skip
+    assert code == 2 and "holds results computed with --metrics study" in log
 
 
 def test_trained_input_maps_the_studys_normalisation_to_the_trained_one():

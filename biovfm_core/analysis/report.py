@@ -33,21 +33,26 @@ from biovfm_core.analysis.properties import (
 )
 from biovfm_core.config import write_atomic
 from biovfm_core.errors import ConfigError
-from biovfm_core.results import ResultRow, read_results
+from biovfm_core.results import ResultRow, one_convention, read_results
 
 REFERENCE_CSV = Path(__file__).with_name("reference") / "biovfm21m_reported.csv"
 
 
 def read_tables(paths: Sequence[str | os.PathLike[str]]) -> list[ResultRow]:
-    """Rows of every results table, in order."""
+    """Rows of every results table, in order; an error when the tables' metric
+    conventions differ."""
     if not paths:
         raise ConfigError("give at least one results table (--results R.csv)")
     rows: list[ResultRow] = []
+    tables = []
     for path in paths:
         table = read_results(path)
         if not table:
             raise ConfigError(f"{path}: results table has no rows")
+        tables.append((str(path), table))
         rows.extend(table)
+    # Scaling fits across metric definitions would fit the definitions' gap.
+    one_convention(tables)
     return rows
 
 

@@ -70,8 +70,17 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
 @click.option("--finetune-lr", type=float, default=5e-4, show_default=True)
 @click.option("--layer-decay", type=float, default=0.65, show_default=True)
 @click.option(
+    "--metrics", "metrics", type=click.Choice(["study", "medmnist", "standard"]),
+    default="study", show_default=True,
+    help="Metric definitions: study (the BioVFM-21M evaluator: positive-class F1, its MCC "
+    "thresholds, mean and percentiles of 1000 resamples), medmnist (MedMNIST's Evaluator: "
+    "AUC and ACC at 0.5 only, no CI) or standard (biovfm's earlier definitions). "
+    "Recorded in every result; tables of different conventions are not mixed.",
+)  # fmt: skip
+@click.option(
     "--threshold", default="mcc", show_default=True,
-    help="Binary/multi-label decision threshold: 'mcc' (maximise validation MCC) or a number.",
+    help="Binary/multi-label decision threshold: 'mcc' (maximise validation MCC, by the "
+    "--metrics convention's rule) or a number.",
 )  # fmt: skip
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Resamples; 0: none.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -96,7 +105,7 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
 )  # fmt: skip
 def eval_(models, benchmarks, medmnist_root, size, protocols, features, image_size, epochs,
           probe_augment, lr,
-          knn_k, knn_temperature, finetune_epochs, finetune_lr, layer_decay, threshold,
+          knn_k, knn_temperature, finetune_epochs, finetune_lr, layer_decay, metrics, threshold,
           bootstrap, seed, device, batch_size, output, cache, opts, compare) -> None:  # fmt: skip
     """Evaluate MODELS (run folders, exports, random:<backbone>, timm:<name>) on
     benchmarks with a linear probe, kNN or fine-tuning; AUC, ACC, balanced accuracy,
@@ -132,6 +141,7 @@ def eval_(models, benchmarks, medmnist_root, size, protocols, features, image_si
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         layer_decay=layer_decay,
+        metrics=metrics,
         threshold=_threshold(threshold),
         bootstrap=bootstrap,
         seed=seed,

@@ -209,7 +209,10 @@ def _check_labels(
     if width > 1:
         task, num = "multi-label", width
     else:
-        top = max(int(y.max()) for _, y in splits.values() if len(y))
+        # An unknown file's classes are those its train split uses: a label that only
+        # val or test holds has no trained output, and would silently score as wrong.
+        train = splits["train"][1]
+        top = int(train.max()) if len(train) else 1
         num = known.num_classes if known else max(2, top + 1)
         task = known.task if known else ("binary" if num == 2 else "multi-class")
     if known is not None and (task != known.task or num != known.num_classes):
@@ -221,11 +224,22 @@ def _check_labels(
         key = f"{split}_labels"
         low, high = (0, 1) if task == "multi-label" else (0, num - 1)
         if len(y) and (int(y.min()) < low or int(y.max()) > high):
-            bad = y[(y < low) | (y > high)]
+            outside = (y < low) | (y > high)
+            values = np.unique(y[outside])
+            shown = ", ".join(str(int(v)) for v in values[:5]) + (
+                ", ..." if len(values) > 5 else ""
+            )
+            if task == "multi-label":
+                source = ""
+            elif known:
+                source = f" (MedMNIST's {flag_of(path)})"
+            else:
+                source = " (the classes the train split uses)"
             raise ConfigError(
-                f"{path}: key {key!r} holds label {int(bad[0])} out of range "
-                f"[{low}, {high}] for a {task} task with {num} "
-                f"{'labels' if task == 'multi-label' else 'classes'}"
+                f"{path}: key {key!r} holds label{'s' if len(values) > 1 else ''} {shown} "
+                f"out of range [{low}, {high}] ({int(outside.sum())} of {y.size} entries) "
+                f"for a {task} task with {num} "
+                f"{'labels' if task == 'multi-label' else 'classes'}{source}"
             )
     if len(splits["train"][1]) == 0 or len(splits["test"][1]) == 0:
         raise ConfigError(f"{path}: the train and test splits must not be empty")

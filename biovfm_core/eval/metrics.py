@@ -1,4 +1,6 @@
-"""Metrics as the study defines them, with MCC thresholds and bootstrap intervals.
+"""The ``standard`` metric convention: biovfm's own definitions (see
+``biovfm_core.eval.conventions`` for the study's and MedMNIST's), with MCC thresholds
+and bootstrap intervals.
 
 Point estimates come from torchmetrics. The 1000-resample bootstrap would call
 torchmetrics 1000 times per metric, so it is computed here from resample *weights*
@@ -19,9 +21,8 @@ import numpy as np
 import torch
 from torchmetrics.functional import classification as tmf
 
-from biovfm_core.results import METRICS
-
 TASKS = ("multi-class", "binary", "multi-label")
+METRICS = ("auc", "acc", "balanced_acc", "mcc", "f1_macro", "f1_micro")
 
 
 @dataclass
@@ -29,9 +30,20 @@ class MetricValue:
     value: float
     ci_low: float | None = None
     ci_high: float | None = None
+    point: float | None = None  # the full test set's value, when ``value`` is not it
+    undefined: int = 0  # resamples where the metric is undefined (left out)
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
+    def to_dict(self) -> dict[str, float | int | None]:
+        out: dict[str, float | int | None] = {
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+        }
+        if self.point is not None:
+            out["point"] = self.point
+        if self.undefined:
+            out["undefined_resamples"] = self.undefined
+        return out
 
 
 # ----------------------------------------------------------------- thresholds
@@ -107,7 +119,7 @@ def compute_metrics(
     scores: np.ndarray,
     thresholds: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The six metrics of ``biovfm_core.results.METRICS`` for one set of predictions."""
+    """The six ``standard`` metrics (``METRICS``) for one set of predictions."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     s = torch.as_tensor(np.asarray(scores, dtype=np.float32))

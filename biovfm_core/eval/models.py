@@ -158,7 +158,7 @@ def _ready(model: LoadedModel) -> LoadedModel:
 
 def load_export(folder: Path, registry) -> LoadedModel:
     """An export of ``biovfm train`` (``backbone.json`` + ``backbone.safetensors``)."""
-    from safetensors.torch import load_file
+    from biovfm_core.eval.weights import load_checked, read_safetensors
 
     try:
         description = json.loads((folder / "backbone.json").read_text())
@@ -168,23 +168,21 @@ def load_export(folder: Path, registry) -> LoadedModel:
     weights_file = folder / "backbone.safetensors"
     if not weights_file.is_file():
         raise ConfigError(f"{folder}: backbone.json without backbone.safetensors")
+    state = read_safetensors(weights_file)  # a damaged file fails before any building
     backbone = registry.build("backbones", info["backbone"], options=info.get("options", {}))
-    state = load_file(str(weights_file))
-    try:
-        if info.get("layout") == "host":
-            load = getattr(backbone, "load_export_state", None)
-            if load is None:
-                raise ConfigError(
-                    f"{weights_file}: saved in its host library's layout, but backbone "
-                    f"{info['backbone']!r} has no load_export_state() to read it"
-                )
-            load(state)
-        else:
-            backbone.load_state_dict(state)
-    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
-        raise ConfigError(
-            f"{weights_file}: does not fit backbone {info['backbone']!r}: {exc}"
-        ) from None
+    load = backbone.load_state_dict
+    if info.get("layout") == "host":
+        load = getattr(backbone, "load_export_state", None)
+        if load is None:
+            raise ConfigError(
+                f"{weights_file}: saved in its host library's layout, but backbone "
+                f"{info['backbone']!r} has no load_export_state() to read it"
+            )
+    options = info.get("options") or {}
+    target = f"backbone {info['backbone']!r}" + (
+        f" with options {options} (backbone.json)" if options else " (backbone.json)"
+    )
+    load_checked(load, state, weights_file, target)
     run = folder.parent if folder.name == "export" else folder
     objective = _run_objective(run)
     model = LoadedModel(
@@ -211,9 +209,8 @@ def _run_objective(run: Path) -> str:
 def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None) -> LoadedModel:
     """The eval backbone of a run's latest checkpoint (no export yet): rebuild objective
     and backbone from ``config.yaml`` and ask the objective for ``eval_backbone()``."""
-    from safetensors.torch import load_file
-
     from biovfm_core.config import RunConfig
+    from biovfm_core.eval.weights import load_checked, read_safetensors
     from biovfm_core.protocols import TaskInfo
     from biovfm_core.train import checkpoint as ckpt
 
@@ -221,7 +218,7 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
     if latest is None:
         raise ConfigError(f"{run}: the run has neither export/ nor a checkpoint yet")
     config = RunConfig.from_yaml(run / "config.yaml")
-    weights = load_file(str(latest / "model.safetensors"))
+    weights = read_safetensors(latest / "model.safetensors")
     backbone = registry.build("backbones", config.backbone, options=config.options["backbone"])
     task = TaskInfo()
     heads = [v for k, v in weights.items() if k.startswith("head") and v.ndim == 2]
@@ -231,7 +228,12 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
     objective = registry.build(
         "objectives", config.objective, backbone, task, options=config.options["objective"]
     )
-    objective.load_state_dict(weights)
+    load_checked(
+        objective.load_state_dict,
+        weights,
+        latest / "model.safetensors",
+        f"objective {config.objective!r} on backbone {config.backbone!r} ({run / 'config.yaml'})",
+    )
     step = ckpt.read_meta(latest).get("step")
     model = LoadedModel(
         run.name,

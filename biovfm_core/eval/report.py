@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from biovfm_core.config import write_atomic
-from biovfm_core.results import METRICS, ResultRow, read_results, write_results
+from biovfm_core.errors import ConfigError
+from biovfm_core.results import (
+    METRICS,
+    UNRECORDED,
+    ResultRow,
+    one_convention,
+    read_results,
+    write_results,
+)
 
 
 def slug(text: str) -> str:
@@ -50,17 +58,37 @@ def write_result(
     return stem.with_suffix(".json")
 
 
-def collect_rows(out_dir: Path) -> list[ResultRow]:
-    """Every result JSON under ``out_dir`` as schema rows, so repeated ``biovfm eval``
-    calls into one folder build up one table."""
-    rows = []
+def _records(out_dir: Path):
     for path in sorted(out_dir.glob("*/*/*.json")):
         try:
             record = json.loads(path.read_text())
         except ValueError:
             continue
-        if "metrics" not in record or "protocol" not in record:
-            continue
+        if isinstance(record, dict) and "metrics" in record and "protocol" in record:
+            yield path, record
+
+
+def check_folder_convention(out_dir: Path, convention: str) -> None:
+    """An error when ``out_dir`` already holds results of another metric convention
+    (a result without one predates conventions: standard)."""
+    if not out_dir.is_dir():
+        return
+    for path, record in _records(out_dir):
+        found = record.get("metrics_convention") or UNRECORDED
+        if found != convention:
+            how = "" if record.get("metrics_convention") else " (no convention recorded)"
+            raise ConfigError(
+                f"--output {out_dir}: holds results computed with --metrics {found}{how}, "
+                f"e.g. {path}; its tables would mix them with --metrics {convention}. "
+                f"Write to another --output, or pass --metrics {found}"
+            )
+
+
+def collect_rows(out_dir: Path) -> list[ResultRow]:
+    """Every result JSON under ``out_dir`` as schema rows, so repeated ``biovfm eval``
+    calls into one folder build up one table."""
+    rows = []
+    for _, record in _records(out_dir):
         for metric in METRICS:
             m = record["metrics"].get(metric)
             if m is None:
@@ -79,6 +107,7 @@ def collect_rows(out_dir: Path) -> list[ResultRow]:
                     params_m=record.get("params_m"),
                     seed=record.get("seed"),
                     source=record.get("source", ""),
+                    convention=record.get("metrics_convention", ""),
                 )
             )
     return rows
@@ -127,8 +156,14 @@ def markdown_table(rows: list[ResultRow]) -> str:
 
 def write_tables(out_dir: Path) -> tuple[Path, Path]:
     rows = collect_rows(out_dir)
+    convention = one_convention([(str(out_dir), rows)])
     csv_path = write_results(out_dir / "results.csv", rows)
-    md = "# biovfm eval results\n\n" + markdown_table(rows)
+    md = (
+        "# biovfm eval results\n\n"
+        + f"Metric convention: **{convention}** (`biovfm eval --metrics {convention}`; "
+        + "definitions in the README's Evaluation section).\n\n"
+        + markdown_table(rows)
+    )
     md_path = write_atomic(out_dir / "results.md", md.encode())
     return csv_path, md_path
 
@@ -144,6 +179,7 @@ def compare_tables(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str
     overlap. Tables with one model each are matched by benchmark; otherwise by model
     too."""
     a_rows, b_rows = read_results(path_a), read_results(path_b)
+    convention = one_convention([(f"A = {path_a}", a_rows), (f"B = {path_b}", b_rows)])
     single = len({r.model for r in a_rows}) == 1 and len({r.model for r in b_rows}) == 1
 
     def key(r: ResultRow) -> tuple:
@@ -159,7 +195,20 @@ def compare_tables(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str
     fmt = lambda r: (  # noqa: E731
         f"{r.value:.4f}" + (f" [{r.ci_low:.4f}, {r.ci_high:.4f}]" if r.ci_low is not None else "")
     )
-    lines = [f"A = {path_a}", f"B = {path_b}", ""]
+    unrecorded = [
+        name for name, rows in (("A", a_rows), ("B", b_rows)) if any(not r.convention for r in rows)
+    ]
+    lines = [
+        f"A = {path_a}",
+        f"B = {path_b}",
+        f"metric convention: {convention}"
+        + (
+            f" ({' and '.join(unrecorded)} record no convention: treated as standard)"
+            if unrecorded
+            else ""
+        ),
+        "",
+    ]
     header = ("" if single else "model\t") + "benchmark\tprotocol\tmetric\tA\tB\tB-A\tCIs"
     lines.append(header)
     diffs: dict[tuple[str, str], list[float]] = defaultdict(list)

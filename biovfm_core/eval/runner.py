@@ -12,12 +12,13 @@ import torch
 
 from biovfm_core.errors import ConfigError
 from biovfm_core.eval import protocols as P
+from biovfm_core.eval.conventions import THRESHOLD_RULES, thresholds_for
+from biovfm_core.eval.conventions import evaluate as evaluate_metrics
 from biovfm_core.eval.data import Benchmark, expand_benchmarks, load_benchmark
 from biovfm_core.eval.features import FEATURE_KINDS, FeatureCache, extract, split_features
-from biovfm_core.eval.metrics import evaluate_predictions, select_thresholds
 from biovfm_core.eval.models import LoadedModel, load_model
-from biovfm_core.eval.report import write_result, write_tables
-from biovfm_core.results import PROTOCOLS
+from biovfm_core.eval.report import check_folder_convention, write_result, write_tables
+from biovfm_core.results import CONVENTIONS, PROTOCOLS
 
 
 @dataclass
@@ -38,6 +39,7 @@ class EvalSettings:
     finetune_lr: float = 5e-4
     layer_decay: float = 0.65
     finetune_batch_size: int = 64
+    metrics: str = "study"  # the metric convention (biovfm_core/eval/conventions.py)
     threshold: float | None = None  # None: maximise validation MCC
     bootstrap: int = 1000
     seed: int = 0
@@ -51,6 +53,13 @@ class EvalSettings:
             raise ConfigError(f"--protocol must be among {', '.join(PROTOCOLS)}, not {bad}")
         if self.features not in FEATURE_KINDS:
             raise ConfigError(f"--features must be one of {', '.join(FEATURE_KINDS)}")
+        if self.metrics not in CONVENTIONS:
+            raise ConfigError(f"--metrics must be one of {', '.join(CONVENTIONS)}")
+        if self.metrics == "medmnist" and self.threshold not in (None, 0.5):
+            raise ConfigError(
+                "--metrics medmnist thresholds at 0.5, as MedMNIST's Evaluator; "
+                "drop --threshold or use --metrics study/standard"
+            )
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError("--threshold must be 'mcc' or a number in (0, 1)")
 
@@ -128,8 +137,10 @@ def evaluate_one(
                 temperature=settings.knn_temperature,
                 device=device,
             )
-    thresholds = select_thresholds(task, out.val_scores, labels["val"], settings.threshold)
-    metrics = evaluate_predictions(
+    convention = settings.metrics
+    thresholds = thresholds_for(convention, task, out.val_scores, labels["val"], settings.threshold)
+    metrics = evaluate_metrics(
+        convention,
         task,
         labels["test"],
         out.test_scores,
@@ -146,7 +157,12 @@ def evaluate_one(
         "num_classes": bench.num_classes,
         "metrics": {k: v.to_dict() for k, v in metrics.items()},
         "thresholds": None if thresholds is None else thresholds.tolist(),
-        "threshold_rule": "fixed" if settings.threshold is not None else "max validation MCC",
+        "metrics_convention": convention,
+        "threshold_rule": (
+            "fixed, applied as " + ("score > t" if convention != "standard" else "score >= t")
+            if settings.threshold is not None and convention != "medmnist"
+            else THRESHOLD_RULES[convention]
+        ),
         "objective": model.objective,
         "backbone": model.backbone_name,
         "params_m": round(model.params_m, 3),
@@ -162,11 +178,13 @@ def evaluate_one(
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_result(out_dir, record, labels["test"], out.test_scores, labels["val"], out.val_scores)
-    auc, ci = metrics["auc"], metrics["auc"]
+    auc = metrics["auc"]
     log(
         f"{model.name} | {bench.name} | {protocol}: AUC {auc.value:.4f}"
-        + (f" [{ci.ci_low:.4f}, {ci.ci_high:.4f}]" if ci.ci_low is not None else "")
-        + f", ACC {metrics['acc'].value:.4f}, MCC {metrics['mcc'].value:.4f}"
+        + (f" [{auc.ci_low:.4f}, {auc.ci_high:.4f}]" if auc.ci_low is not None else "")
+        + f", ACC {metrics['acc'].value:.4f}"
+        + (f", MCC {metrics['mcc'].value:.4f}" if "mcc" in metrics else "")
+        + f" ({convention} metrics)"
     )
     return record
 
@@ -208,6 +226,8 @@ def run_eval(
     registry = registry or get_registry()
     device = resolve_device(settings.device)
     out = Path(out_dir)
+    # Before any work: one results folder holds one convention (its tables mix nothing).
+    check_folder_convention(out, settings.metrics)
     cache = FeatureCache(cache_dir)
     pairs = expand_benchmarks(benchmark_specs, medmnist_root, settings.size)
     benches = [load_benchmark(kind, loc, registry) for kind, loc in pairs]
