@@ -59,7 +59,10 @@ class RefDINOv2(nn.Module):
             vit, weight_initialization="skip", pos_embed_initialization="skip"
         )
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
-        head = lambda: DINOProjectionHead(dim, hidden, bottleneck, k, batch_norm=False)  # noqa: E731
+        # The prototype norm is trained, as in DINOv2's head and biovfm's default.
+        head = lambda: DINOProjectionHead(  # noqa: E731
+            dim, hidden, bottleneck, k, batch_norm=False, norm_last_layer=False
+        )
         self.s_head, self.t_head = head(), head()
         self.t_head.load_state_dict(self.s_head.state_dict())
         self.t_head.requires_grad_(False)
