@@ -85,8 +85,11 @@ def validate_options(
     *,
     where: str,
     prefix: str = "",
+    partial: bool = False,
 ) -> dict[str, Any]:
-    """Return ``given`` coerced to the option types; reject unknown or ill-typed ones."""
+    """Return ``given`` coerced to the option types; reject unknown or ill-typed ones.
+
+    ``partial``: required options may be absent (a preset sets only some)."""
     checked: dict[str, Any] = {}
     for key, value in given.items():
         spec = specs.get(key)
@@ -99,7 +102,7 @@ def validate_options(
                 f"option {prefix}{key} of {where}: {exc} (expected {spec.type_name()})"
             ) from None
     missing = [s.name for s in specs.values() if s.required and s.name not in checked]
-    if missing:
+    if missing and not partial:
         raise ConfigError(f"{where} needs option(s): {', '.join(prefix + m for m in missing)}")
     return checked
 

@@ -1,10 +1,14 @@
 """The plugin manager: finds plugins, collects what they register, builds objects by name.
 
 Plugins come from the ``biovfm`` entry-point group, the built-in ones included, so
-an outside package is found exactly like ours. Loading is tolerant: a plugin that
-fails to import, or whose hook raises, becomes one warning naming it and the error,
-and the rest keep working. Registration is strict: a name claimed twice for the
-same kind is an error naming both plugins.
+an outside package is found exactly like ours. Problems degrade per name, never
+for the whole tool: a plugin that fails to import, or whose hook raises, becomes a
+warning naming it and its distribution; a name claimed twice, an invalid name or a
+malformed preset is recorded as a ``Problem`` and is an error only when that very
+name is used (the error names every plugin involved). ``biovfm plugins`` lists the
+problems. Errors raised inside a plugin's factory are wrapped into a ``PluginError``
+naming the plugin, its distribution and the factory (``BIOVFM_DEBUG=1`` makes the
+CLI print the original traceback).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 import pluggy
 
 from biovfm_core import hookspecs
-from biovfm_core.errors import PluginError, UnknownNameError
+from biovfm_core.errors import BiovfmError, ConfigError, PluginError, UnknownNameError
 from biovfm_core.options import OptionSpec, factory_options, validate_options
 
 ENTRY_POINT_GROUP = "biovfm"
 BUILTIN_DISTRIBUTION = "biovfm"
 DISABLE_AUTOLOAD_ENV = "BIOVFM_DISABLE_PLUGIN_AUTOLOAD"
+DEBUG_ENV = "BIOVFM_DEBUG"
 
 KINDS: tuple[str, ...] = ("backbones", "objectives", "augmentations", "datasets")
 # The singular, as users meet it in `--opt objective.x=1` and in messages.
@@ -38,11 +43,46 @@ KIND_SINGULAR = {
     "datasets": "dataset",
 }
 
+# What can go wrong with a plugin, as `biovfm plugins` names it.
+PROBLEM_KINDS = (
+    "clash",  # a name (or plugin name) claimed by two plugins
+    "import",  # the plugin module does not import
+    "hook",  # a registration hook raised, or pluggy rejected the plugin
+    "invalid-name",
+    "invalid-factory",
+    "invalid-preset",
+)
+# Problems that may have kept a plugin's names from being registered at all.
+_LOAD_FAILURES = ("import", "hook")
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*:?$")
 
 
 class PluginLoadWarning(UserWarning):
-    """A plugin could not be imported or its hook raised; the others still work."""
+    """A plugin has a problem (see ``Registry.problems``); the others still work."""
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a plugin, found while loading or using it."""
+
+    kind: str
+    plugin: str
+    distribution: str
+    message: str
+    name: str | None = None
+    """The registered name concerned (``None`` for a whole-plugin problem)."""
+    registry_kind: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "name": self.name,
+            "registers": KIND_SINGULAR.get(self.registry_kind or "", None),
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -53,10 +93,24 @@ class Registration:
     plugin: str
     description: str = ""
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    distribution: str = "?"
 
     @property
     def is_family(self) -> bool:
         return self.name.endswith(":")
+
+    @property
+    def owner(self) -> str:
+        """``plugin 'x' (distribution 'y')``, for messages."""
+        return f"plugin {self.plugin!r} (distribution {self.distribution!r})"
+
+    @property
+    def factory_ref(self) -> str:
+        """The factory as ``module:attr``, however it was registered."""
+        if isinstance(self.factory, str):
+            return self.factory
+        module = getattr(self.factory, "__module__", "?")
+        return f"{module}:{getattr(self.factory, '__qualname__', repr(self.factory))}"
 
     def resolve(self) -> Callable[..., Any]:
         """The factory itself, importing it if it was registered as ``"module:attr"``."""
@@ -67,20 +121,29 @@ class Registration:
             target: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 target = getattr(target, part)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # any error of the plugin's module is the plugin's
             raise PluginError(
-                f"plugin {self.plugin!r} registered {KIND_SINGULAR[self.kind]} {self.name!r} "
-                f"as {self.factory!r}, which cannot be imported: {exc}"
+                f"{KIND_SINGULAR[self.kind]} {self.name!r} of {self.owner}: its factory "
+                f"{self.factory!r} cannot be imported: {type(exc).__name__}: {exc}"
+                f"{_debug_hint()}"
             ) from exc
         if not callable(target):
             raise PluginError(
-                f"plugin {self.plugin!r}: {self.factory!r} for {self.name!r} is not callable"
+                f"{KIND_SINGULAR[self.kind]} {self.name!r} of {self.owner}: its factory "
+                f"{self.factory!r} is not callable"
             )
         self.factory = target
         return target
 
     def options(self) -> dict[str, OptionSpec]:
-        return factory_options(self.resolve())
+        factory = self.resolve()
+        try:
+            return factory_options(factory)
+        except Exception as exc:  # e.g. a C callable without a signature
+            raise PluginError(
+                f"{KIND_SINGULAR[self.kind]} {self.name!r} of {self.owner}: cannot read the "
+                f"options of {self.factory_ref}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 @dataclass
@@ -106,6 +169,11 @@ class Registry:
         self.plugin_manager.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self._entries: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
+        # A name two plugins registered: kept with every claimant, usable by none.
+        self._clashes: dict[str, dict[str, list[Registration]]] = {k: {} for k in KINDS}
+        # Names refused at registration (bad name or factory): the problem, by name.
+        self._refused: dict[str, dict[str, Problem]] = {k: {} for k in KINDS}
+        self._problems: list[Problem] = []
 
     # ------------------------------------------------------------------ loading
 
@@ -119,17 +187,26 @@ class Registry:
                 continue
             version = ep.dist.version if ep.dist is not None else "?"
             if ep.name in self.plugins:
+                # pluggy keys plugins by name: the second one cannot be loaded, but it
+                # is listed (under a distinct key) with the clash as its problem.
                 other = self.plugins[ep.name]
-                raise PluginError(
-                    f"two plugins are named {ep.name!r}: one from distribution "
-                    f"{other.distribution!r}, one from {dist_name!r}; rename one entry point"
+                info = PluginInfo(ep.name, dist_name, version)
+                self.plugins[f"{ep.name} ({dist_name})"] = info
+                self._fail(
+                    info,
+                    "clash",
+                    f"not loaded: plugin name {ep.name!r} is also used by distribution "
+                    f"{other.distribution!r}; rename one entry point",
                 )
+                continue
             info = PluginInfo(ep.name, dist_name, version)
             self.plugins[ep.name] = info
             try:
                 module = ep.load()
             except Exception as exc:
-                self._fail(info, f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}")
+                self._fail(
+                    info, "import", f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"
+                )
                 continue
             self.add_plugin(module, name=ep.name, info=info)
 
@@ -143,7 +220,7 @@ class Registry:
         try:
             self.plugin_manager.register(plugin, name=name)
         except Exception as exc:  # pluggy validates hookimpl signatures here
-            self._fail(info, f"rejected by the plugin manager: {exc}")
+            self._fail(info, "hook", f"rejected by the plugin manager: {exc}")
             return
         for kind in KINDS:
             caller = getattr(self.plugin_manager.hook, f"biovfm_register_{kind}")
@@ -152,10 +229,11 @@ class Registry:
                     continue
                 try:
                     impl.function(register=self._registrar(kind, info))
-                except PluginError:
-                    raise
                 except Exception as exc:
-                    self._fail(info, f"biovfm_register_{kind} raised {type(exc).__name__}: {exc}")
+                    self._fail(
+                        info, "hook", f"biovfm_register_{kind} raised {type(exc).__name__}: {exc}"
+                    )
+                    return
 
     def _registrar(self, kind: str, info: PluginInfo) -> Callable[..., None]:
         def register(
@@ -165,74 +243,191 @@ class Registry:
             description: str = "",
             presets: Mapping[str, Mapping[str, Any]] | None = None,
         ) -> None:
+            what = KIND_SINGULAR[kind]
             if not isinstance(name, str) or not _NAME_RE.match(name):
-                raise PluginError(
-                    f"plugin {info.name!r} registered an invalid {KIND_SINGULAR[kind]} name "
-                    f"{name!r}: use lowercase letters, digits, '_', '-', '.' (a trailing ':' "
-                    "for a family)"
+                self._refuse(
+                    kind,
+                    info,
+                    "invalid-name",
+                    str(name),
+                    f"registered an invalid {what} name {name!r}: use lowercase letters, "
+                    "digits, '_', '-', '.' (a trailing ':' for a family)",
                 )
+                return
             if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
-                raise PluginError(
-                    f"plugin {info.name!r}: the factory for {name!r} must be a callable or "
-                    f"a 'module:attr' string, got {factory!r}"
+                self._refuse(
+                    kind,
+                    info,
+                    "invalid-factory",
+                    name,
+                    f"the factory for {what} {name!r} must be a callable or a "
+                    f"'module:attr' string, got {factory!r}",
                 )
-            existing = self._entries[kind].get(name)
-            if existing is not None:
-                raise PluginError(
-                    f"{KIND_SINGULAR[kind]} {name!r} is registered twice: by plugin "
-                    f"{existing.plugin!r} ({self._dist_of(existing.plugin)}) and by plugin "
-                    f"{info.name!r} ({info.distribution}); uninstall or rename one"
+                return
+            preset_error = _preset_shape_error(presets)
+            if preset_error:
+                self._problem(
+                    Problem(
+                        "invalid-preset",
+                        info.name,
+                        info.distribution,
+                        f"the presets of {what} {name!r} are ignored: {preset_error}",
+                        name,
+                        kind,
+                    )
                 )
-            self._entries[kind][name] = Registration(
+                presets = None
+            registration = Registration(
                 kind,
                 name,
                 factory,
                 info.name,
                 description,
                 {k: dict(v) for k, v in (presets or {}).items()},
+                info.distribution,
             )
             info.registered[kind].append(name)
+            if name in self._clashes[kind]:
+                self._clashes[kind][name].append(registration)
+            elif name in self._entries[kind]:
+                self._clashes[kind][name] = [self._entries[kind].pop(name), registration]
+            else:
+                self._entries[kind][name] = registration
+                return
+            _warn(
+                f"biovfm: {_clash_message(kind, name, self._clashes[kind][name])}; "
+                "every other name still works"
+            )
 
         return register
 
-    def _dist_of(self, plugin: str) -> str:
-        info = self.plugins.get(plugin)
-        return info.distribution if info else "?"
+    def _refuse(self, kind: str, info: PluginInfo, problem: str, name: str, message: str) -> None:
+        found = Problem(problem, info.name, info.distribution, message, name, kind)
+        self._refused[kind][name] = found
+        self._problem(found)
 
-    def _fail(self, info: PluginInfo, message: str) -> None:
-        info.error = message
-        warnings.warn(
-            f"biovfm plugin {info.name!r} (distribution {info.distribution!r}) {message}; "
-            "continuing without it",
-            PluginLoadWarning,
-            stacklevel=3,
+    def _problem(self, problem: Problem) -> None:
+        self._problems.append(problem)
+        _warn(
+            f"biovfm plugin {problem.plugin!r} (distribution {problem.distribution!r}) "
+            f"{problem.message}"
+            + ("; continuing without it" if problem.kind in ("import", "hook", "clash") else "")
         )
+
+    def _fail(self, info: PluginInfo, problem: str, message: str) -> None:
+        info.error = message
         # A plugin that failed half-way must not leave half its names behind.
         for kind, names in info.registered.items():
             for n in names:
-                self._entries[kind].pop(n, None)
+                self._drop(kind, n, info.name)
             names.clear()
+        for kind in KINDS:
+            for n, p in list(self._refused[kind].items()):
+                if p.plugin == info.name:
+                    del self._refused[kind][n]
+        self._problems = [p for p in self._problems if p.plugin != info.name]
         if self.plugin_manager.has_plugin(info.name):
             self.plugin_manager.unregister(name=info.name)
+        self._problem(Problem(problem, info.name, info.distribution, message))
+
+    def _drop(self, kind: str, name: str, plugin: str) -> None:
+        entry = self._entries[kind].get(name)
+        if entry is not None and entry.plugin == plugin:
+            del self._entries[kind][name]
+        claimants = self._clashes[kind].get(name)
+        if claimants is not None:
+            claimants[:] = [r for r in claimants if r.plugin != plugin]
+            if len(claimants) == 1:  # no clash any more: the remaining one owns it
+                self._entries[kind][name] = claimants[0]
+                del self._clashes[kind][name]
+
+    # ----------------------------------------------------------------- problems
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Everything wrong with the installed plugins, clashes included."""
+        clashes = []
+        for kind in KINDS:
+            for name, claimants in sorted(self._clashes[kind].items()):
+                message = _clash_message(kind, name, claimants)
+                for r in claimants:
+                    clashes.append(Problem("clash", r.plugin, r.distribution, message, name, kind))
+        return list(self._problems) + clashes
+
+    def problems_of(self, plugin: str) -> list[Problem]:
+        return [p for p in self.problems if p.plugin == plugin]
+
+    def _load_failure_note(self) -> str:
+        failed = [p for p in self._problems if p.kind in _LOAD_FAILURES or p.name is None]
+        if not failed:
+            return ""
+        listed = "; ".join(
+            f"plugin {p.plugin!r} (distribution {p.distribution!r}) {p.message}" for p in failed
+        )
+        return (
+            f". {len(failed)} plugin(s) failed to load and may have registered it: {listed}"
+        )
 
     # ------------------------------------------------------------------- lookup
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self._entries[_check_kind(kind)])
+        """Registered names, clashing ones included (using one raises, naming both)."""
+        return sorted(set(self._entries[_check_kind(kind)]) | set(self._clashes[kind]))
 
     def get(self, kind: str, name: str) -> tuple[Registration, str | None]:
         """The registration for ``name`` and, for a family (``timm:resnet50``), its variant."""
         entries = self._entries[_check_kind(kind)]
-        if name in entries:
-            return entries[name], None
         family, sep, variant = name.partition(":")
-        if sep and variant and f"{family}:" in entries:
-            return entries[f"{family}:"], variant
-        raise UnknownNameError(_unknown_message(KIND_SINGULAR[kind], name, entries))
+        for candidate in (name, f"{family}:" if sep and variant else None):
+            if candidate is None:
+                continue
+            if candidate in self._clashes[kind]:
+                raise PluginError(_clash_message(kind, candidate, self._clashes[kind][candidate]))
+            if candidate in entries:
+                return entries[candidate], (variant if candidate != name else None)
+        refused = self._refused[kind].get(name)
+        if refused is not None:
+            raise PluginError(
+                f"{KIND_SINGULAR[kind]} {name!r} cannot be used: plugin {refused.plugin!r} "
+                f"(distribution {refused.distribution!r}) {refused.message}"
+            )
+        raise UnknownNameError(
+            _unknown_message(KIND_SINGULAR[kind], name, self.names(kind))
+            + self._load_failure_note()
+        )
 
     def preset(self, kind: str, name: str, preset: str) -> dict[str, Any]:
-        """The option values ``name`` recommends for ``preset`` (e.g. ``"cpu"``), or {}."""
-        return dict(self.get(kind, name)[0].presets.get(preset, {}))
+        """The option values ``name`` recommends for ``preset`` (e.g. ``"cpu"``), or {}.
+
+        The values are checked against the factory's own options: a typo in a
+        plugin's preset is that plugin's problem (a ``PluginError`` naming it and its
+        distribution), not the user's. An objective's ``"backbone"`` preset holds
+        options of another plugin and is checked where it is applied.
+        """
+        registration, _ = self.get(kind, name)
+        values = dict(registration.presets.get(preset, {}))
+        if not values or preset == "backbone":
+            return values
+        try:
+            return validate_options(
+                registration.options(),
+                values,
+                where=f"{KIND_SINGULAR[kind]} {name!r}",
+                prefix="",
+                partial=True,
+            )
+        except ConfigError as exc:
+            message = f"its {preset!r} preset for {KIND_SINGULAR[kind]} {name!r} is invalid: {exc}"
+            problem = Problem(
+                "invalid-preset", registration.plugin, registration.distribution, message, name, kind
+            )
+            if problem not in self._problems:
+                self._problems.append(problem)
+            raise PluginError(
+                f"{registration.owner} {message}. This is a bug in the plugin, not in your "
+                "settings: report it to its authors; setting the option yourself overrides "
+                "the preset value"
+            ) from None
 
     def options(self, kind: str, name: str) -> dict[str, OptionSpec]:
         return self.get(kind, name)[0].options()
@@ -249,13 +444,60 @@ class Registry:
         )
 
     def build(self, kind: str, name: str, *args: Any, options: Mapping[str, Any] | None = None):
-        """Validate options and call the factory: ``factory(*args, **options)``."""
+        """Validate options and call the factory: ``factory(*args, **options)``.
+
+        biovfm's own errors raised by the factory (``ConfigError`` for a bad option
+        value) pass through; anything else is wrapped into a one-line ``PluginError``
+        naming the plugin, its distribution and the factory (the original exception
+        is its ``__cause__``).
+        """
         registration, variant = self.get(kind, name)
         checked = self.validate(kind, name, options or {})
         factory = registration.resolve()
         if variant is not None:
             checked["variant"] = variant
-        return factory(*args, **checked)
+        try:
+            return factory(*args, **checked)
+        except BiovfmError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{KIND_SINGULAR[kind]} {name!r} of {registration.owner} failed in its factory "
+                f"{registration.factory_ref}: {type(exc).__name__}: {exc}{_debug_hint()}"
+            ) from exc
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PluginLoadWarning, stacklevel=4)
+
+
+def _debug_hint() -> str:
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return ""
+    return f" ({DEBUG_ENV}=1 shows the traceback)"
+
+
+def _clash_message(kind: str, name: str, claimants: list[Registration]) -> str:
+    owners = " and by ".join(r.owner for r in claimants)
+    return (
+        f"{KIND_SINGULAR[kind]} {name!r} is registered twice: by {owners}; "
+        "uninstall or rename one (biovfm plugins lists the problems; "
+        f"{DISABLE_AUTOLOAD_ENV}=1 loads only biovfm's own plugins)"
+    )
+
+
+def _preset_shape_error(presets: Any) -> str | None:
+    if presets is None:
+        return None
+    if not isinstance(presets, Mapping):
+        return f"presets must be a mapping of preset name to options, got {presets!r}"
+    for key, values in presets.items():
+        if not isinstance(key, str) or not isinstance(values, Mapping):
+            return f"preset {key!r} must map option names to values, got {values!r}"
+        bad = [k for k in values if not isinstance(k, str)]
+        if bad:
+            return f"preset {key!r} has non-string option names {bad!r}"
+    return None
 
 
 def _check_kind(kind: str) -> str:

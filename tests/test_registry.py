@@ -65,7 +65,7 @@ def test_autoload_disabled_loads_only_builtins(tmp_path, monkeypatch):
     assert "timm_backbones" in registry.plugins
 
 
-def test_same_name_twice_is_an_error_naming_both(tmp_path, monkeypatch):
+def test_same_name_twice_is_an_error_naming_both_only_when_used(tmp_path, monkeypatch):
     root = tmp_path / "site"
     write_distribution(
         root,
@@ -82,15 +82,24 @@ def test_same_name_twice_is_an_error_naming_both(tmp_path, monkeypatch):
         {"third_b": "thirdparty_b"},
     )
     activate(root, monkeypatch)
+    with pytest.warns(PluginLoadWarning, match="'clash' is registered twice"):
+        registry = get_registry()
+    assert "clash" in registry.names("objectives")  # listed, so using it reaches the error
     with pytest.raises(PluginError) as excinfo:
-        get_registry()
+        registry.get("objectives", "clash")
     message = str(excinfo.value)
     assert "'clash'" in message
     assert "third_a" in message and "third_b" in message
     assert "thirdparty-a" in message and "thirdparty-b" in message
+    assert registry.get("objectives", "dinov2")[0].plugin == "dinov2"  # the rest works
+    clashes = [p for p in registry.problems if p.kind == "clash"]
+    assert {(p.plugin, p.distribution, p.name) for p in clashes} == {
+        ("third_a", "thirdparty-a", "clash"),
+        ("third_b", "thirdparty-b", "clash"),
+    }
 
 
-def test_builtin_name_clash_is_reported(tmp_path, monkeypatch):
+def test_builtin_name_clash_is_reported_when_used(tmp_path, monkeypatch):
     root = write_distribution(
         tmp_path / "site",
         "thirdparty-a",
@@ -99,12 +108,16 @@ def test_builtin_name_clash_is_reported(tmp_path, monkeypatch):
         {"third_a": "thirdparty_a"},
     )
     activate(root, monkeypatch)
+    with pytest.warns(PluginLoadWarning):
+        registry = get_registry()
     with pytest.raises(PluginError) as excinfo:
-        get_registry()
+        registry.build("objectives", "dinov2", "bb", "task")
     message = str(excinfo.value)
     assert "objective 'dinov2' is registered twice" in message
-    assert "plugin 'dinov2' (biovfm)" in message
-    assert "plugin 'third_a' (thirdparty-a)" in message
+    assert "plugin 'dinov2' (distribution 'biovfm')" in message
+    assert "plugin 'third_a' (distribution 'thirdparty-a')" in message
+    assert "mae" in registry.names("objectives")
+    registry.get("objectives", "mae")
 
 
 def test_plugin_that_fails_to_import_warns_and_others_work(tmp_path, monkeypatch):
@@ -219,18 +232,25 @@ def test_bad_lazy_target_names_plugin_and_target():
 
     registry = Registry()
     registry.add_plugin(Bad(), name="bad")
-    with pytest.raises(PluginError, match=r"'bad'.*'ghost'.*no_such_module_xyz"):
+    with pytest.raises(PluginError, match=r"'ghost' of plugin 'bad'.*no_such_module_xyz:Thing.*ModuleNotFoundError"):
         registry.build("objectives", "ghost")
 
 
-def test_invalid_registration_name_is_rejected():
+def test_invalid_registration_name_is_an_error_only_when_used():
     class Shouty:
         @hookimpl
         def biovfm_register_objectives(self, register):
-            register("Bad Name", lambda: None)
+            register("Bad Name!", lambda: None)
+            register("fine_name", lambda: "ok")
 
-    with pytest.raises(PluginError, match="invalid objective name 'Bad Name'"):
-        Registry().add_plugin(Shouty(), name="shouty")
+    registry = Registry()
+    with pytest.warns(PluginLoadWarning, match="invalid objective name 'Bad Name!'"):
+        registry.add_plugin(Shouty(), name="shouty")
+    assert registry.build("objectives", "fine_name") == "ok"
+    (problem,) = registry.problems
+    assert (problem.kind, problem.plugin, problem.name) == ("invalid-name", "shouty", "Bad Name!")
+    with pytest.raises(PluginError, match=r"'Bad Name!' cannot be used: plugin 'shouty'"):
+        registry.get("objectives", "Bad Name!")
 
 
 def test_plugins_load_once():
