@@ -37,12 +37,24 @@ biovfm checks types and rejects unknown option names, listing the valid ones.
 A class whose ``__init__`` ends in ``**kwargs`` (passed to ``super().__init__``)
 also offers its base class's keyword-only parameters, so a subclass lists only
 what it adds.
-Describe them in the factory's docstring; ``biovfm plugins --options NAME`` shows
-them. The positional parameters are supplied by biovfm and differ per kind (below).
+Describe them in the factory's docstring, one entry per option in an ``Args:``
+section (``name: what it does``; numpy ``Parameters`` and ``:param name:`` work
+too); ``biovfm plugins --options NAME`` shows the docstring, each option's
+description, type, default and ``"cpu"`` preset value. Reject a bad option value by
+raising ``biovfm_core.errors.ConfigError`` naming the option. The positional
+parameters are supplied by biovfm and differ per kind (below).
 
-Two plugins registering the same name for the same kind is an error that names
-both; rename yours. A hook that raises is reported as a warning naming the plugin,
-and every other plugin keeps working.
+Preset values are checked against the factory's options when used: a typo there is
+reported as your plugin's problem (naming it and its distribution), not the user's.
+
+Problems degrade per name. Two plugins registering the same name for the same kind,
+an invalid name or factory, make only that name unusable: using it is an error that
+names the plugins and distributions involved; ``biovfm plugins`` lists every such
+problem. A plugin that fails to import, or whose hook raises, is reported as a
+warning naming it, and every other plugin keeps working; an unknown name then
+mentions the failed plugins. Any non-biovfm exception raised by a factory (or by
+importing a ``"module:attr"`` factory) becomes one ``PluginError`` line naming the
+plugin, its distribution and the factory; ``BIOVFM_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ through the same coercion so ``--opt objective.teacher_temp=0.07`` and
 from __future__ import annotations
 
 import difflib
+import re
 import inspect
 import types
 import typing
@@ -208,3 +209,100 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+_SECTION_RE = re.compile(
+    r"^(Args|Arguments|Options|Parameters|Keyword Args|Keyword Arguments|Other Parameters):\s*$"
+)
+_GOOGLE_ITEM_RE = re.compile(r"^(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+_NUMPY_ITEM_RE = re.compile(r"^(\w+)\s*(:.*)?$")
+_SPHINX_RE = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class FactoryDoc:
+    """A factory's docstring, split for ``biovfm plugins --options``."""
+
+    text: str
+    """The docstring without its per-option section, paragraphs kept whole."""
+    options: dict[str, str]
+    """Option name -> its description (from ``Args:``, numpy ``Parameters``,
+    ``:param x:`` or, failing those, the sentence of the prose that names ``x``)."""
+
+
+def factory_doc(factory: Callable[..., Any], names: list[str] | None = None) -> FactoryDoc:
+    """Parse the docstring of ``factory`` (a class's own, else its ``__init__``'s)."""
+    doc = inspect.getdoc(factory) or ""
+    if inspect.isclass(factory) and not doc.strip():
+        doc = inspect.getdoc(factory.__init__) or ""
+    lines = doc.splitlines()
+    kept: list[str] = []
+    described: dict[str, str] = {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        numpy_section = (
+            line.strip() in ("Parameters", "Other Parameters", "Options")
+            and i + 1 < len(lines)
+            and set(lines[i + 1].strip()) == {"-"}
+        )
+        if _SECTION_RE.match(line.strip()) or numpy_section:
+            i += 2 if numpy_section else 1
+            current = None
+            base = None
+            while i < len(lines) and (
+                not lines[i].strip() or lines[i][:1].isspace() or numpy_section
+            ):
+                text = lines[i]
+                if numpy_section and text.strip() and not text[:1].isspace():
+                    if i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+                        break  # the next numpy section
+                    match = _NUMPY_ITEM_RE.match(text.strip())
+                    current = match.group(1) if match else None
+                    if current:
+                        described[current] = ""
+                    i += 1
+                    continue
+                if not text.strip():
+                    if numpy_section and i + 1 < len(lines) and not lines[i + 1][:1].isspace():
+                        if not _NUMPY_ITEM_RE.match(lines[i + 1].strip() or "-"):
+                            break
+                    i += 1
+                    continue
+                indent = len(text) - len(text.lstrip())
+                match = _GOOGLE_ITEM_RE.match(text.strip()) if not numpy_section else None
+                if match and (base is None or indent <= base):
+                    base = indent
+                    current = match.group(1).lstrip("*")
+                    described[current] = match.group(3).strip()
+                elif current:
+                    described[current] = (described[current] + " " + text.strip()).strip()
+                i += 1
+            continue
+        match = _SPHINX_RE.match(line.strip())
+        if match:
+            current = match.group(1)
+            described[current] = match.group(2).strip()
+            i += 1
+            while i < len(lines) and lines[i][:1].isspace() and lines[i].strip():
+                described[current] += " " + lines[i].strip()
+                i += 1
+            continue
+        kept.append(line)
+        i += 1
+    text = "\n".join(kept).strip()
+    for name in names or []:
+        if name not in described:
+            sentence = _prose_mention(text, name)
+            if sentence:
+                described[name] = sentence
+    return FactoryDoc(text, described)
+
+
+def _prose_mention(text: str, name: str) -> str | None:
+    """The clause of a prose docstring that names ``name`` in double backquotes."""
+    flat = " ".join(text.split())
+    for clause in re.split(r";\s+|(?<=[a-z0-9)])\.\s+", flat):
+        if f"``{name}``" in clause:
+            return clause.strip().rstrip(".").replace("``", "")
+    return None

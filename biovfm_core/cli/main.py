@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 import warnings
 
 import click
@@ -12,12 +14,18 @@ from biovfm_core.errors import BiovfmError
 
 
 class BiovfmGroup(click.Group):
-    """Reports biovfm's own errors as one line and exit code 2, not a traceback."""
+    """Reports biovfm's own errors as one line and exit code 2, not a traceback.
+
+    ``BIOVFM_DEBUG=1`` prints the traceback too (with the plugin's original exception
+    when a plugin's factory failed).
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except BiovfmError as exc:
+            if os.environ.get("BIOVFM_DEBUG", "") not in ("", "0"):
+                click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
 

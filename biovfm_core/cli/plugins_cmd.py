@@ -1,13 +1,14 @@
-"""``biovfm plugins``: what is installed, from which distribution, and what it registered."""
+"""``biovfm plugins``: what is installed, from which distribution, what it registered,
+and what is wrong with it (clashes, import or hook failures, invalid names or presets)."""
 
 from __future__ import annotations
 
-import inspect
 import json
+import textwrap
 
 import click
 
-from biovfm_core.errors import UnknownNameError
+from biovfm_core.errors import PluginError, UnknownNameError
 
 
 @click.command("plugins")
@@ -16,10 +17,18 @@ from biovfm_core.errors import UnknownNameError
     "--options",
     "options_of",
     metavar="NAME",
-    help="Show the options of a registered name (imports that plugin's code).",
+    help="Show the options of a registered name: description, type, default and "
+    "CPU-preset value of each (imports that plugin's code).",
 )
 def plugins(as_json: bool, options_of: str | None) -> None:
-    """List plugins and the backbones, objectives, augmentations and datasets they register."""
+    """List plugins and the backbones, objectives, augmentations and datasets they register.
+
+    A PROBLEMS section names each plugin that has one and its distribution: a name
+    registered twice (clash), a plugin that does not import, a registration hook that
+    raised, an invalid name, factory or preset. A problem disables only the names
+    concerned; every other name keeps working. In --json, each plugin row has a
+    "problems" list.
+    """
     from biovfm_core.registry import KINDS, get_registry
 
     registry = get_registry()
@@ -34,8 +43,9 @@ def plugins(as_json: bool, options_of: str | None) -> None:
             "builtin": info.builtin,
             "registered": {k: sorted(v) for k, v in info.registered.items()},
             "error": info.error,
+            "problems": [p.as_dict() for p in registry.problems_of(info.name)],
         }
-        for info in sorted(registry.plugins.values(), key=lambda i: (not i.builtin, i.name))
+        for key, info in sorted(registry.plugins.items(), key=lambda i: (not i[1].builtin, i[0]))
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -49,6 +59,8 @@ def plugins(as_json: bool, options_of: str | None) -> None:
         ]
         if row["error"]:
             lines = [f"FAILED: {row['error']}"]
+        elif row["problems"]:
+            lines.append(f"({len(row['problems'])} problem(s), see PROBLEMS)")
         for i, line in enumerate(lines or ["(nothing)"]):
             first = i == 0
             table.append(
@@ -62,6 +74,13 @@ def plugins(as_json: bool, options_of: str | None) -> None:
     widths = [max(len(r[c]) for r in table) for c in range(3)]
     for r in table:
         click.echo("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3])
+    problems = registry.problems
+    if problems:
+        click.echo("\nPROBLEMS (each disables only the names concerned)")
+        for p in problems:
+            click.echo(
+                f"  [{p.kind}] plugin {p.plugin!r} (distribution {p.distribution!r}): {p.message}"
+            )
 
 
 def _display(name: str) -> str:
@@ -69,6 +88,7 @@ def _display(name: str) -> str:
 
 
 def _show_options(registry, name: str, as_json: bool) -> None:
+    from biovfm_core.options import factory_doc
     from biovfm_core.registry import KIND_SINGULAR, KINDS
 
     found = []
@@ -79,38 +99,72 @@ def _show_options(registry, name: str, as_json: bool) -> None:
             continue
         found.append((kind, registration))
     if not found:
-        # Reuse the did-you-mean of the kind users most often mistype.
         everything = sorted({n for k in KINDS for n in registry.names(k)})
-        registry_error = UnknownNameError(
+        raise UnknownNameError(
             f"nothing registered as {name!r}; registered names: {', '.join(everything)}"
         )
-        raise registry_error
     out = []
     for kind, registration in found:
         specs = registration.options()
+        doc = factory_doc(registration.resolve(), list(specs))
+        problems = []
+        checked_presets = {}
+        for preset in registration.presets:
+            try:
+                checked_presets[preset] = registry.preset(kind, registration.name, preset)
+            except PluginError as exc:
+                problems.append(str(exc))
+        cpu = checked_presets.get("cpu", {})
         out.append(
             {
                 "kind": KIND_SINGULAR[kind],
                 "name": registration.name,
                 "plugin": registration.plugin,
+                "distribution": registration.distribution,
+                "description": registration.description,
                 "options": {
                     s.name: {
                         "type": s.type_name(),
                         "default": None if s.required else s.default,
                         "required": s.required,
+                        "cpu_preset": cpu.get(s.name),
+                        "description": doc.options.get(s.name, ""),
                     }
                     for s in specs.values()
                 },
-                "doc": inspect.getdoc(registration.resolve()) or "",
+                "presets": checked_presets,
+                "doc": doc.text,
+                "problems": problems,
             }
         )
     if as_json:
         click.echo(json.dumps(out, indent=2, default=repr))
         return
     for entry in out:
-        click.echo(f"{entry['kind']} {entry['name']} (plugin {entry['plugin']})")
-        if entry["doc"]:
-            click.echo("  " + entry["doc"].splitlines()[0])
+        click.echo(
+            f"{entry['kind']} {entry['name']} (plugin {entry['plugin']}, "
+            f"distribution {entry['distribution']})"
+        )
+        if entry["description"]:
+            click.echo(f"  {entry['description']}")
+        for paragraph in entry["doc"].split("\n\n"):
+            click.echo(textwrap.indent(paragraph, "  ") + "\n")
         for option, spec in entry["options"].items():
             default = "required" if spec["required"] else f"default {spec['default']!r}"
+            if spec["cpu_preset"] is not None:
+                default += f"; cpu preset {spec['cpu_preset']!r}"
             click.echo(f"  --opt {entry['kind']}.{option}=<{spec['type']}>  ({default})")
+            if spec["description"]:
+                click.echo(
+                    textwrap.fill(
+                        spec["description"], 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+                    )
+                )
+        recipe = entry["presets"].get("backbone")
+        if recipe:
+            click.echo(
+                "  sets backbone options (where the backbone has them and you did not): "
+                + ", ".join(f"{k}={v!r}" for k, v in recipe.items())
+            )
+        for problem in entry["problems"]:
+            click.echo(f"  problem: {problem}")
