@@ -9,8 +9,8 @@ through the same coercion so ``--opt objective.teacher_temp=0.07`` and
 from __future__ import annotations
 
 import difflib
-import re
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -264,9 +264,6 @@ def factory_doc(factory: Callable[..., Any], names: list[str] | None = None) -> 
                     i += 1
                     continue
                 if not text.strip():
-                    if numpy_section and i + 1 < len(lines) and not lines[i + 1][:1].isspace():
-                        if not _NUMPY_ITEM_RE.match(lines[i + 1].strip() or "-"):
-                            break
                     i += 1
                     continue
                 indent = len(text) - len(text.lstrip())

@@ -80,7 +80,7 @@ class Problem:
             "plugin": self.plugin,
             "distribution": self.distribution,
             "name": self.name,
-            "registers": KIND_SINGULAR.get(self.registry_kind or "", None),
+            "registers": KIND_SINGULAR.get(self.registry_kind or ""),
             "message": self.message,
         }
 
@@ -357,16 +357,15 @@ class Registry:
     def problems_of(self, plugin: str) -> list[Problem]:
         return [p for p in self.problems if p.plugin == plugin]
 
-    def _load_failure_note(self) -> str:
+    def load_failure_note(self) -> str:
+        """For an unknown-name message: the plugins that failed to load, and why."""
         failed = [p for p in self._problems if p.kind in _LOAD_FAILURES or p.name is None]
         if not failed:
             return ""
         listed = "; ".join(
             f"plugin {p.plugin!r} (distribution {p.distribution!r}) {p.message}" for p in failed
         )
-        return (
-            f". {len(failed)} plugin(s) failed to load and may have registered it: {listed}"
-        )
+        return f". {len(failed)} plugin(s) failed to load and may have registered it: {listed}"
 
     # ------------------------------------------------------------------- lookup
 
@@ -392,8 +391,7 @@ class Registry:
                 f"(distribution {refused.distribution!r}) {refused.message}"
             )
         raise UnknownNameError(
-            _unknown_message(KIND_SINGULAR[kind], name, self.names(kind))
-            + self._load_failure_note()
+            _unknown_message(KIND_SINGULAR[kind], name, self.names(kind)) + self.load_failure_note()
         )
 
     def preset(self, kind: str, name: str, preset: str) -> dict[str, Any]:
@@ -419,7 +417,12 @@ class Registry:
         except ConfigError as exc:
             message = f"its {preset!r} preset for {KIND_SINGULAR[kind]} {name!r} is invalid: {exc}"
             problem = Problem(
-                "invalid-preset", registration.plugin, registration.distribution, message, name, kind
+                "invalid-preset",
+                registration.plugin,
+                registration.distribution,
+                message,
+                name,
+                kind,
             )
             if problem not in self._problems:
                 self._problems.append(problem)

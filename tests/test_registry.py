@@ -232,7 +232,9 @@ def test_bad_lazy_target_names_plugin_and_target():
 
     registry = Registry()
     registry.add_plugin(Bad(), name="bad")
-    with pytest.raises(PluginError, match=r"'ghost' of plugin 'bad'.*no_such_module_xyz:Thing.*ModuleNotFoundError"):
+    with pytest.raises(
+        PluginError, match=r"'ghost' of plugin 'bad'.*no_such_module_xyz:Thing.*ModuleNotFoundError"
+    ):
         registry.build("objectives", "ghost")
 
 

@@ -77,3 +77,36 @@ def _saved_config(path: Path) -> Path:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"--resume {path}: no config.yaml of a biovfm run found there")
+
+
+def check_data(config: RunConfig, registry: Any) -> list[str]:
+    """What ``--dry-run`` can check of ``--data`` without scanning: each source's reader
+    is registered and imports, and its options (``?key=value``, catalog ``options:``
+    and ``--opt dataset.KEY=VALUE``) are ones it accepts; the augmentation recipes
+    the sources may use import. Returns one comment line per source."""
+    from biovfm_core.data.catalog import resolve_data
+    from biovfm_core.protocols import MODALITIES
+
+    sources, _ = resolve_data(
+        config.data.sources, check_paths=False, options=config.options["dataset"]
+    )
+    lines = []
+    modalities: set[str] = set()
+    for spec in sources:
+        registration, _ = registry.get("datasets", spec.reader)
+        try:
+            checked = registry.validate("datasets", spec.reader, spec.options)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.where}: {exc}") from exc
+        shown = ", ".join(f"{k}={v!r}" for k, v in checked.items())
+        lines.append(
+            f"# data: {spec.name} = {spec.reader}:{spec.path} (plugin {registration.plugin})"
+            + (f" {shown}" if shown else "")
+            + ("" if spec.exists else "  [path does not exist]")
+        )
+        modalities.update(MODALITIES if spec.modality == "auto" else spec.modality.split(","))
+    if config.augmentation == "auto":
+        for name in registry.names("augmentations"):
+            if name == "default" or name in modalities:
+                registry.options("augmentations", name)  # imports the recipe's factory
+    return lines

@@ -17,8 +17,28 @@ import click
 DATA_HELP = (
     "Catalog YAML, the shipped catalog 'biovfm21m', or one source KIND:PATH "
     "(folder:, dicom:, nifti:, medmnist:, demo), tags/options after '?': "
-    "folder:/data/cxr?modality=xray&anatomy=chest. Repeatable. Omitted: the built-in demo data."
+    "folder:/data/cxr?modality=xray&anatomy=chest&verify=false. Repeatable. Omitted: the "
+    "built-in demo data."
 )
+OPT_HELP = (
+    "Reader option for every --data source, e.g. --opt dataset.verify=false (repeatable); "
+    "a source's own ?key=value wins. `biovfm plugins --options folder` lists them."
+)
+
+
+def _dataset_options(opts: tuple[str, ...]) -> dict[str, Any]:
+    """``--opt dataset.KEY=VALUE`` values; any other kind is refused, not ignored."""
+    from biovfm_core.errors import ConfigError
+    from biovfm_core.options import parse_assignment
+
+    options: dict[str, Any] = {}
+    for text in opts:
+        key, value = parse_assignment(text)
+        kind, dot, name = key.partition(".")
+        if kind != "dataset" or not dot or not name:
+            raise ConfigError(f"--opt {text}: biovfm data takes only dataset.KEY=VALUE options")
+        options[name] = value
+    return options
 
 
 @click.group("data")
@@ -65,10 +85,12 @@ def _status_table(report: Any) -> list[str]:
     is_flag=True,
     help="Write the index even when a source fails to scan (it is left out and reported).",
 )
+@click.option("--opt", "opts", multiple=True, metavar="dataset.KEY=VALUE", help=OPT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the scan report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-source progress lines.")
 def scan(
     data_specs: tuple[str, ...],
+    opts: tuple[str, ...],
     output: str | None,
     root: str | None,
     report_path: str | None,
@@ -85,7 +107,7 @@ def scan(
     from biovfm_core.data.catalog import resolve_data
     from biovfm_core.data.scan import default_problem_path, scan_sources
 
-    sources, _ = resolve_data(data_specs, root=root)
+    sources, _ = resolve_data(data_specs, root=root, options=_dataset_options(opts))
     progress = None if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     index, report = scan_sources(
         sources, progress=progress, stop_on_error=not allow_missing_sources

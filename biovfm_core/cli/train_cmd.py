@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from biovfm_core.cli.common import config_options, resolve_config
+from biovfm_core.cli.common import check_data, config_options, resolve_config
 from biovfm_core.train.presets import apply_machine_preset, apply_objective_backbone_preset
 
 
@@ -16,8 +16,10 @@ from biovfm_core.train.presets import apply_machine_preset, apply_objective_back
     "--data",
     multiple=True,
     metavar="CATALOG|KIND:PATH",
-    help="Catalog YAML or one source (folder:, dicom:, nifti:, medmnist:); repeatable. "
-    "Omitted: the built-in demo data.",
+    help="Catalog YAML or one source (folder:, dicom:, nifti:, medmnist:), with tags and "
+    "reader options after '?': folder:/data/cxr?modality=xray&verify=false; repeatable. "
+    "--opt dataset.KEY=VALUE gives a reader option to every source (a source's own "
+    "?key=value wins). Omitted: the built-in demo data.",
 )
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
 @click.option("--epochs", type=int, help="Stop after this many passes over the data.")
@@ -77,6 +79,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
                 err=not dry_run,
             )
     if dry_run:
+        data_lines = check_data(config, registry)
         for kind in ("objective", "backbone"):
             name = getattr(config, kind)
             registration, _ = registry.get(kind + "s", name)
@@ -85,6 +88,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             resolved = {k: spec.default for k, spec in registry.options(kind + "s", name).items()}
             resolved.update(registry.validate(kind + "s", name, config.options[kind]))
             click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
+        click.echo("\n".join(data_lines))
         click.echo(config.to_yaml(), nl=False)
         return
     from biovfm_core.train.loop import train as run_training

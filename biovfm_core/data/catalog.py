@@ -113,8 +113,11 @@ def _known_readers() -> list[str]:
 def _check_reader(reader: str, where: str, known: Iterable[str]) -> None:
     known = list(known)
     if reader not in known:
+        from biovfm_core.registry import get_registry
+
         raise ConfigError(
             f"{where}: unknown reader {reader!r}; registered readers: {', '.join(known) or '(none)'}"
+            + get_registry().load_failure_note()
         )
 
 
@@ -205,8 +208,9 @@ def load_catalog(path: str, *, root: str | None = None, check_paths: bool = True
     return Catalog(path=path, root=cat_root, sources=sources, missing=missing)
 
 
-def parse_kind_path(spec: str) -> SourceSpec:
-    """``KIND:PATH[?key=value&...]`` → one source."""
+def parse_kind_path(spec: str, *, check_paths: bool = True) -> SourceSpec:
+    """``KIND:PATH[?key=value&...]`` → one source (``check_paths=False``: a missing
+    path is left for the scan to report, as ``--dry-run`` needs)."""
     where = f"--data {spec}"
     kind, sep, rest = spec.partition(":")
     if kind == "demo" and not sep:
@@ -221,7 +225,7 @@ def parse_kind_path(spec: str) -> SourceSpec:
     params = dict(parse_qsl(query, keep_blank_values=True))
     _check_reader(kind, where, _known_readers())
     path = os.path.abspath(os.path.expanduser(path)) if path else ""
-    if kind != "demo" and not os.path.exists(path):
+    if check_paths and kind != "demo" and not os.path.exists(path):
         raise ConfigError(f"{where}: path {path!r} does not exist")
     options: dict[str, Any] = {k: v for k, v in params.items() if k not in _TAG_KEYS}
     name = params.get("name") or (
@@ -245,9 +249,19 @@ def is_catalog_spec(spec: str) -> bool:
 
 
 def resolve_data(
-    specs: Iterable[str], *, root: str | None = None, check_paths: bool = True
+    specs: Iterable[str],
+    *,
+    root: str | None = None,
+    check_paths: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[list[SourceSpec], list[Catalog]]:
-    """All sources named by ``--data`` values; none given means the demo dataset."""
+    """All sources named by ``--data`` values; none given means the demo dataset.
+
+    ``options`` (``--opt dataset.KEY=VALUE``, ``options.dataset`` in a run config)
+    go to every source's reader; a source's own ``?key=value`` or catalog
+    ``options:`` win. A reader that lacks such an option is an error naming it when
+    the reader is built (never silently ignored).
+    """
     specs = list(specs)
     sources: list[SourceSpec] = []
     catalogs: list[Catalog] = []
@@ -259,7 +273,11 @@ def resolve_data(
             catalogs.append(cat)
             sources.extend(cat.sources)
         else:
-            sources.append(parse_kind_path(spec))
+            sources.append(parse_kind_path(spec, check_paths=check_paths))
+    if options:
+        from dataclasses import replace
+
+        sources = [replace(s, options={**options, **s.options}) for s in sources]
     names: dict[str, str] = {}
     for s in sources:
         if s.name in names:

@@ -99,7 +99,7 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
         index = SampleIndex.load(config.data.index)
         report["index"] = config.data.index
     else:
-        sources, _ = resolve_data(config.data.sources)
+        sources, _ = resolve_data(config.data.sources, options=config.options["dataset"])
         sources = [_with_pixel_limit(spec, config.data.max_image_pixels) for spec in sources]
         allow = config.data.allow_missing_sources
         index, scan_report = scan_sources(
