@@ -260,7 +260,9 @@ def factory_doc(factory: Callable[..., Any], names: list[str] | None = None) -> 
                     match = _NUMPY_ITEM_RE.match(text.strip())
                     current = match.group(1) if match else None
                     if current:
-                        described[current] = ""
+                        # "name : type" (numpy) or "name: what it does" (biovfm's own)
+                        rest = (match.group(2) or ":")[1:].strip()
+                        described[current] = rest if len(rest.split()) > 2 else ""
                     i += 1
                     continue
                 if not text.strip():

@@ -33,7 +33,8 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "opts",
             multiple=True,
             metavar="KIND.KEY=VALUE",
-            help="Plugin option, e.g. --opt objective.teacher_temp=0.07 (repeatable).",
+            help="Plugin option, e.g. --opt objective.teacher_temp=0.07 (repeatable); "
+            "dataset.KEY=VALUE goes to the reader of every --data source.",
         ),
     ]
     for decorator in reversed(decorators):

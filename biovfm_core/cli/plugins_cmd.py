@@ -160,6 +160,11 @@ def _show_options(registry, name: str, as_json: bool) -> None:
                         spec["description"], 88, initial_indent=" " * 6, subsequent_indent=" " * 6
                     )
                 )
+        if entry["kind"] == "dataset" and entry["options"]:
+            click.echo(
+                f"  (for one source: --data {_display(entry['name']).rstrip(':')}:PATH?KEY=VALUE; "
+                "--opt dataset.KEY=VALUE gives it to every source)"
+            )
         recipe = entry["presets"].get("backbone")
         if recipe:
             click.echo(
