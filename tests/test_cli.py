@@ -57,6 +57,7 @@ def test_plugins_table_lists_every_builtin():
     assert "objectives: dinov2" in result.output
     assert "timm:<name>" in result.output
     assert "FAILED" not in result.output
+    assert "PROBLEMS" not in result.output  # the built-in plugins have none
 
 
 def test_plugins_json_is_machine_readable():
@@ -67,7 +68,7 @@ def test_plugins_json_is_machine_readable():
     assert by_name["dinov2"]["distribution"] == "biovfm"
     assert by_name["dinov2"]["version"] == __version__
     assert "vit_tiny" in by_name["timm_backbones"]["registered"]["backbones"]
-    assert all(row["error"] is None for row in rows)
+    assert all(row["error"] is None and row["problems"] == [] for row in rows)
 
 
 def test_plugins_options_shows_typed_defaults():

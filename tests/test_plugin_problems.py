@@ -347,3 +347,14 @@ def test_config_error_from_factory_passes_through_unwrapped():
     registry.add_plugin(Strict(), name="strict")
     with pytest.raises(ConfigError, match=r"^depth 1 too small$"):
         registry.build("backbones", "strict")
+
+
+def test_training_data_gets_dataset_options_from_the_run_config(tmp_path):
+    from biovfm_core.config import RunConfig
+    from biovfm_core.train.data import open_index
+
+    config = RunConfig()
+    config.data.sources = [f"folder:{tmp_path}"]
+    config.apply_opts(["dataset.verfy=false"])
+    with pytest.raises(ConfigError, match=r"unknown option dataset\.verfy"):
+        open_index(config)
