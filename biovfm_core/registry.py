@@ -13,6 +13,7 @@ CLI print the original traceback).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
@@ -51,6 +52,7 @@ PROBLEM_KINDS = (
     "invalid-name",
     "invalid-factory",
     "invalid-preset",
+    "factory",  # found by `biovfm plugins --check`: the factory does not import
 )
 # Problems that may have kept a plugin's names from being registered at all.
 _LOAD_FAILURES = ("import", "hook")
@@ -354,6 +356,34 @@ class Registry:
                     clashes.append(Problem("clash", r.plugin, r.distribution, message, name, kind))
         return list(self._problems) + clashes
 
+    def check(self) -> list[Problem]:
+        """Import every factory and check every preset (``biovfm plugins --check``);
+        what fails is recorded as a problem of its plugin. Returns all problems."""
+        for kind in KINDS:
+            for name, registration in sorted(self._entries[kind].items()):
+                try:
+                    registration.options()
+                except PluginError as exc:
+                    self._record(
+                        Problem(
+                            "factory",
+                            registration.plugin,
+                            registration.distribution,
+                            str(exc),
+                            name,
+                            kind,
+                        )
+                    )
+                    continue
+                for preset in registration.presets:
+                    with contextlib.suppress(PluginError):  # preset() records it
+                        self.preset(kind, name, preset)
+        return self.problems
+
+    def _record(self, problem: Problem) -> None:
+        if problem not in self._problems:
+            self._problems.append(problem)
+
     def problems_of(self, plugin: str) -> list[Problem]:
         return [p for p in self.problems if p.plugin == plugin]
 
@@ -424,8 +454,7 @@ class Registry:
                 name,
                 kind,
             )
-            if problem not in self._problems:
-                self._problems.append(problem)
+            self._record(problem)
             raise PluginError(
                 f"{registration.owner} {message}. This is a bug in the plugin, not in your "
                 "settings: report it to its authors; setting the option yourself overrides "

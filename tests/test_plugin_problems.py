@@ -358,3 +358,17 @@ def test_training_data_gets_dataset_options_from_the_run_config(tmp_path):
     config.apply_opts(["dataset.verfy=false"])
     with pytest.raises(ConfigError, match=r"unknown option dataset\.verfy"):
         open_index(config)
+
+
+def test_check_finds_factories_that_do_not_import_and_bad_presets(tmp_path, monkeypatch):
+    source = READER + (
+        "\n@hookimpl\ndef biovfm_register_backbones(register):\n"
+        "    register('tiny_typo', Reader, presets={'cpu': {'strid': 2}})\n"
+    )
+    _install(tmp_path, monkeypatch, {"thirdparty-crash": (source, "crash")})
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0 and "PROBLEMS" not in result.output  # nothing imported yet
+    result = CliRunner().invoke(cli, ["plugins", "--check", "--json"])
+    assert result.exit_code == 1
+    found = {(p["kind"], p["name"]) for p in _rows(result.stdout)["crash"]["problems"]}
+    assert found == {("factory", "ghosty"), ("factory", "raisy"), ("invalid-preset", "tiny_typo")}

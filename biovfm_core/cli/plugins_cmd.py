@@ -20,14 +20,20 @@ from biovfm_core.errors import PluginError, UnknownNameError
     help="Show the options of a registered name: description, type, default and "
     "CPU-preset value of each (imports that plugin's code).",
 )
-def plugins(as_json: bool, options_of: str | None) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Also import every factory and check every preset (imports plugin code, "
+    "e.g. torch); exit 1 if any plugin has a problem.",
+)
+def plugins(as_json: bool, options_of: str | None, check: bool) -> None:
     """List plugins and the backbones, objectives, augmentations and datasets they register.
 
     A PROBLEMS section names each plugin that has one and its distribution: a name
     registered twice (clash), a plugin that does not import, a registration hook that
     raised, an invalid name, factory or preset. A problem disables only the names
     concerned; every other name keeps working. In --json, each plugin row has a
-    "problems" list.
+    "problems" list. --check also imports every factory and checks every preset.
     """
     from biovfm_core.registry import KINDS, get_registry
 
@@ -35,6 +41,8 @@ def plugins(as_json: bool, options_of: str | None) -> None:
     if options_of:
         _show_options(registry, options_of, as_json)
         return
+    if check:
+        registry.check()
     rows = [
         {
             "plugin": info.name,
@@ -49,6 +57,7 @@ def plugins(as_json: bool, options_of: str | None) -> None:
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        _exit_if(check and registry.problems)
         return
     table = [("PLUGIN", "DISTRIBUTION", "VERSION", "REGISTERS")]
     for row in rows:
@@ -81,6 +90,12 @@ def plugins(as_json: bool, options_of: str | None) -> None:
             click.echo(
                 f"  [{p.kind}] plugin {p.plugin!r} (distribution {p.distribution!r}): {p.message}"
             )
+    _exit_if(check and problems)
+
+
+def _exit_if(failed: object) -> None:
+    if failed:
+        raise SystemExit(1)
 
 
 def _display(name: str) -> str:
