@@ -135,4 +135,7 @@ def biovfm_register_datasets(register: Register) -> None:
     ``load(record)`` decodes one image, raising ``BadImageError`` naming the file
     and the reason when it cannot. ``tags.modality`` may be one id, a comma list of
     ids or ``"auto"``; each record must carry exactly one id (see ``SourceTags``).
+    Users set the reader's options per source (``--data KIND:PATH?key=value``, a
+    catalog entry's ``options:``) or for every source (``--opt dataset.key=value``);
+    the per-source value wins, and an option the reader lacks is an error.
     """
