@@ -31,12 +31,13 @@ radiographs but is not a dependency), and nilearn's MNI templates are likewise
 left out while nilearn is not a dependency.
 
 How splits are made (disjoint pixels, not only disjoint samples)
-    Every 2D image is divided into a 5 x 5 grid of blocks; a seeded draw gives
-    15 blocks to train, 5 to val and 5 to test, and a patch (0.8 of a block side,
-    at a random offset) is cut inside one block only, so no test pixel is ever in a
-    train patch. Volumes are split by slab instead: contiguous runs of axial
-    slices (60 % / 20 % / 20 %), each slice used whole. Cine frames share their
-    file's block split. Blocks or slices that are mostly background are skipped.
+    Every 2D image is divided into a 5 x 5 grid of blocks; of the blocks that are
+    mostly tissue (not background), a seeded draw gives 60 % to train, 20 % to val
+    and 20 % to test (at least one each), and a patch (0.8 of a block side, at a
+    random offset) is cut inside one block only, so no test pixel is ever in a
+    train patch. Volumes are split by slab instead: contiguous runs of the axial
+    slices that show enough of the head (60 % / 20 % / 20 %), each slice used
+    whole. Cine frames share their file's block split.
     Patches are drawn with replacement from the allowed blocks (a random offset,
     and for ``texture`` a random flip / 90° rotation), so classes are balanced
     exactly; the same block may yield several, different patches of one split.
@@ -78,9 +79,10 @@ from biovfm_core.errors import ConfigError
 SPLITS = ("train", "val", "test")
 PER_CLASS = {"train": 60, "val": 20, "test": 40}
 GRID = 5  # blocks per image side
-BLOCKS = {"train": 15, "val": 5, "test": 5}
-SLAB = (0.6, 0.2, 0.2)  # volumes: share of slices per split
+SHARES = (0.6, 0.2, 0.2)  # of an image's blocks, or a volume's slices, per split
 PATCH_OF_BLOCK = 0.8
+MIN_STD = 4.0  # grey levels; flatter patches are redrawn (up to MAX_DRAWS tries)
+MAX_DRAWS = 20
 VERSION = 1  # bump when the build changes: cached files of other versions are ignored
 
 
@@ -209,6 +211,15 @@ class _Regions:
     patch: dict[str, int]  # side of the patch cut from a box (0: the whole plane)
 
 
+def _shares(n: int, name: str) -> list[int]:
+    """Split ``n`` regions 60 / 20 / 20 with at least one each (train, val, test)."""
+    if n < len(SPLITS):
+        raise ConfigError(f"demo benchmark: {name} has {n} usable regions, fewer than 3")
+    val = max(1, round(SHARES[1] * n))
+    test = max(1, round(SHARES[2] * n))
+    return [n - val - test, val, test]
+
+
 def _regions(
     source: Source, planes: list[np.ndarray], min_foreground: float, rng: np.random.Generator
 ) -> _Regions:
@@ -216,30 +227,33 @@ def _regions(
     background = lo + 0.1 * (hi - lo)
     boxes: dict[str, list[tuple[int, int, int, int]]] = {s: [] for s in SPLITS}
     if source.volume:
-        n = len(planes)
-        cuts = np.cumsum([0, *(round(f * n) for f in SLAB)])
-        cuts[-1] = n
+        # Slabs of contiguous slices among those showing enough of the body.
+        usable = [k for k, p in enumerate(planes) if (p > background).mean() >= 0.3]
+        cuts = np.cumsum([0, *_shares(len(usable), source.name)])
         for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
-            for k in range(a, b):
-                if (planes[k] > background).mean() >= 0.3:
-                    h, w = planes[k].shape
-                    boxes[split].append((k, 0, 0, min(h, w)))
+            for k in usable[a:b]:
+                boxes[split].append((k, 0, 0, min(planes[k].shape)))
         return _Regions(boxes, {s: 0 for s in SPLITS})
     full_h, full_w = planes[0].shape
     top, left = round(source.inset * full_h), round(source.inset * full_w)
     h, w = full_h - 2 * top, full_w - 2 * left
     side = min(h, w) // GRID
-    labels = np.repeat(np.array(SPLITS), [BLOCKS[s] for s in SPLITS])[rng.permutation(GRID**2)]
+    # Non-square images: the grid spans the short side, centred on the long one.
+    y_pad, x_pad = top + (h - GRID * side) // 2, left + (w - GRID * side) // 2
+    usable: dict[tuple[int, int], list[int]] = {}  # block origin → planes where it is tissue
+    for b in range(GRID * GRID):
+        y0, x0 = y_pad + (b // GRID) * side, x_pad + (b % GRID) * side
+        for k, plane in enumerate(planes):
+            if (plane[y0 : y0 + side, x0 : x0 + side] > background).mean() >= min_foreground:
+                usable.setdefault((y0, x0), []).append(k)
+    origins = list(usable)
+    order = rng.permutation(len(origins))
+    cuts = np.cumsum([0, *_shares(len(origins), source.name)])
+    for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
+        for i in order[a:b]:
+            y0, x0 = origins[i]
+            boxes[split].extend((k, y0, x0, side) for k in usable[(y0, x0)])
     patch = max(4, round(PATCH_OF_BLOCK * side))
-    for k in range(len(planes)):
-        for b, split in enumerate(labels):
-            y0, x0 = (b // GRID) * side, (b % GRID) * side
-            # Non-square images: the grid spans the short side; centre it on the long one.
-            y0 += top + (h - GRID * side) // 2
-            x0 += left + (w - GRID * side) // 2
-            block = planes[k][y0 : y0 + side, x0 : x0 + side]
-            if (block > background).mean() >= min_foreground:
-                boxes[str(split)].append((k, y0, x0, side))
     return _Regions(boxes, {s: patch for s in SPLITS})
 
 
@@ -279,6 +293,30 @@ def _to_uint8(patch: np.ndarray, window: tuple[float, float], standardise: bool)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def _draw(
+    planes: list[np.ndarray],
+    regions: _Regions,
+    split: str,
+    window: tuple[float, float],
+    standardise: bool,
+    side: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One patch of ``split``'s regions; patches that are flat once windowed (a
+    saturated or empty corner) are redrawn, so every image shows structure."""
+    boxes = regions.boxes[split]
+    for _ in range(MAX_DRAWS):
+        patch = _cut(planes, boxes[rng.integers(len(boxes))], regions.patch[split], rng)
+        if standardise:
+            patch = np.rot90(patch, k=int(rng.integers(4)))
+            if rng.integers(2):
+                patch = patch[:, ::-1]
+        img = _to_uint8(_resize(patch, side), window, standardise)
+        if img.std() >= MIN_STD:
+            break
+    return img
+
+
 def build_arrays(task: str, side: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     """The task's six MedMNIST arrays, deterministic in (task, side, seed)."""
     if task not in TASKS:
@@ -303,16 +341,8 @@ def build_arrays(task: str, side: int = 64, seed: int = 0) -> dict[str, np.ndarr
             rng = np.random.default_rng([seed, _stable(task), label, split_i])
             for i in range(PER_CLASS[split]):
                 s = srcs[i % len(srcs)]
-                reg = regions[s.name]
-                box = reg.boxes[split][rng.integers(len(reg.boxes[split]))]
-                planes = loaded[s.name]
-                patch = _cut(planes, box, reg.patch[split], rng)
-                if spec.standardise:
-                    patch = np.rot90(patch, k=int(rng.integers(4)))
-                    if rng.integers(2):
-                        patch = patch[:, ::-1]
-                img = _to_uint8(_resize(patch, side), windows[s.name], spec.standardise)
-                images.append(img)
+                images.append(_draw(loaded[s.name], regions[s.name], split, windows[s.name],
+                                    spec.standardise, side, rng))  # fmt: skip
                 labels.append(label)
         order = np.random.default_rng([seed, _stable(task), 99, split_i]).permutation(len(labels))
         arrays[f"{split}_images"] = np.stack(images)[order]
