@@ -93,7 +93,7 @@ def test_splits_are_cut_from_disjoint_regions(task):
 
 def _raw_pixel_logreg(a):
     # Pixels averaged 4 x 4 (16 x 16 inputs) keep the fit well under a second; the
-    # full 64 x 64 fit gives the same picture (README: texture 0.24, modality 0.50).
+    # full 64 x 64 fit gives the same picture (README: texture 0.24, modality 0.49).
     flat = {
         s: a[f"{s}_images"].reshape(-1, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(-1, 256) / 255.0
         for s in D.SPLITS

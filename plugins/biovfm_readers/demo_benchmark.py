@@ -51,7 +51,8 @@ train 300, val 100, test 200)
     Labels 0 ct, 1 mr, 2 us, 3 microscopy, 4 fundus. Each patch is windowed to its
     image's 1st-99th percentile (a display window), converted to gray. Brightness,
     layout and contrast all carry the class, so raw-pixel logistic regression
-    already does well (test accuracy ~0.8, chance 0.2).
+    (scikit-learn, standardised pixels, C = 0.01) is far above chance: test
+    accuracy 0.49, AUC 0.81 (chance 0.2 / 0.5).
 
 Task ``texture`` (hard; 4 classes, balanced: 60 / 20 / 40 per class →
 train 240, val 80, test 160)
@@ -61,8 +62,9 @@ train 240, val 80, test 160)
     and rotated by a random multiple of 90°, so mean brightness, contrast,
     position and orientation tell nothing; only texture (local structure) does.
     A linear function of raw pixels cannot see texture: raw-pixel logistic
-    regression is near chance (0.25), which makes this the task where features
-    matter.
+    regression is at chance (test accuracy 0.24, AUC 0.50; chance 0.25 / 0.5),
+    which makes this the task where features matter: a random-init ViT-Ti already
+    reaches kNN AUC 0.82.
 """
 
 from __future__ import annotations
