@@ -143,6 +143,18 @@ def _registry_with_root(cache):
     return WithRoot()
 
 
+def test_an_unreadable_source_is_an_error_naming_it(monkeypatch):
+    def broken():
+        raise OSError("no JPEG 2000 decoder")
+
+    head_ct = D.Source("pydicom:J2K_pixelrep_mismatch.dcm", broken)
+    task = D.TASKS["texture"]
+    sources = {**task.sources, "head ct": (head_ct,)}
+    monkeypatch.setitem(D.TASKS, "texture", D.Task(task.classes, sources, True, 0.9))
+    with pytest.raises(ConfigError, match=r"texture: cannot read pydicom:J2K_pixelrep.*decoder"):
+        D.build_arrays("texture")
+
+
 def test_unknown_demo_task_is_a_config_error_naming_the_tasks():
     with pytest.raises(ConfigError, match=r"demo:plane: the demo tasks are modality, texture"):
         expand_benchmarks(["demo:plane"], None, 28)

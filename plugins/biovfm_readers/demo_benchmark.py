@@ -199,6 +199,17 @@ TASKS: dict[str, Task] = {
 }
 
 
+def _load(source: Source, task: str) -> list[np.ndarray]:
+    try:
+        return source.load()
+    except Exception as exc:
+        # The task's classes depend on every one of its images: without one (say, no
+        # JPEG 2000 decoder for a pydicom file) it is not the documented benchmark.
+        raise ConfigError(
+            f"demo benchmark {task}: cannot read {source.name}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _window(planes: list[np.ndarray]) -> tuple[float, float]:
     values = np.concatenate([p.ravel() for p in planes])
     lo, hi = np.percentile(values, [1, 99])
@@ -327,7 +338,7 @@ def build_arrays(task: str, side: int = 64, seed: int = 0) -> dict[str, np.ndarr
     # One generator per (task, class, source, split): adding a source never changes
     # the patches of another.
     arrays: dict[str, np.ndarray] = {}
-    loaded = {s.name: s.load() for srcs in spec.sources.values() for s in srcs}
+    loaded = {s.name: _load(s, task) for srcs in spec.sources.values() for s in srcs}
     windows = {name: _window(planes) for name, planes in loaded.items()}
     regions: dict[str, _Regions] = {}
     for srcs in spec.sources.values():
