@@ -4,9 +4,9 @@ from real medical images that ship inside installed packages (no download).
 ``biovfm eval MODEL --benchmark demo`` evaluates both tasks; ``demo:modality`` or
 ``demo:texture`` picks one. Each task is built once (about a second) into
 ``$BIOVFM_CACHE/demo/`` (default ``~/.cache/biovfm/demo/``) as
-``demo_<task>_<side>.npz``, written atomically, with the MedMNIST keys
+``demo_<task>_<side>_v<version>.npz``, written atomically, with the MedMNIST keys
 ``{train,val,test}_images`` (uint8 ``(N, 64, 64)`` gray) and ``{split}_labels``
-(uint8 ``(N, 1)``). The build is seeded: the same packages give the same bytes.
+(uint8 ``(N, 1)``). The build is seeded: the same packages give the same arrays.
 
 Sources (all read from the installed packages, see ``demo.py`` for their origins):
 
