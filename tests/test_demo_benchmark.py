@@ -59,7 +59,7 @@ def test_files_have_the_medmnist_layout_and_the_documented_class_counts(built, t
         assert (images.reshape(len(images), -1).std(axis=1) > 2).all()
 
 
-def test_a_build_is_deterministic_and_the_cached_file_is_reused(built, cache):
+def test_a_build_is_deterministic_and_the_cached_file_is_reused(built, cache, monkeypatch):
     first = arrays(built["texture"])
     again = D.build_arrays("texture", 64)
     for key, value in first.items():
@@ -68,6 +68,9 @@ def test_a_build_is_deterministic_and_the_cached_file_is_reused(built, cache):
     assert D.benchmark_file("texture", 64, cache / "demo") == built["texture"]
     assert built["texture"].stat().st_mtime_ns == mtime
     assert [p.name for p in (cache / "demo").iterdir() if p.name.startswith(".")] == []
+    # Another build of the module (a changed task) never reads this file.
+    monkeypatch.setattr(D, "build_version", lambda: "other")
+    assert D.benchmark_file("texture", 64, cache / "demo") != built["texture"]
 
 
 def _overlaps(a, b) -> bool:

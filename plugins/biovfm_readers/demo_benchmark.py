@@ -4,7 +4,7 @@ from real medical images that ship inside installed packages (no download).
 ``biovfm eval MODEL --benchmark demo`` evaluates both tasks; ``demo:modality`` or
 ``demo:texture`` picks one. Each task is built once (about a second) into
 ``$BIOVFM_CACHE/demo/`` (default ``~/.cache/biovfm/demo/``) as
-``demo_<task>_<side>_v<version>.npz``, written atomically, with the MedMNIST keys
+``demo_<task>_<side>_<digest of this module>.npz``, written atomically, with the MedMNIST keys
 ``{train,val,test}_images`` (uint8 ``(N, 64, 64)`` gray) and ``{split}_labels``
 (uint8 ``(N, 1)``). The build is seeded: the same packages give the same arrays.
 
@@ -69,6 +69,8 @@ train 240, val 80, test 160)
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +87,6 @@ SHARES = (0.6, 0.2, 0.2)  # of an image's blocks, or a volume's slices, per spli
 PATCH_OF_BLOCK = 0.8
 MIN_STD = 4.0  # grey levels; flatter patches are redrawn (up to MAX_DRAWS tries)
 MAX_DRAWS = 20
-VERSION = 1  # bump when the build changes: cached files of other versions are ignored
 
 
 @dataclass(frozen=True)
@@ -377,13 +378,20 @@ def default_root() -> Path:
     return Path(base) / "demo"
 
 
+@functools.cache
+def build_version() -> str:
+    """A digest of this module: any change to how tasks are built names a new file,
+    so a cache filled by another version is never read as this one's benchmark."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+
+
 def benchmark_file(task: str, side: int = 64, root: str | os.PathLike[str] | None = None) -> Path:
     """The task's ``.npz``, built (atomically) on first use and reused after."""
     import io
 
     from biovfm_core.config import write_atomic
 
-    path = Path(root or default_root()) / f"demo_{task}_{side}_v{VERSION}.npz"
+    path = Path(root or default_root()) / f"demo_{task}_{side}_{build_version()}.npz"
     if not path.is_file():
         buf = io.BytesIO()
         np.savez_compressed(buf, **build_arrays(task, side))
