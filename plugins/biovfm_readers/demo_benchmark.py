@@ -64,7 +64,7 @@ train 240, val 80, test 160)
     A linear function of raw pixels cannot see texture: raw-pixel logistic
     regression is at chance (test accuracy 0.24, AUC 0.50; chance 0.25 / 0.5),
     which makes this the task where features matter: a random-init ViT-Ti already
-    reaches kNN AUC 0.82.
+    reaches linear-probe AUC 0.80.
 """
 
 from __future__ import annotations
