@@ -33,7 +33,8 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
     "benchmarks",
     multiple=True,
     metavar="SPEC",
-    help="medmnist:<flag>, medmnist:all (the 12), medmnist:<file.npz>, or "
+    help="demo (offline tasks built from bundled images; demo:modality, demo:texture), "
+    "medmnist:<flag>, medmnist:all (the 12), medmnist:<file.npz>, or "
     "<dataset kind>:<location> for a reader with train/val/test splits (repeatable).",
 )
 @click.option("--medmnist-root", type=click.Path(file_okay=False), help="Folder of MedMNIST .npz.")

@@ -45,6 +45,11 @@ MEDMNIST_2D: dict[str, BenchmarkInfo] = {
     "organsmnist": BenchmarkInfo("multi-class", 11, "ct"),
 }
 
+# The offline demo benchmark's tasks, built by the readers plugin's ``demo_benchmark``
+# dataset kind from images inside installed packages (biovfm_readers/demo_benchmark.py).
+DEMO_KIND = "demo_benchmark"
+DEMO_TASKS = ("modality", "texture")
+
 
 def scoring_task(task: str) -> str:
     """Ordinal tasks (RetinaMNIST) are trained and scored as multi-class, as MedMNIST does."""
@@ -83,14 +88,26 @@ def medmnist_path(root: str | os.PathLike[str], flag: str, size: int) -> Path:
 
 
 def expand_benchmarks(specs: list[str], root: str | None, size: int) -> list[tuple[str, str]]:
-    """``medmnist:all`` / ``medmnist:<flag>`` / ``medmnist:<file.npz>`` / ``KIND:LOCATION``
-    → ``(kind, location)`` pairs, files resolved against ``--medmnist-root``."""
+    """``medmnist:all`` / ``medmnist:<flag>`` / ``medmnist:<file.npz>`` / ``demo`` /
+    ``demo:<task>`` / ``KIND:LOCATION`` → ``(kind, location)`` pairs, files resolved
+    against ``--medmnist-root``."""
     out: list[tuple[str, str]] = []
     for spec in specs:
+        if spec in ("demo", "demo:all"):
+            out.extend((DEMO_KIND, task) for task in DEMO_TASKS)
+            continue
         kind, sep, rest = spec.partition(":")
+        if kind == "demo" and sep:
+            if rest not in DEMO_TASKS:
+                raise ConfigError(
+                    f"--benchmark {spec}: the demo tasks are {', '.join(DEMO_TASKS)} "
+                    "(or demo for all)"
+                )
+            out.append((DEMO_KIND, rest))
+            continue
         if not sep or not rest:
             raise ConfigError(
-                f"--benchmark {spec!r}: write medmnist:<flag>, medmnist:all, "
+                f"--benchmark {spec!r}: write demo, medmnist:<flag>, medmnist:all, "
                 "medmnist:<file.npz> or <dataset kind>:<location>"
             )
         if kind != "medmnist":
@@ -135,6 +152,13 @@ def load_benchmark(kind: str, location: str, registry) -> Benchmark:
             f"dataset kind {kind!r} has no split_arrays(split) (train/val/test arrays), "
             "so it cannot be a benchmark yet; only readers providing it can"
         )
+    # A reader that builds its benchmark into a file (the demo) names the file and
+    # the benchmark, so results and the feature cache key point at the file.
+    built = getattr(reader, "benchmark_file", None)
+    if built is not None:
+        location = str(built)
+        _check_npz_layout(location)
+        flag = str(getattr(reader, "benchmark_name", None) or flag_of(location))
     splits = {s: reader.split_arrays(s) for s in SPLITS}
     task, num_classes = _check_labels(location, splits, known)
     side = int(splits["train"][0].shape[1])

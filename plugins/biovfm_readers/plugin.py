@@ -36,3 +36,9 @@ def biovfm_register_datasets(register) -> None:  # type: ignore[no-untyped-def]
         "biovfm_readers.demo:DemoReader",
         description="built-in demo images shipped in scikit-image, pydicom and nibabel",
     )
+    register(
+        "demo_benchmark",
+        "biovfm_readers.demo_benchmark:DemoBenchmarkReader",
+        description="offline benchmark tasks (modality, texture) cut from the demo images; "
+        "eval with --benchmark demo",
+    )
