@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -8,6 +9,11 @@ import pytest
 from biovfm_core import registry as registry_module
 
 REPO = Path(__file__).resolve().parents[1]
+
+# pytest-xdist runs one worker per core: each worker, and every biovfm process a test
+# starts, computes on one thread, so workers never fight over cores (torch's spinning
+# threads slow down many times over on an oversubscribed machine). Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
