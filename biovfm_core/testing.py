@@ -284,7 +284,9 @@ def check_objective(
     """
     import torch
 
-    plugin = _Plugin("objective", name_or_factory, preset=preset, options=options, registry=registry)
+    plugin = _Plugin(
+        "objective", name_or_factory, preset=preset, options=options, registry=registry
+    )
     check_options(plugin)
     what = plugin.what
     from biovfm_core.registry import get_registry
@@ -369,7 +371,9 @@ def _check_objective_shape(objective: Any, what: str) -> None:
     from torch import nn
 
     if not isinstance(objective, nn.Module):
-        raise _fail(what, f"the factory returned {type(objective).__name__}", "return a torch.nn.Module")
+        raise _fail(
+            what, f"the factory returned {type(objective).__name__}", "return a torch.nn.Module"
+        )
     if not isinstance(getattr(objective, "views", None), ViewSpec):
         raise _fail(
             what,
@@ -823,7 +827,8 @@ def _views_equal(a: Mapping[str, list], b: Mapping[str, list]) -> bool:
     import numpy as np
 
     return all(
-        len(a[k]) == len(b[k]) and all(np.array_equal(x, y) for x, y in zip(a[k], b[k], strict=True))
+        len(a[k]) == len(b[k])
+        and all(np.array_equal(x, y) for x, y in zip(a[k], b[k], strict=True))
         for k in ("global", "local")
     )
 
@@ -902,7 +907,11 @@ def check_reader(
         raise _fail(what, "two scans gave different records", "make scan() deterministic")
     for record in records[:2]:
         image = reader.load(record)
-        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+        if (
+            not isinstance(image, np.ndarray)
+            or image.ndim not in (2, 3)
+            or min(image.shape[:2]) < 1
+        ):
             raise _fail(
                 what,
                 f"load({record.uri}) returned {type(image).__name__} "
