@@ -87,7 +87,13 @@ class _Plugin:
             from biovfm_core.registry import get_registry
 
             self.registry = registry or get_registry()
-            registration, variant = self.registry.get(kind + "s", name_or_factory)
+            try:
+                registration, variant = self.registry.get(kind + "s", name_or_factory)
+            except ConfigError as exc:
+                raise ConformanceError(
+                    f"{exc}. Fix: install the plugin's distribution (pip install -e .) so its "
+                    "`biovfm` entry point registers the name, or pass the factory itself"
+                ) from None
             self.name = name_or_factory
             self.what = f"{kind} {name_or_factory!r} (plugin {registration.plugin!r})"
             self.factory = registration.resolve()

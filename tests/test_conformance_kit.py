@@ -261,3 +261,8 @@ def test_a_broken_file_can_be_given(tmp_path):
         return where / "bad.npy"
 
     check_reader(NpyReader, folder, modality="ct", broken=write_broken)
+
+
+def test_an_unregistered_name_says_how_to_register_it():
+    with pytest.raises(ConformanceError, match=r"did you mean 'mae'\?.*pip install -e \."):
+        check_objective("mea")
