@@ -298,7 +298,8 @@ def check_objective(
     from biovfm_core.registry import get_registry
 
     reg = plugin.registry or get_registry()
-    bb_options = dict(backbone_options or {})
+    # As `biovfm train` on a CPU: the backbone's own "cpu" preset, then the given options.
+    bb_options = {**reg.preset("backbones", backbone, "cpu"), **(backbone_options or {})}
     accepted = reg.options("backbones", backbone)
     if "image_size" in accepted:
         # Tiny: the eval check runs at the backbone's own size, which this sets.
