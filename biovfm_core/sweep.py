@@ -16,18 +16,30 @@ A sweep file::
     eval:                           # arguments of `biovfm eval` for every cell
       args: [--benchmark, "medmnist:all", --medmnist-root, /data/medmnist, --size, "224"]
 
-Cells run one after another here (``biovfm sweep run``), or as a SLURM job array
-(``biovfm sweep slurm``), one ``torchrun`` per cell. A cell is done when its
-``DONE.json`` exists; an interrupted cell resumes from its last checkpoint
-(``--resume auto``), so re-running the same command finishes the sweep.
+Relative paths in a sweep file (``output``, ``data`` entries, paths inside ``base``
+and ``eval.args``) are relative to the sweep file's folder, wherever the command is
+run from: cells' commands run in that folder.
+
+Cells run one after another here (``biovfm sweep FILE``), or as a SLURM job array
+(``--scheduler slurm``), one ``torchrun`` per cell. A cell is done when its
+``DONE.json`` exists and records the fingerprint of the cell's current config (and
+of the current eval arguments); a cell whose config changed since is *stale* and is
+trained again (continuing from its checkpoint where the change allows), and a done
+cell whose eval block was added or changed is only evaluated. An interrupted cell
+resumes from its last checkpoint (``--resume auto``), so re-running the same command
+finishes the sweep.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import itertools
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -62,6 +74,8 @@ class Sweep:
     eval_args: list[str] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)
     source: str = "sweep"
+    root: Path = field(default_factory=Path.cwd)
+    """The sweep file's folder: relative paths are relative to it, commands run in it."""
 
     @property
     def index_path(self) -> Path:
@@ -119,23 +133,155 @@ def load_sweep(path: str | Path) -> Sweep:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
     data = raw.get("data") or []
-    eval_section = raw.get("eval") or {}
+    root = path.resolve().parent
     sweep = Sweep(
         name=str(raw.get("name") or path.stem),
-        output=Path(raw.get("output") or Path("sweeps") / path.stem),
-        data=[data] if isinstance(data, str) else list(data),
+        output=root
+        / Path(os.path.expanduser(str(raw.get("output") or Path("sweeps") / path.stem))),
+        data=[_data_path(d, root) for d in ([data] if isinstance(data, str) else list(data))],
         base=raw.get("base") or {},
         grid=grid,
-        eval_args=[str(a) for a in eval_section.get("args", [])],
+        eval_args=_eval_args(raw.get("eval"), path),
         slurm=raw.get("slurm") or {},
         source=str(path),
+        root=root,
     )
     sweep.cells()  # validate every cell's config now, not hours into the sweep
     return sweep
 
 
+EVAL_KEYS = ("args",)
+
+
+def _eval_args(section: Any, path: Path) -> list[str]:
+    """``eval: {args: [...]}``; any other key is an error, never silently ignored."""
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: `eval` must be a mapping with `args: [...]`")
+    for key in section:
+        if key not in EVAL_KEYS:
+            close = difflib.get_close_matches(str(key), EVAL_KEYS, n=1)
+            hint = f"; did you mean eval.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"{path}: unknown key eval.{key}{hint} The eval block takes `args:`, the "
+                "arguments of `biovfm eval` (e.g. [--protocol, linear, --benchmark, ...])"
+            )
+    args = section.get("args") or []
+    if not isinstance(args, list):
+        raise ConfigError(f"{path}: eval.args must be a list of `biovfm eval` arguments")
+    return [str(a) for a in args]
+
+
+def _data_path(spec: str, root: Path) -> str:
+    """A ``data`` entry with its relative path made relative to the sweep file's folder."""
+    from biovfm_core.data.catalog import SHIPPED_CATALOGS
+
+    spec = str(spec)
+    if spec in SHIPPED_CATALOGS or spec == "demo" or spec.startswith("demo:"):
+        return spec
+    if spec.lower().endswith((".yaml", ".yml")):
+        return str(root / os.path.expanduser(spec))
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest or "://" in spec:
+        return spec
+    location, query_sep, query = rest, "", ""
+    if "?" in rest:
+        head, _, tail = rest.rpartition("?")
+        if "=" in tail:
+            location, query_sep, query = head, "?", tail
+    location = os.path.expanduser(location)
+    if not os.path.isabs(location):
+        location = str(root / location)
+    return f"{kind}:{location}{query_sep}{query}"
+
+
+def check_sweep(sweep: Sweep, registry: Any = None) -> None:
+    """What a dry run checks before any cell runs: every cell's plugin names (with
+    did-you-mean) and options, and that ``eval.args`` are valid `biovfm eval` arguments."""
+    import click
+
+    from biovfm_core.cli.eval_cmd import eval_
+
+    if registry is None:
+        from biovfm_core.registry import get_registry
+
+        registry = get_registry()
+    for cell in sweep.cells():
+        try:
+            cell.config.validate(registry)  # cells() builds fresh configs each call
+        except ConfigError as exc:
+            raise ConfigError(f"{sweep.source}: cell {cell.id}: {exc}") from None
+    if sweep.eval_args:
+        try:
+            eval_.make_context("eval", ["CELL", *sweep.eval_args, "--output", "OUT"])
+        except click.ClickException as exc:
+            raise ConfigError(
+                f"{sweep.source}: eval.args are not valid `biovfm eval` arguments: "
+                f"{exc.format_message()}"
+            ) from None
+
+
+# Keys that change how a cell runs, not what it computes: a change leaves it done.
+_RUNTIME_KEYS = {
+    ("resume",),
+    ("output",),
+    ("data", "index"),
+    ("data", "num_workers"),
+    ("train", "log_every"),
+    ("train", "checkpoint_every"),
+    ("train", "keep_last"),
+}
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """A hash of what a cell computes: its config without runtime-only keys."""
+    raw = config.to_dict()
+    for key in _RUNTIME_KEYS:
+        node = raw
+        for part in key[:-1]:
+            node = node.get(part, {})
+        node.pop(key[-1], None)
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def eval_fingerprint(sweep: Sweep) -> str | None:
+    if not sweep.eval_args:
+        return None
+    return hashlib.sha256(json.dumps(sweep.eval_args).encode()).hexdigest()[:16]
+
+
+def fingerprints(sweep: Sweep, cell: Cell) -> dict[str, str | None]:
+    return {
+        "config_fingerprint": config_fingerprint(cell.config),
+        "eval_fingerprint": eval_fingerprint(sweep),
+    }
+
+
+def cell_state(sweep: Sweep, cell: Cell) -> str:
+    """``to run``, ``done``, ``stale`` (its config changed since it finished) or
+    ``needs eval`` (trained, but the eval block was added or changed since)."""
+    done_file = cell.folder(sweep) / "DONE.json"
+    if not done_file.is_file():
+        return "to run"
+    done = json.loads(done_file.read_text())
+    # DONE.json files from before fingerprints were recorded count as matching.
+    recorded = done.get("config_fingerprint")
+    if recorded is not None and recorded != config_fingerprint(cell.config):
+        return "stale"
+    wanted = eval_fingerprint(sweep)
+    if wanted is not None:
+        if "eval_fingerprint" in done:
+            if done["eval_fingerprint"] != wanted:
+                return "needs eval"
+        elif not done.get("results"):
+            return "needs eval"
+    return "done"
+
+
 def is_done(sweep: Sweep, cell: Cell) -> bool:
-    return (cell.folder(sweep) / "DONE.json").is_file()
+    return cell_state(sweep, cell) == "done"
 
 
 def prepare(sweep: Sweep, *, echo=print) -> None:
@@ -162,11 +308,14 @@ def prepare(sweep: Sweep, *, echo=print) -> None:
     )
 
 
-def cell_commands(sweep: Sweep, cell: Cell, *, launcher: list[str]) -> list[list[str]]:
-    """The train and eval commands of a cell (``launcher`` runs biovfm: python or torchrun)."""
+def cell_commands(
+    sweep: Sweep, cell: Cell, *, launcher: list[str], train: bool = True
+) -> list[list[str]]:
+    """The train and eval commands of a cell (``launcher`` runs biovfm: python or
+    torchrun), to run in ``sweep.root``; ``train=False``: the eval command only."""
     config_file = str(sweep.output / "configs" / f"{cell.id}.yaml")
     run_dir = str(cell.folder(sweep))
-    commands = [[*launcher, "train", "--config", config_file]]
+    commands = [[*launcher, "train", "--config", config_file]] if train else []
     if sweep.eval_args:
         commands.append(
             [*_python_biovfm(), "eval", run_dir, *sweep.eval_args, "--output", run_dir + "/eval"]
@@ -184,24 +333,42 @@ def run_local(sweep: Sweep, *, echo=print) -> list[str]:
     ran = []
     cells = sweep.cells()
     for number, cell in enumerate(cells, start=1):
-        if is_done(sweep, cell):
+        state = cell_state(sweep, cell)
+        if state == "done":
             echo(f"[{number}/{len(cells)}] {cell.id}: done, skipped")
             continue
-        echo(f"[{number}/{len(cells)}] {cell.id}")
-        for command in cell_commands(sweep, cell, launcher=_python_biovfm()):
-            completed = subprocess.run(command, check=False)
+        run_dir = cell.folder(sweep)
+        if state == "stale":
+            echo(
+                f"[{number}/{len(cells)}] {cell.id}: stale (its config changed since it "
+                "finished); training again, from its checkpoint where compatible"
+            )
+            (run_dir / "DONE.json").unlink()
+        elif state == "needs eval":
+            echo(f"[{number}/{len(cells)}] {cell.id}: trained; running its new eval block only")
+        else:
+            echo(f"[{number}/{len(cells)}] {cell.id}")
+        if state in ("stale", "needs eval"):
+            # Results of the old config or old eval arguments must not mix with new ones.
+            shutil.rmtree(run_dir / "eval", ignore_errors=True)
+        commands = cell_commands(
+            sweep, cell, launcher=_python_biovfm(), train=state != "needs eval"
+        )
+        for command in commands:
+            completed = subprocess.run(command, check=False, cwd=sweep.root)
             if completed.returncode != 0:
                 raise ConfigError(
                     f"cell {cell.id} failed (exit {completed.returncode}) running: "
                     f"{shlex.join(command)}; fix and re-run the sweep to continue it"
                 )
-        finish_cell(cell.folder(sweep))
+        finish_cell(run_dir, fingerprints(sweep, cell))
         ran.append(cell.id)
     return ran
 
 
-def finish_cell(run_dir: Path) -> Path:
-    """Mark a cell done: what it trained, on how much, and where its results are."""
+def finish_cell(run_dir: Path, fingerprints: dict[str, str | None] | None = None) -> Path:
+    """Mark a cell done: what it trained, on how much, and where its results are;
+    ``fingerprints`` (of its config and eval arguments) tell later runs if it is stale."""
     summary = json.loads((run_dir / "summary.json").read_text())
     config = RunConfig.from_yaml(run_dir / "config.yaml")
     report = json.loads((run_dir / "data_report.json").read_text())
@@ -216,6 +383,7 @@ def finish_cell(run_dir: Path) -> Path:
         "seed": config.train.seed,
         "steps": summary["steps"],
         "results": [str(p) for p in [run_dir / "eval" / "results.csv"] if p.is_file()],
+        **(fingerprints or {}),
     }
     return write_atomic(run_dir / "DONE.json", json.dumps(done, indent=2).encode())
 
@@ -242,7 +410,8 @@ def slurm_script(sweep: Sweep) -> Path:
     for key in ("partition", "account", "qos"):
         if key in s:
             lines.append(f"#SBATCH --{key}={s[key]}")
-    lines += ["set -euo pipefail", "cells=("]
+    # Relative paths of the sweep file are relative to its folder.
+    lines += ["set -euo pipefail", f"cd {shlex.quote(str(sweep.root))}", "cells=("]
     lines += [f"  {shlex.quote(c.id)}" for c in pending]
     lines += [")", "cell=${cells[$SLURM_ARRAY_TASK_ID]}"]
     if nodes == 1:
@@ -258,6 +427,8 @@ def slurm_script(sweep: Sweep) -> Path:
     out = shlex.quote(str(sweep.output))
     lines.append(f'{torchrun} train --config {out}/configs/"$cell".yaml')
     if sweep.eval_args:
+        # A stale cell's or an old eval block's results must not mix with the new ones.
+        lines.append(f'rm -rf {out}/cells/"$cell"/eval')
         lines.append(
             f'python -m biovfm_core.cli.main eval {out}/cells/"$cell" '
             f'{shlex.join(sweep.eval_args)} --output {out}/cells/"$cell"/eval'
@@ -272,12 +443,12 @@ def slurm_script(sweep: Sweep) -> Path:
 
 def collect_results(sweep: Sweep) -> Path | None:
     """All finished cells' results in one table (the results schema), model facts filled in."""
-    from biovfm_core.results import read_results, write_results
+    from biovfm_core.results import one_convention, read_results, write_results
 
     rows = []
     for cell in sweep.cells():
         done_file = cell.folder(sweep) / "DONE.json"
-        if not done_file.is_file():
+        if cell_state(sweep, cell) != "done":
             continue
         done = json.loads(done_file.read_text())
         for csv_path in done["results"]:
@@ -294,4 +465,8 @@ def collect_results(sweep: Sweep) -> Path | None:
                 rows.append(row)
     if not rows:
         return None
+    by_cell: dict[str, list] = {}
+    for row in rows:
+        by_cell.setdefault(f"cell {row.model}", []).append(row)
+    one_convention(by_cell.items())  # numbers of different conventions do not compare
     return write_results(sweep.output / "results.csv", rows)

@@ -124,3 +124,10 @@ def test_example_objective_trains_on_a_real_backbone(example_site, monkeypatch):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     assert objective.eval_backbone() is backbone
+
+
+def test_example_passes_the_conformance_kit(example_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(example_site))
+    from biovfm_core.testing import check_objective
+
+    check_objective("barlow_twins")

@@ -180,3 +180,159 @@ def test_a_failing_source_stops_the_sweep_before_any_cell(tmp_path):
     with pytest.raises(ConfigError, match="verfy"):
         S.prepare(sweep, echo=lambda _: None)
     assert not sweep.index_path.exists()
+
+
+# ------------------------------------------------------- issue 16, item 8 (cheap, no training)
+
+FAKE = """
+name: fake
+output: out
+base:
+  train: {{max_steps: {steps}, batch_size: 8, device: cpu}}
+  data: {{num_workers: {workers}}}
+grid:
+  objective: [{objective}]
+  backbone: [vit_tiny]
+{extra}"""
+
+
+def fake_sweep(folder: Path, *, steps=3, workers=0, objective="mae", extra="") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sweep.yaml"
+    path.write_text(FAKE.format(steps=steps, workers=workers, objective=objective, extra=extra))
+    return path
+
+
+def dry_run(path: Path):
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+
+    return CliRunner().invoke(cli, ["sweep", str(path), "--dry-run"])
+
+
+def finished_cell(sweep: S.Sweep, cell: S.Cell, *, with_eval: str | None = None) -> Path:
+    """The files a trained cell leaves, then DONE.json as the sweep writes it."""
+    run = cell.folder(sweep)
+    (run / "export").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"steps": cell.config.train.max_steps}))
+    cell.config.save(run / "config.yaml")
+    (run / "data_report.json").write_text(json.dumps({"images": 10}))
+    (run / "export" / "backbone.json").write_text(
+        json.dumps({"biovfm": {"num_parameters": 5_500_000}})
+    )
+    if with_eval is not None:
+        from biovfm_core.results import ResultRow, write_results
+
+        row = ResultRow("m", "breastmnist", "linear", "auc", 0.8, convention=with_eval)
+        write_results(run / "eval" / "results.csv", [row])
+    S.finish_cell(run, S.fingerprints(sweep, cell))
+    return run
+
+
+def test_relative_paths_are_relative_to_the_sweep_file(tmp_path, monkeypatch):
+    path = fake_sweep(tmp_path / "study", extra="data: ['folder:imgs?verify=true', cat.yaml]\n")
+    monkeypatch.chdir(tmp_path)  # anywhere else
+    sweep = S.load_sweep("study/sweep.yaml")
+    assert sweep.output == tmp_path / "study" / "out"
+    assert sweep.data == [
+        f"folder:{tmp_path / 'study' / 'imgs'}?verify=true",
+        str(tmp_path / "study" / "cat.yaml"),
+    ]
+    assert sweep.cells()[0].config.data.index == str(tmp_path / "study" / "out" / "index.npz")
+    assert path.parent == sweep.root
+
+
+def test_dry_run_rejects_an_unknown_objective_with_did_you_mean(tmp_path):
+    result = dry_run(fake_sweep(tmp_path, objective="mea"))
+    assert result.exit_code == 2
+    assert "unknown objective 'mea'; did you mean 'mae'?" in result.output
+
+
+def test_a_wrong_eval_block_is_never_ignored(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key eval\.protocl.*takes `args:`"):
+        S.load_sweep(fake_sweep(tmp_path, extra="eval: {protocl: linear}\n"))
+    with pytest.raises(ConfigError, match=r"unknown key eval\.arg; did you mean eval\.args\?"):
+        S.load_sweep(fake_sweep(tmp_path, extra="eval: {arg: [--protocol, linear]}\n"))
+    result = dry_run(fake_sweep(tmp_path, extra="eval: {args: [--protocl, linear]}\n"))
+    assert result.exit_code == 2
+    assert (
+        "eval.args are not valid `biovfm eval` arguments: No such option '--protocl'. "
+        "Did you mean '--protocol'?"
+    ) in result.output
+    result = dry_run(fake_sweep(tmp_path, extra="eval: {args: [--protocol, lineer]}\n"))
+    assert result.exit_code == 2 and "'lineer' is not one of" in result.output
+
+
+def test_a_cell_whose_config_changed_is_stale_not_done(tmp_path):
+    path = fake_sweep(tmp_path, steps=3)
+    sweep = S.load_sweep(path)
+    finished_cell(sweep, sweep.cells()[0])
+    assert "1 cells, 1 done" in dry_run(path).output
+    # A runtime-only change (loader workers) leaves it done ...
+    assert S.cell_state(S.load_sweep(fake_sweep(tmp_path, workers=2)), sweep.cells()[0]) == "done"
+    # ... a change of what it computes does not.
+    path = fake_sweep(tmp_path, steps=4)
+    result = dry_run(path)
+    assert result.exit_code == 0, result.output
+    assert "stale      objective=mae,backbone=vit_tiny" in result.output
+    assert "1 cells, 1 stale" in result.output
+
+
+def run_recorded(sweep: S.Sweep, monkeypatch) -> list[tuple[list[str], Path]]:
+    """run_local with the cells' commands recorded instead of run."""
+    calls = []
+
+    def fake_run(command, check, cwd):
+        calls.append((command, cwd))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(S.subprocess, "run", fake_run)
+    sweep.output.mkdir(parents=True, exist_ok=True)
+    sweep.index_path.write_bytes(b"")  # the shared index exists: prepare() keeps it
+    S.run_local(sweep, echo=lambda _: None)
+    return calls
+
+
+def test_an_eval_block_added_later_evaluates_finished_cells_only(tmp_path, monkeypatch):
+    sweep = S.load_sweep(fake_sweep(tmp_path))
+    run = finished_cell(sweep, sweep.cells()[0])
+    extra = "eval: {args: [--benchmark, 'medmnist:b.npz', --protocol, knn]}\n"
+    sweep = S.load_sweep(fake_sweep(tmp_path, extra=extra))
+    assert S.cell_state(sweep, sweep.cells()[0]) == "needs eval"
+    assert "needs eval" in dry_run(tmp_path / "sweep.yaml").output
+    calls = run_recorded(sweep, monkeypatch)
+    assert [c[0][3:] for c in calls] == [
+        ["eval", str(run), "--benchmark", "medmnist:b.npz", "--protocol", "knn",
+         "--output", f"{run}/eval"]
+    ]  # fmt: skip
+    assert calls[0][1] == tmp_path  # run in the sweep file's folder
+    assert S.cell_state(sweep, sweep.cells()[0]) == "done"
+
+
+def test_a_stale_cell_trains_again_and_drops_its_old_results(tmp_path, monkeypatch):
+    extra = "eval: {args: [--benchmark, 'medmnist:b.npz']}\n"
+    sweep = S.load_sweep(fake_sweep(tmp_path, steps=3, extra=extra))
+    run = finished_cell(sweep, sweep.cells()[0], with_eval="study")
+    sweep = S.load_sweep(fake_sweep(tmp_path, steps=4, extra=extra))
+    calls = run_recorded(sweep, monkeypatch)
+    assert [c[0][3] for c in calls] == ["train", "eval"]
+    assert not (run / "eval").exists()  # the old config's results are gone
+    assert json.loads((run / "DONE.json").read_text())["config_fingerprint"] == (
+        S.config_fingerprint(sweep.cells()[0].config)
+    )
+
+
+def test_results_of_mixed_metric_conventions_are_not_merged(tmp_path):
+    extra = "eval: {args: [--benchmark, 'medmnist:b.npz']}\n"
+    path = fake_sweep(tmp_path, extra=extra).read_text().replace("[mae]", "[mae, dinov2]")
+    (tmp_path / "sweep.yaml").write_text(path)
+    sweep = S.load_sweep(tmp_path / "sweep.yaml")
+    first, second = sweep.cells()
+    finished_cell(sweep, first, with_eval="study")
+    finished_cell(sweep, second, with_eval="medmnist")
+    with pytest.raises(
+        ConfigError, match=r"different metric conventions.*study: cell objective=mae"
+    ):
+        S.collect_results(sweep)
+    assert not (sweep.output / "results.csv").exists()

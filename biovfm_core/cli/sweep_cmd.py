@@ -27,28 +27,33 @@ def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: 
 
     Every cell reads one shared data index, so objectives are compared on the same
     images. Finished cells are skipped and an interrupted cell resumes from its last
-    checkpoint: re-run the same command to continue. The results of all finished
+    checkpoint: re-run the same command to continue. A finished cell whose config
+    changed is stale and trains again; one whose eval block was added or changed is
+    only evaluated. Relative paths in SWEEP_FILE are relative to its folder. The results of all finished
     cells are collected into OUTPUT/results.csv for `biovfm analyze`.
     """
     from biovfm_core import sweep as S
 
     plan = S.load_sweep(sweep_file)
     cells = plan.cells()
+    if not finish:
+        S.check_sweep(plan)  # unknown plugins, options or eval arguments: before any cell
     if finish:
         match = [c for c in cells if c.id == finish]
         if not match:
             raise click.BadParameter(
                 f"no cell {finish!r} in {sweep_file}", param_hint="--finish-cell"
             )
-        click.echo(f"done: {S.finish_cell(match[0].folder(plan))}")
+        click.echo(f"done: {S.finish_cell(match[0].folder(plan), S.fingerprints(plan, match[0]))}")
         return
     if dry_run:
-        for cell in cells:
-            state = "done" if S.is_done(plan, cell) else "to run"
-            click.echo(f"{state:7} {cell.id}")
-        click.echo(
-            f"{len(cells)} cells, {sum(S.is_done(plan, c) for c in cells)} done; output {plan.output}"
+        states = [S.cell_state(plan, cell) for cell in cells]
+        for cell, state in zip(cells, states, strict=True):
+            click.echo(f"{state:10} {cell.id}")
+        counts = ", ".join(
+            f"{states.count(s)} {s}" for s in ("done", "stale", "needs eval") if s in states
         )
+        click.echo(f"{len(cells)} cells, {counts or '0 done'}; output {plan.output}")
         return
     if scheduler == "slurm":
         script = S.slurm_script(plan)

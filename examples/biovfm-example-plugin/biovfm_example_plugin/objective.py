@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import nn
 
+from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import Backbone, Batch, ObjectiveBase, StepInfo, TaskInfo, ViewSpec
 
 
 class BarlowTwins(ObjectiveBase, nn.Module):
     """Barlow Twins: make the cross-correlation of two views' embeddings the identity.
 
-    Options: ``projection_dim`` (width of the projector), ``lambda_offdiag`` (weight of
-    the redundancy-reduction term), ``image_size`` (side of both global crops).
+    Options
+    -------
+    projection_dim: width of the projector's three layers.
+    lambda_offdiag: weight of the redundancy-reduction (off-diagonal) term.
+    image_size: side of both global crops in pixels.
     """
 
     def __init__(
@@ -29,6 +31,12 @@ class BarlowTwins(ObjectiveBase, nn.Module):
         image_size: int = 224,
     ) -> None:
         super().__init__()
+        # Types are checked by biovfm; ranges are the objective's to check. A
+        # ConfigError is shown to the user as one line, without a traceback.
+        if projection_dim < 1:
+            raise ConfigError(f"barlow_twins: projection_dim must be >= 1, got {projection_dim}")
+        if lambda_offdiag < 0:
+            raise ConfigError(f"barlow_twins: lambda_offdiag must be >= 0, got {lambda_offdiag}")
         self.backbone = backbone
         self.projector = BarlowTwinsProjectionHead(
             backbone.embed_dim, projection_dim, projection_dim
@@ -41,9 +49,6 @@ class BarlowTwins(ObjectiveBase, nn.Module):
         z_a = self.projector(self.backbone.forward_tokens(first).cls)
         z_b = self.projector(self.backbone.forward_tokens(second).cls)
         return {"loss": self.criterion(z_a, z_b)}
-
-    def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
-        return {}
 
     def eval_backbone(self) -> Backbone:
         return self.backbone

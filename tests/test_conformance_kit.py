@@ -1,0 +1,268 @@
+"""The plugin conformance kit (`biovfm_core.testing`): the built-in plugins pass it,
+and plugins that break the protocol fail it with a message saying what to change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biovfm_core.errors import BadImageError
+from biovfm_core.protocols import ObjectiveBase, SampleRecord, ViewSpec
+from biovfm_core.testing import (
+    ConformanceError,
+    check_augmentation,
+    check_backbone,
+    check_objective,
+    check_reader,
+)
+
+# The CPU presets, made smaller still so each check takes about a second.
+TINY = {
+    "dinov2": {
+        "global_size": 32, "local_size": 16, "local_crops": 2, "prototypes": 64,
+        "head_hidden_dim": 64, "ibot_head_n_prototypes": 64, "ibot_head_hidden_dim": 64,
+    },
+    "mae": {"image_size": 32},
+    "supervised": {"image_size": 32},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["dinov2", "mae", "supervised"])
+def test_builtin_objectives_pass_the_kit(name):
+    check_objective(name, options=TINY[name])
+
+
+def test_builtin_backbone_passes_the_kit():
+    check_backbone("vit_tiny")
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "ct", "mr", "xray", "microscopy", "us", "fundus", "dermoscopy"]
+)
+def test_builtin_recipes_pass_the_kit(name):
+    check_augmentation(name)
+
+
+def _png_folder(root: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    root.mkdir()
+    Image.fromarray(data.camera()[::8, ::8]).save(root / "camera.png")
+    Image.fromarray(data.retina()[::16, ::16]).save(root / "retina.png")
+    return root
+
+
+def _dicom_file(root: Path) -> Path:
+    from biovfm_readers.demo import pydicom_test_dir
+
+    root.mkdir()
+    shutil.copyfile(os.path.join(pydicom_test_dir(), "CT_small.dcm"), root / "ct.dcm")
+    return root
+
+
+def _nifti_file(root: Path) -> Path:
+    import nibabel as nib
+
+    root.mkdir()
+    volume = np.random.default_rng(0).integers(0, 1000, size=(16, 16, 3)).astype(np.int16)
+    path = root / "brain.nii"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
+    return path
+
+
+def _medmnist_file(root: Path) -> Path:
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = rng.integers(0, 255, size=(4, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(4) % 2).reshape(-1, 1)
+    path = root / "breastmnist.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("folder", _png_folder),
+        ("dicom", _dicom_file),
+        ("nifti", _nifti_file),
+        ("medmnist", _medmnist_file),
+    ],
+)
+def test_builtin_readers_pass_the_kit(tmp_path, name, make):
+    # The kit truncates a copy of the first file and expects BadImageError from load().
+    check_reader(name, make(tmp_path / "data"))
+
+
+# ----------------------------------------------------- plugins that break the rules
+
+
+def _objective_class(**overrides):
+    import torch
+    from torch import nn
+
+    class Tiny(ObjectiveBase, nn.Module):
+        def __init__(self, backbone, task, *, scale: float = 1.0):
+            super().__init__()
+            self.backbone = backbone
+            self.head = nn.Linear(backbone.embed_dim, 4)
+            self.views = ViewSpec(global_crops=2, global_size=32, local_crops=0)
+            self.calls = 0
+
+        def training_step(self, batch, info):
+            z = self.head(self.backbone.forward_tokens(batch.global_views[0]).cls)
+            return {"loss": (z.pow(2).mean() + 1.0) * torch.ones(())}
+
+        def eval_backbone(self):
+            return self.backbone
+
+    for key, value in overrides.items():
+        setattr(Tiny, key, value)
+    return Tiny
+
+
+def test_a_conforming_minimal_objective_passes():
+    check_objective(_objective_class())
+
+
+def test_a_detached_loss_is_named():
+    def training_step(self, batch, info):
+        z = self.head(self.backbone.forward_tokens(batch.global_views[0]).cls.detach())
+        return {"loss": z.pow(2).mean()}
+
+    with pytest.raises(ConformanceError, match=r"no gradient on the backbone.*without detaching"):
+        check_objective(_objective_class(training_step=training_step))
+
+
+def test_state_outside_the_state_dict_breaks_resumption():
+    def training_step(self, batch, info):
+        self.calls += 1  # a Python counter: not in state_dict, lost on resume
+        z = self.head(self.backbone.forward_tokens(batch.global_views[0]).cls)
+        return {"loss": z.pow(2).mean() * self.calls}
+
+    with pytest.raises(ConformanceError, match=r"state_dict round trip.*parameters or buffers"):
+        check_objective(_objective_class(training_step=training_step))
+
+
+def test_a_non_scalar_loss_is_named():
+    def training_step(self, batch, info):
+        return {"loss": self.head(self.backbone.forward_tokens(batch.global_views[0]).cls)}
+
+    with pytest.raises(ConformanceError, match=r"0-dim tensor \(reduce with .mean\(\)"):
+        check_objective(_objective_class(training_step=training_step))
+
+
+def test_an_eval_backbone_of_the_wrong_kind_is_named():
+    def eval_backbone(self):
+        return self.head
+
+    with pytest.raises(ConformanceError, match=r"eval_backbone.*attribute embed_dim"):
+        check_objective(_objective_class(eval_backbone=eval_backbone))
+
+
+def test_options_without_type_hint_or_preset_typos_are_the_plugins_fault():
+    def no_hint(backbone, task, *, scale=1.0):
+        raise AssertionError("not built")
+
+    with pytest.raises(ConformanceError, match=r"option 'scale'.*no type hint.*annotate"):
+        check_objective(no_hint)
+    with pytest.raises(ConformanceError, match=r"'cpu' preset.*unknown option objective.scael"):
+        check_objective(_objective_class(), preset={"scael": 2.0})
+
+
+def test_a_default_that_does_not_survive_opt_is_named():
+    def bad_default(backbone, task, *, sizes: tuple[int, int] = (1, 2, 3)):
+        raise AssertionError("not built")
+
+    with pytest.raises(
+        ConformanceError, match=r"--opt objective.sizes=\[1, 2, 3\], is rejected.*must have 2 items"
+    ):
+        check_objective(bad_default)
+
+
+class GlobalRandomRecipe:
+    """Crops from numpy's global generator: not reproducible from the seed."""
+
+    def __init__(self, views):
+        self.views = views
+
+    def sample_views(self, image, record, rng):
+        def view(size):
+            value = np.float32(np.random.random())
+            return np.full((3, size, size), value, np.float32)
+
+        v = self.views
+        return {
+            "global": [view(v.global_size) for _ in range(v.global_crops)],
+            "local": [view(v.local_size) for _ in range(v.local_crops)],
+        }
+
+    def batch_transform(self, batch):
+        return batch
+
+
+def test_a_recipe_using_global_randomness_is_named():
+    with pytest.raises(ConformanceError, match=r"draw every random choice from the `rng`"):
+        check_augmentation(GlobalRandomRecipe)
+
+
+class NpyReader:
+    """A `.npy` folder reader in the manner of issue 16's author."""
+
+    def __init__(self, location, tags, *, strict_errors: bool = True):
+        self.location, self.tags, self.strict_errors = str(location), tags, strict_errors
+
+    def scan(self):
+        for name in sorted(os.listdir(self.location)):
+            yield SampleRecord(
+                os.path.join(self.location, name), self.tags.source, self.tags.modality
+            )
+
+    def load(self, record):
+        try:
+            return np.load(record.uri)
+        except ValueError as exc:
+            if self.strict_errors:
+                raise BadImageError(record.uri, str(exc)) from None
+            raise
+
+
+def _npy_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "npy"
+    folder.mkdir(parents=True)
+    np.save(folder / "a.npy", np.arange(64, dtype=np.float32).reshape(8, 8))
+    return folder
+
+
+def test_a_reader_passing_the_modality_placeholder_on_is_named(tmp_path):
+    with pytest.raises(ConformanceError, match=r"modality 'auto'.*exactly one id"):
+        check_reader(NpyReader, _npy_folder(tmp_path))
+    check_reader(NpyReader, _npy_folder(tmp_path / "x"), modality="ct")
+
+
+def test_a_reader_raising_other_errors_on_a_broken_file_is_named(tmp_path):
+    folder = _npy_folder(tmp_path)
+    with pytest.raises(ConformanceError, match=r"raised ValueError.*raise biovfm_core.errors"):
+        check_reader(NpyReader, folder, modality="ct", options={"strict_errors": False})
+
+
+def test_a_broken_file_can_be_given(tmp_path):
+    folder = _npy_folder(tmp_path)
+
+    def write_broken(where: Path) -> Path:
+        (where / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        return where / "bad.npy"
+
+    check_reader(NpyReader, folder, modality="ct", broken=write_broken)
+
+
+def test_an_unregistered_name_says_how_to_register_it():
+    with pytest.raises(ConformanceError, match=r"did you mean 'mae'\?.*pip install -e \."):
+        check_objective("mea")
