@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from biovfm_core.errors import ConfigError
+from biovfm_core.errors import ConfigError, PluginError
 
 
 @dataclass
@@ -73,7 +73,10 @@ def load_model(
         torch.manual_seed(seed)
         try:
             backbone = registry.build("backbones", spec, options=options)
-        except OSError as exc:  # huggingface_hub's offline / not-found errors
+        except PluginError as wrapped:
+            exc = wrapped.__cause__
+            if not isinstance(exc, OSError):  # huggingface_hub's offline / not-found errors
+                raise
             raise ConfigError(
                 f"{spec}: cannot get timm's pretrained weights ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:200]}); this machine cannot download them. "
