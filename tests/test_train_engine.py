@@ -218,17 +218,24 @@ def _tiny_config(tmp_path: Path, **changes) -> RunConfig:
     return config
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_the_run_and_names_a_confirmed_checkpoint(tmp_path):
     registry = get_registry()
     registry.add_plugin(_NaNPlugin(), name="nan_plugin")
-    with pytest.raises(TrainingDiverged) as excinfo:
-        train(_tiny_config(tmp_path, **{"options.objective.nan_at": 3}), registry, progress=False)
+    with pytest.raises(TrainingDiverged) as excinfo:  # 0-based step 4 is metrics.csv's 5
+        train(_tiny_config(tmp_path, **{"options.objective.nan_at": 4}), registry, progress=False)
     message = str(excinfo.value)
-    assert "not finite at step 3" in message and "step_00000002" in message
     run = tmp_path / "run"
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002"]
+    assert [r["step"] for r in read_metrics(run)] == ["1", "2", "3", "4"]
+    assert "not finite at step 5" in message
+    # step_2 was followed by 2 finite steps (checkpoint_every); step_4 by none, so it
+    # is not vouched for: weights can explode a step before the loss turns NaN.
+    good = run / "checkpoints" / "step_00000002"
+    assert f"Last good checkpoint: {good}" in message and f"--resume {good}" in message
+    assert "newer step_00000004" in message
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+    assert ckpt.is_confirmed(good) and not ckpt.is_confirmed(run / "checkpoints" / "step_00000004")
     weights, state = final_state(run)
-    assert state["step"] == 2
+    assert state["step"] == 4
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not list((run / "checkpoints").glob(".tmp*"))
 
