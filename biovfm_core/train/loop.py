@@ -860,9 +860,7 @@ class _Trainer:
     # ------------------------------------------------------------ output
 
     def _progress_bar(self, step: int, total: int):
-        # Redirected output, or a terminal that reports 0 columns (where tqdm prints
-        # nothing at all), gets plain progress lines instead.
-        if not (self.progress and sys.stderr.isatty() and _terminal_columns() > 0):
+        if not (self.progress and wants_progress_bar()):
             return None
         from tqdm import tqdm
 
@@ -933,11 +931,16 @@ def _short(key: str) -> str:
     return key.removesuffix("_loss")
 
 
-def _terminal_columns() -> int:
+def wants_progress_bar() -> bool:
+    """A live bar only on a terminal that reports its width.
+
+    Redirected output, or a terminal with 0 columns (where tqdm prints nothing at
+    all), gets plain progress lines with an ETA instead.
+    """
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return sys.stderr.isatty() and os.get_terminal_size(sys.stderr.fileno()).columns > 0
     except (AttributeError, OSError, ValueError):
-        return 0
+        return False
 
 
 def _step_of(path: Path) -> int:
