@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_engine import _NaNPlugin, _tiny_config, read_metrics
 
+from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.registry import get_registry
@@ -30,10 +31,35 @@ from biovfm_core.train.loop import BadDataError, train
 from biovfm_core.train.runlock import LOCK_NAME, RunFolderBusy, RunLock
 
 
+def _micro_vit():
+    """A 2-block, 32-wide ViT: what these tests train needs no more, and it builds fast."""
+    from biovfm_timm.vit import ViTBackbone
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(
+        img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=0,
+        dynamic_img_size=True,
+    )  # fmt: skip
+    return ViTBackbone(vit, name="micro_vit")
+
+
+class _MicroPlugin:
+    @hookimpl
+    def biovfm_register_backbones(self, register):
+        register("micro_vit", _micro_vit)
+
+
 def _registry():
     registry = get_registry()
     registry.add_plugin(_NaNPlugin(), name="nan_plugin")
+    registry.add_plugin(_MicroPlugin(), name="micro_plugin")
     return registry
+
+
+def _micro_config(tmp_path: Path, **changes) -> RunConfig:
+    config = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, **changes})
+    config.backbone = "micro_vit"
+    return config
 
 
 def _dead_pid() -> int:
@@ -256,7 +282,7 @@ def test_an_interrupted_prune_leaves_no_half_checkpoint(tmp_path, monkeypatch):
 
 def test_resume_falls_back_past_a_corrupt_newest_and_takes_an_explicit_older(tmp_path, capsys):
     registry = _registry()
-    base = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 4})
+    base = _micro_config(tmp_path, **{"train.max_steps": 4})
     train(base, registry, progress=False)
     run = tmp_path / "run"
     newest = run / "checkpoints" / "step_00000004"
@@ -268,7 +294,7 @@ def test_resume_falls_back_past_a_corrupt_newest_and_takes_an_explicit_older(tmp
     (newest / "model.safetensors").write_bytes(data[: len(data) // 2])
     dead_tmp = run / "checkpoints" / f".tmp-step_00000006-{_dead_pid()}"
     dead_tmp.mkdir()
-    resumed = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 4})
+    resumed = _micro_config(tmp_path, **{"train.max_steps": 4})
     resumed.resume = str(run)
     assert train(resumed, registry, progress=True).steps == 4
     err = capsys.readouterr().err
@@ -280,7 +306,7 @@ def test_resume_falls_back_past_a_corrupt_newest_and_takes_an_explicit_older(tmp
         torch.testing.assert_close(again[key], value, rtol=0, atol=0)
 
     # An explicit older checkpoint: the newer one moves aside instead of outranking it.
-    explicit = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 3})
+    explicit = _micro_config(tmp_path, **{"train.max_steps": 3})
     explicit.resume = str(run / "checkpoints" / "step_00000002")
     assert train(explicit, registry, progress=False).steps == 3
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002", "step_00000003"]
@@ -309,10 +335,7 @@ def test_a_source_whose_every_image_fails_stops_instead_of_hanging(tmp_path):
     whole = (tmp_path / "good.png").read_bytes()
     for i in range(12):  # headers intact, pixel data cut: indexed, then fails to decode
         (folder / f"scan_{i:02d}.png").write_bytes(whole[: len(whole) // 3])
-    config = _tiny_config(
-        tmp_path,
-        **{"options.objective.nan_at": 100, "data.sources": [f"folder:{folder}?modality=ct"]},
-    )
+    config = _micro_config(tmp_path, **{"data.sources": [f"folder:{folder}?modality=ct"]})
 
     def hung(signum, frame):
         raise TimeoutError("training on undecodable images did not stop")
