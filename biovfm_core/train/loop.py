@@ -217,18 +217,16 @@ class _Trainer:
             self._claim_folder()
             resumed = self._resume_checkpoint()
             if self.rt.is_main:
-                self._set_aside_newer(resumed)
                 self.config.save(self.run_dir / "config.yaml")
             self.rt.barrier()
             parts = self._set_up(resumed)
             self._loop(parts)
             return self._finish(parts)
         except OSError as exc:
+            self._abandon()
             reason = ckpt.write_failure_reason(exc)
             if reason is None:
-                self._abandon()
                 raise
-            self._abandon()
             where = exc.filename or self.run_dir
             raise BiovfmError(
                 f"cannot write {where} (run folder {self.run_dir}): {reason}. Choose a "
@@ -268,7 +266,9 @@ class _Trainer:
 
     def _abandon(self) -> None:
         """A run that failed before its first step leaves no folder it created behind."""
-        if not (self.rt.is_main and self.created_folder and self.steps_done == 0):
+        # Only while holding the lock: a process that lost the race for a new folder
+        # must not remove the winner's.
+        if not (self.lock is not None and self.created_folder and self.steps_done == 0):
             return
         if ckpt.list_checkpoints(self.run_dir):
             return
@@ -327,6 +327,8 @@ class _Trainer:
         )
         if resumed is not None:
             parts.step, parts.epoch, parts.batch_in_epoch = self._restore(resumed, parts)
+            if rt.is_main:
+                self._set_aside_newer(resumed)
         else:
             torch.manual_seed(cfg.train.seed + rt.rank)  # per-rank masks and drop-path
 
