@@ -115,6 +115,19 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_host_is_not(tmp_path):
         RunLock(tmp_path).acquire()
 
 
+def test_a_killed_but_unreaped_holder_counts_as_dead():
+    from biovfm_core.train.runlock import pid_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        assert not pid_alive(child.pid)
+    finally:
+        child.wait()
+
+
 def test_default_run_names_differ_within_one_second(monkeypatch):
     monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20260101-120000")
     config = RunConfig(objective="dinov2", backbone="vit_tiny")

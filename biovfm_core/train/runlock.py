@@ -37,7 +37,13 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return True
+    # A killed process whose parent has not reaped it yet (in a container, PID 1 may
+    # never reap) still answers signals, but it writes nothing any more.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
 class RunLock:
