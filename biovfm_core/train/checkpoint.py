@@ -371,9 +371,8 @@ def describe_stored_vit(stored: dict[str, Any]) -> str | None:
     named[1536] = "vit_giant"
     guess = named.get(width)
     return (
-        f"embed dim {width}, depth {depth}, patch size {_shape(stored[patch])[-1]}, "
-        f"{channels} input channels"
-        + (f" (as {guess} with patch_size={patch_size})" if guess else "")
+        f"embed dim {width}, depth {depth}, patch size {patch_size}, {channels} input channels"
+        + (f" (as --backbone {guess} --opt backbone.patch_size={patch_size})" if guess else "")
     )
 
 
