@@ -412,24 +412,40 @@ def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
 def test_a_slow_loader_is_measured_and_named(tmp_path, monkeypatch, capsys):
     from biovfm_core.train import loop
 
-    real_make_loader = loop.make_loader
+    # A fake clock, so the measured shares do not depend on how busy the machine is:
+    # each batch costs 0.4 s of waiting, the rest of each step 0.1 s.
+    now = [0.0]
+    monkeypatch.setattr(loop, "_clock", lambda: now[0])
+    real_make_loader, real_schedule = loop.make_loader, loop.apply_schedule
 
     def slow_loader(*args, **kwargs):
         for batch in real_make_loader(*args, **kwargs):
-            time.sleep(0.4)  # storage far slower than the model
+            now[0] += 0.4  # storage far slower than the model
             yield batch
 
+    def timed_schedule(*args, **kwargs):
+        now[0] += 0.1
+        return real_schedule(*args, **kwargs)
+
     monkeypatch.setattr(loop, "make_loader", slow_loader)
+    monkeypatch.setattr(loop, "apply_schedule", timed_schedule)
     registry = get_registry()
     registry.add_plugin(_NaNPlugin(), name="nan_plugin")
-    config = _tiny_config(tmp_path, **{"options.objective.nan_at": 100, "train.max_steps": 4})
-    train(config, registry, progress=True)
+    config = _tiny_config(
+        tmp_path,
+        **{"options.objective.nan_at": 100, "train.max_steps": 4, "train.log_every": 1},
+    )
+    train(config, registry, progress=True)  # captured stderr is no terminal: plain lines
     rows = read_metrics(tmp_path / "run")
-    assert all(float(r["data_wait_s"]) >= 0.4 for r in rows)
+    assert [float(r["data_wait_s"]) for r in rows] == pytest.approx([0.4] * 4)
+    assert [float(r["images_per_s"]) for r in rows] == pytest.approx([4 / 0.5] * 4)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["data_wait_fraction"] > 0.5  # sleeping 0.4 s against a tiny ViT's step
+    assert summary["data_wait_fraction"] == pytest.approx(0.8)
     err = capsys.readouterr().err
-    assert "waiting for data" in err and "the loader held training up" in err
+    assert "80% waiting for data" in err and "the loader held training up: 80%" in err
+    # 2 of 4 steps done after 1.0 s: 1 s to go.
+    assert "step 2/4 (50%) loss" in err and "waiting for data, ETA 1s\n" in err
+    assert "step 4/4 (100%)" in err and "ETA 0s" in err
 
 
 def test_loader_wait_leaves_out_the_first_step():

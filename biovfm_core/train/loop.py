@@ -60,6 +60,9 @@ class RunResult:
     rank_checksums: list[float] = field(default_factory=list)
 
 
+# The loop's clock for speeds, data waits and ETAs; tests replace it with a fake one.
+_clock = time.perf_counter
+
 # Above this share of the time spent waiting for batches, a run says it is loader-bound.
 LOADER_BOUND = 0.10
 
@@ -364,7 +367,7 @@ class _Trainer:
         stream = self._batches(p.data, p.micro, p.epoch, p.batch_in_epoch)
         step, total_steps = p.step, p.total_steps
         bar = self._progress_bar(step, total_steps)
-        started = tick = time.perf_counter()
+        started = tick = _clock()
         first_step = step
         profiler = StepProfiler(
             self.run_dir, cfg.train.profile_steps, rt.device.type, enabled=rt.is_main
@@ -377,7 +380,7 @@ class _Trainer:
                 step += 1
                 self.steps_done += 1
 
-                now = time.perf_counter()
+                now = _clock()
                 seconds, tick = now - tick, now
                 self.feed.add(waited, seconds)
                 with profiler.phase("log+checkpoint"):
@@ -496,10 +499,10 @@ class _Trainer:
         parts: dict[str, torch.Tensor] = {}
         waited = 0.0
         for m in range(cfg.optim.accumulate):
-            start_wait = time.perf_counter()
+            start_wait = _clock()
             with profiler.phase("data"):
                 batch = next(stream)
-                waited += time.perf_counter() - start_wait
+                waited += _clock() - start_wait
                 batch = batch.to(rt.device)
             with profiler.phase("augment"):
                 batch = data.batch_recipe.batch_transform(batch)
