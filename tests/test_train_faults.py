@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_engine import _NaNPlugin, _tiny_config, read_metrics
+from test_train_engine import _NaNAfter, _NaNPlugin, _tiny_config, read_metrics
 
 from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
@@ -43,10 +43,23 @@ def _micro_vit():
     return ViTBackbone(vit, name="micro_vit")
 
 
+class _Poisoned(_NaNAfter):
+    """Finite losses and gradients, but the update at 0-based step 1 leaves an inf weight."""
+
+    def before_optimizer_step(self, info):
+        if info.step == 1:
+            with torch.no_grad():
+                next(self.parameters()).view(-1)[0] = float("inf")
+
+
 class _MicroPlugin:
     @hookimpl
     def biovfm_register_backbones(self, register):
         register("micro_vit", _micro_vit)
+
+    @hookimpl
+    def biovfm_register_objectives(self, register):
+        register("poisoned", _Poisoned)
 
 
 def _registry():
@@ -162,6 +175,15 @@ def test_non_finite_weights_are_never_written(tmp_path):
             tmp_path, 2, {"w": torch.tensor([1.0, float("nan")])}, {"step": 2}, keep_last=3
         )
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000001"]
+
+
+def test_a_run_whose_weights_turn_non_finite_writes_no_checkpoint_of_them(tmp_path):
+    config = _micro_config(tmp_path, **{"train.max_steps": 4})
+    config.objective = "poisoned"
+    with pytest.raises(loop.TrainingDiverged, match="weights are not finite after step 2"):
+        train(config, _registry(), progress=False)
+    assert ckpt.list_checkpoints(tmp_path / "run") == []
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*"))
 
 
 def test_unreadable_checkpoints_get_one_line_errors_naming_the_file(tmp_path):
