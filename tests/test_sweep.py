@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -127,15 +128,17 @@ def test_tiny_real_sweep_end_to_end_with_interruption_and_report(tmp_path, objec
     assert len(cells) == 2 * len(objectives)
 
     # Kill the sweep once the second cell has written a checkpoint.
+    # In its own session, so the kill takes its training child too (as a job
+    # scheduler's would): an orphaned child would still own its run folder.
     victim = subprocess.Popen(
         [sys.executable, "-m", "biovfm_core.cli.main", "sweep", str(path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     second = out / "cells" / cells[1] / "checkpoints"
     deadline = time.time() + 900  # a hang guard only
     while victim.poll() is None and time.time() < deadline and not any(second.glob("step_*")):
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     assert (out / "cells" / cells[0] / "DONE.json").is_file()
     assert not (out / "cells" / cells[1] / "DONE.json").is_file()

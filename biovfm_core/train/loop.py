@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +41,7 @@ from biovfm_core.train.export import export_backbone
 from biovfm_core.train.metrics import MetricsLog
 from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
 from biovfm_core.train.profiling import StepProfiler
+from biovfm_core.train.runlock import RunLock
 
 DEFAULT_EPOCHS = 100  # DINOv2's and a common MAE schedule length, when none is given
 
@@ -55,6 +59,9 @@ class RunResult:
     last: dict[str, float] = field(default_factory=dict)
     rank_checksums: list[float] = field(default_factory=list)
 
+
+# The loop's clock for speeds, data waits and ETAs; tests replace it with a fake one.
+_clock = time.perf_counter
 
 # Above this share of the time spent waiting for batches, a run says it is loader-bound.
 LOADER_BOUND = 0.10
@@ -102,9 +109,15 @@ def run_folder(config: RunConfig) -> Path:
     if config.resume:
         path = Path(config.resume)
         # A checkpoint folder's run is two levels up: RUN/checkpoints/step_N.
-        return path.parent.parent if (path / "state.pt").is_file() else path
-    name = config.name or f"{config.objective}-{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(config.output) / name
+        explicit = (path / "state.pt").is_file() or ckpt.is_checkpoint_folder(path)
+        return path.parent.parent if explicit else path
+    return Path(config.output) / (config.name or default_run_name(config))
+
+
+def default_run_name(config: RunConfig) -> str:
+    # A time stamp alone collides: sweeps and job arrays start runs in the same second.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{config.objective}-{config.backbone}-{stamp}-{secrets.token_hex(2)}"
 
 
 def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResult:
@@ -127,10 +140,18 @@ def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResu
 def check_resume_names(config: RunConfig) -> None:
     # Before option checks: "this checkpoint is a DINOv2 run" says more than
     # "unknown option prototypes for mae".
-    found = ckpt.latest_checkpoint(Path(config.resume))
-    if found is None:
+    candidates = ckpt.resume_candidates(Path(config.resume))
+    if not candidates:
         raise ConfigError(f"--resume {config.resume}: no checkpoint found there")
-    held = ckpt.read_meta(found)
+    held, problem = None, None
+    for found in candidates:  # a corrupt newest checkpoint is passed over later, too
+        try:
+            held = ckpt.read_meta(found)
+            break
+        except ConfigError as exc:
+            problem = exc
+    if held is None:
+        raise problem
     if (held.get("objective"), held.get("backbone")) != (config.objective, config.backbone):
         raise ConfigError(
             f"checkpoint {found} holds objective {held.get('objective')!r} on backbone "
@@ -140,27 +161,127 @@ def check_resume_names(config: RunConfig) -> None:
         )
 
 
+# A checkpoint counts as good once the loss stayed finite this many steps after it
+# (at most until the next checkpoint): weights can explode a step before the loss
+# turns NaN, so the newest checkpoint before a divergence may already be poisoned.
+CONFIRM_STEPS = 10
+
+# Images that failed to decode in a row (no usable image in between) before the run
+# stops: a run whose every image is unreadable would otherwise wait forever for a
+# usable batch. Capped by the data size, so a small broken source stops within an epoch.
+MAX_FAILED_IN_A_ROW = 1000
+
+
+class BadDataError(BiovfmError):
+    """The data stream yields no usable images."""
+
+
+@dataclass
+class _Parts:
+    """What set-up builds and the loop and finish use."""
+
+    data: Any
+    backbone: Any
+    objective: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    plan: Any
+    identity: ckpt.Identity
+    micro: int
+    steps_per_epoch: int
+    total_steps: int
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    metrics: MetricsLog | None = None
+
+
 class _Trainer:
     def __init__(self, config: RunConfig, registry, runtime: D.Runtime, progress: bool) -> None:
         self.config = config
         self.registry = registry
         self.rt = runtime
         self.progress = progress and runtime.is_main
-        self.run_dir = run_folder(config)
+        self.run_dir = self._agree(run_folder(config))
         self.position = [0, 0]  # (epoch, loader batches consumed in it)
         self.bad_images = 0
         self.bad_entries: list[tuple[str, str]] = []
+        self.failed_in_a_row: list[tuple[str, str]] = []
+        self.lock: RunLock | None = None
+        self.created_folder = False
+        self.steps_done = 0  # by this process
+        self.unconfirmed: tuple[Path, int] | None = None  # (checkpoint, its step)
+        self.feed = LoaderWait()
+        self.last: dict[str, float] = {}
+
+    def run(self) -> RunResult:
+        try:
+            self._claim_folder()
+            resumed = self._resume_checkpoint()
+            if self.rt.is_main:
+                self.config.save(self.run_dir / "config.yaml")
+            self.rt.barrier()
+            parts = self._set_up(resumed)
+            self._loop(parts)
+            return self._finish(parts)
+        except OSError as exc:
+            self._abandon()
+            reason = ckpt.write_failure_reason(exc)
+            if reason is None:
+                raise
+            where = exc.filename or self.run_dir
+            raise BiovfmError(
+                f"cannot write {where} (run folder {self.run_dir}): {reason}. Choose a "
+                "writable --output with free space"
+                + (", then resume the run" if self.steps_done else "")
+            ) from None
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     # ---------------------------------------------------------------- set-up
 
-    def run(self) -> RunResult:
-        cfg, rt = self.config, self.rt
-        resume_from = self._resume_checkpoint()
-        if rt.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.yaml")
-        rt.barrier()
+    def _agree(self, path: Path) -> Path:
+        """Rank 0's run folder on every rank (a default name has a random part)."""
+        if not self.rt.distributed:
+            return path
+        shared = [str(path)]
+        dist.broadcast_object_list(shared, src=0)
+        return Path(shared[0])
 
+    def _claim_folder(self) -> None:
+        """Create and lock the run folder (rank 0); refuse a folder another run owns."""
+        if not self.rt.is_main:
+            return
+        self.created_folder = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.run_dir).acquire(self._say)
+        if not self.config.resume and ckpt.list_checkpoints(self.run_dir):
+            raise ConfigError(
+                f"run folder {self.run_dir} already holds checkpoints of a run; continue it "
+                "with --resume, or choose another --name or --output"
+            )
+        ckpt.remove_leftovers(self.run_dir, self._say)
+
+    def _abandon(self) -> None:
+        """A run that failed before its first step leaves no folder it created behind."""
+        # Only while holding the lock: a process that lost the race for a new folder
+        # must not remove the winner's.
+        if not (self.lock is not None and self.created_folder and self.steps_done == 0):
+            return
+        if ckpt.list_checkpoints(self.run_dir):
+            return
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _set_up(self, resumed) -> _Parts:
+        cfg, rt = self.config, self.rt
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         index, data_report = open_index(cfg, self.run_dir if rt.is_main else None)
         num_classes, multilabel = index.task_info()
@@ -189,21 +310,32 @@ class _Trainer:
         # collects them, and restore checkpoints into the wrapped model.
         model = D.wrap(objective, rt, cfg.train.distributed)
         self.sharded = D.is_sharded(model)
-        optimizer = build_optimizer(objective, backbone, plan, rt.device)
-        scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
-        identity = ckpt.Identity(
-            cfg.objective, cfg.backbone, cfg.options["objective"], cfg.options["backbone"]
+        parts = _Parts(
+            data=data,
+            backbone=backbone,
+            objective=objective,
+            model=model,
+            optimizer=build_optimizer(objective, backbone, plan, rt.device),
+            scaler=torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None,
+            plan=plan,
+            identity=ckpt.Identity(
+                cfg.objective, cfg.backbone, cfg.options["objective"], cfg.options["backbone"]
+            ),
+            micro=micro,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            step=0,
+            epoch=0,
+            batch_in_epoch=0,
         )
-
-        step, epoch, batch_in_epoch = 0, 0, 0
-        if resume_from is not None:
-            step, epoch, batch_in_epoch = self._restore(
-                resume_from, identity, model, objective, optimizer, scaler
-            )
+        if resumed is not None:
+            parts.step, parts.epoch, parts.batch_in_epoch = self._restore(resumed, parts)
+            if rt.is_main:
+                self._set_aside_newer(resumed)
         else:
             torch.manual_seed(cfg.train.seed + rt.rank)  # per-rank masks and drop-path
 
-        metrics = MetricsLog(self.run_dir, resume_step=step, enabled=rt.is_main)
+        parts.metrics = MetricsLog(self.run_dir, resume_step=parts.step, enabled=rt.is_main)
         if rt.is_main:
             summary = {
                 "images": data.num_images,
@@ -226,31 +358,35 @@ class _Trainer:
                 f"images on {rt.world_size}x {rt.device} ({rt.precision}); {total_steps} steps "
                 f"of {cfg.train.batch_size} images, peak lr {plan.lr:.3g}; run folder {self.run_dir}"
             )
+        return parts
 
-        stream = self._batches(data, micro, epoch, batch_in_epoch)
-        last: dict[str, float] = {}
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self, p: _Parts) -> None:
+        cfg, rt = self.config, self.rt
+        stream = self._batches(p.data, p.micro, p.epoch, p.batch_in_epoch)
+        step, total_steps = p.step, p.total_steps
         bar = self._progress_bar(step, total_steps)
-        tick = time.perf_counter()
-        feed = LoaderWait()
+        started = tick = _clock()
+        first_step = step
         profiler = StepProfiler(
             self.run_dir, cfg.train.profile_steps, rt.device.type, enabled=rt.is_main
         )
         try:
             while step < total_steps:
-                info = StepInfo(step, total_steps, steps_per_epoch)
-                lr, wd = apply_schedule(optimizer, plan, step)
-                values, grad_norm, logged, waited = self._step(
-                    stream, data, model, objective, optimizer, scaler, plan, info, profiler
-                )
+                info = StepInfo(step, total_steps, p.steps_per_epoch)
+                lr, wd = apply_schedule(p.optimizer, p.plan, step)
+                values, grad_norm, logged, waited = self._step(stream, p, info, profiler)
                 step += 1
+                self.steps_done += 1
 
-                now = time.perf_counter()
+                now = _clock()
                 seconds, tick = now - tick, now
-                feed.add(waited, seconds)
+                self.feed.add(waited, seconds)
                 with profiler.phase("log+checkpoint"):
                     row = {
                         "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
+                        "epoch": round(step / p.steps_per_epoch, 4),
                         **values,
                         "lr": lr,
                         "weight_decay": wd,
@@ -261,68 +397,83 @@ class _Trainer:
                         "memory_gb": _memory_gb(rt.device),
                         "bad_images": self.bad_images,
                     }
-                    metrics.log(row)
-                    last = row
+                    p.metrics.log(row)
+                    self.last = row
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(
                             loss=f"{values['loss']:.4f}",
+                            **{_short(k): f"{v:.4f}" for k, v in _loss_parts(values).items()},
                             img_s=f"{row['images_per_s']:.0f}",
                             data_wait=f"{waited / seconds:.0%}",
                         )
                     elif step % cfg.train.log_every == 0 or step == total_steps:
-                        self._say(
-                            f"step {step}/{total_steps} loss {values['loss']:.4f} lr {lr:.3g} "
-                            f"{row['images_per_s']:.1f} img/s, {waited / seconds:.0%} waiting for data"
+                        eta = (now - started) / (step - first_step) * (total_steps - step)
+                        line = progress_line(
+                            step,
+                            total_steps,
+                            values,
+                            lr,
+                            row["images_per_s"],
+                            waited / seconds,
+                            eta,
                         )
+                        self._say(line)
+                    self._confirm_checkpoint(step)
                     if step % cfg.train.checkpoint_every == 0 or step == total_steps:
-                        self._save(step, model, objective, optimizer, scaler, identity)
+                        self._save(step, p)
                 profiler.step()
         finally:
             profiled = profiler.close()
-        if bar is not None:
-            bar.close()
-        metrics.close()
+            if bar is not None:
+                bar.close()
+            p.metrics.close()
+        p.step = step
         if profiled is not None:
             self._say(f"profile of {profiler.recorded} steps written to {profiled}")
-        if rt.is_main and feed.fraction is not None and feed.fraction > LOADER_BOUND:
+        fraction = self.feed.fraction
+        if rt.is_main and fraction is not None and fraction > LOADER_BOUND:
             self._say(
-                f"the loader held training up: {feed.fraction:.0%} of the time after the first "
+                f"the loader held training up: {fraction:.0%} of the time after the first "
                 f"step went to waiting for batches ({cfg.data.num_workers} loader workers). "
                 "More data.num_workers, faster storage or lighter decoding would speed this up; "
                 "benchmarks/bench_loader.py measures the rate per worker."
             )
 
-        full_state = self._full_model_state(model, objective)
+    # ---------------------------------------------------------------- finish
+
+    def _finish(self, p: _Parts) -> RunResult:
+        cfg, rt = self.config, self.rt
+        full_state = self._full_model_state(p.model, p.objective)
         checksums = D.all_equal_across_ranks(_checksum(full_state) if full_state else 0.0, rt)
         if self.sharded:
             checksums = checksums[:1]  # one full model, gathered on rank 0
         result = RunResult(
             self.run_dir,
-            step,
+            p.step,
             ckpt.latest_checkpoint(self.run_dir),
             None,
-            last,
+            self.last,
             checksums,
         )
         if rt.is_main:
             self._write_bad_images()
             result.export = export_backbone(
-                self._eval_backbone(objective, full_state),
+                self._eval_backbone(p.objective, full_state),
                 self.run_dir / "export",
                 backbone_name=cfg.backbone,
                 backbone_options=cfg.options["backbone"],
-                step=step,
+                step=p.step,
                 source=f"{cfg.objective} run {self.run_dir.name}",
-                input_norm=input_normalisation(data.batch_recipe),
+                input_norm=input_normalisation(p.data.batch_recipe),
             )
             write_atomic(
                 self.run_dir / "summary.json",
                 json.dumps(
                     {
-                        "steps": step,
-                        "last": last,
-                        "data_wait_fraction": feed.fraction,
+                        "steps": p.step,
+                        "last": self.last,
+                        "data_wait_fraction": self.feed.fraction,
                         "rank_weight_checksums": checksums,
                     },
                     indent=2,
@@ -330,27 +481,28 @@ class _Trainer:
             )
             if len(set(checksums)) > 1:
                 raise BiovfmError(f"ranks ended with different weights: checksums {checksums}")
-            self._say(f"done: {step} steps; backbone exported to {result.export}")
+            self._say(f"done: {p.step} steps; backbone exported to {result.export}")
         rt.barrier()
         return result
 
     # ------------------------------------------------------------------ step
 
-    def _step(self, stream, data, model, objective, optimizer, scaler, plan, info, profiler):
+    def _step(self, stream, p: _Parts, info: StepInfo, profiler):
         """One optimizer step over ``optim.accumulate`` micro-batches.
 
         Returns the rank-averaged logged values, the gradient norm, what the
         objective's after-step hook reported, and the seconds spent waiting for data.
         """
         cfg, rt = self.config, self.rt
-        step = info.step
+        data, model, objective = p.data, p.model, p.objective
+        optimizer, scaler = p.optimizer, p.scaler
         parts: dict[str, torch.Tensor] = {}
         waited = 0.0
         for m in range(cfg.optim.accumulate):
-            start_wait = time.perf_counter()
+            start_wait = _clock()
             with profiler.phase("data"):
                 batch = next(stream)
-                waited += time.perf_counter() - start_wait
+                waited += _clock() - start_wait
                 batch = batch.to(rt.device)
             with profiler.phase("augment"):
                 batch = data.batch_recipe.batch_transform(batch)
@@ -368,17 +520,17 @@ class _Trainer:
             # Clipping first lets the gradient norm travel with the losses: one
             # collective and one device sync per step. Nothing is applied before the
             # finiteness check, so a bad step still leaves the weights untouched.
-            grad_norm = self._clip(objective, plan.grad_clip)
+            grad_norm = self._clip(objective, p.plan.grad_clip)
             values = self._reduce({**parts, "grad_norm": grad_norm})
             grad_norm = values.pop("grad_norm")
             # Under fp16 an infinite gradient is the scaler's business (it skips the step).
             finite_norm = scaler is not None or math.isfinite(grad_norm)
             if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
-                last_good = ckpt.latest_checkpoint(self.run_dir)
+                # 1-based, like metrics.csv: the step that would have been row step+1.
                 raise TrainingDiverged(
-                    f"loss is not finite at step {step} ({_fmt(values)}, grad_norm="
-                    f"{grad_norm}); stopped before the optimizer step. Last good checkpoint: "
-                    f"{last_good or 'none yet'}"
+                    f"loss is not finite at step {info.step + 1} ({_fmt(values)}, grad_norm="
+                    f"{grad_norm}); stopped before the optimizer step, so no weights were "
+                    f"changed. {self._last_good_text()}"
                 )
             objective.before_optimizer_step(info)
             if scaler:
@@ -462,7 +614,24 @@ class _Trainer:
             self.bad_images += len(skipped)
             self.bad_entries.extend(skipped)
             if isinstance(item, Batch):
+                self.failed_in_a_row = []
                 yield item
+            else:
+                self._count_failures(skipped, data)
+
+    def _count_failures(self, skipped: list[tuple[str, str]], data) -> None:
+        """Stop when images keep failing with no usable one in between."""
+        self.failed_in_a_row.extend(skipped)
+        limit = min(MAX_FAILED_IN_A_ROW, data.num_images)
+        if len(self.failed_in_a_row) < limit:
+            return
+        sources = getattr(getattr(data.dataset, "index", None), "sources", None) or ["?"]
+        examples = "; ".join(f"{uri}: {reason}" for uri, reason in self.failed_in_a_row[:3])
+        raise BadDataError(
+            f"{len(self.failed_in_a_row)} images in a row could not be decoded, with no usable "
+            f"image in between (sources: {', '.join(sources)}). Examples: {examples}. "
+            "Check the sources' reader options and files (biovfm data scan lists problems)"
+        )
 
     def _write_bad_images(self) -> None:
         """One row per unusable image, with how often the run met it (once per epoch)."""
@@ -499,13 +668,47 @@ class _Trainer:
 
     # ------------------------------------------------------- checkpoints
 
-    def _resume_checkpoint(self) -> Path | None:
+    def _resume_checkpoint(self):
+        """``(path, weights, state)`` to resume, passing over a corrupt newest checkpoint."""
         if not self.config.resume:
             return None
-        found = ckpt.latest_checkpoint(Path(self.config.resume))
-        if found is None:
+        candidates = ckpt.resume_candidates(Path(self.config.resume))
+        if not candidates:
             raise ConfigError(f"--resume {self.config.resume}: no checkpoint found there")
-        return found
+        for i, path in enumerate(candidates):
+            try:
+                weights, state = ckpt.load_checkpoint(path)
+            except ckpt.CheckpointError as exc:
+                if i == len(candidates) - 1:
+                    raise
+                self._say(f"warning: skipping unusable checkpoint: {exc}; trying an older one")
+                continue
+            return path, weights, state
+        raise AssertionError("unreachable")
+
+    def _set_aside_newer(self, resumed) -> None:
+        """Resuming an older checkpoint: newer ones move to RUN/set_aside/, out of the way.
+
+        They belong to the abandoned continuation (often a diverged one); left in
+        checkpoints/ they would be taken for this run's newest and pruned against it.
+        """
+        if resumed is None:
+            return
+        path, _, state = resumed
+        newer = [c for c in ckpt.list_checkpoints(self.run_dir) if _step_of(c) > state["step"]]
+        if not newer:
+            return
+        aside = self.run_dir / "set_aside"
+        aside.mkdir(exist_ok=True)
+        for folder in newer:
+            target = aside / folder.name
+            if target.exists():
+                target = aside / f"{folder.name}-{int(time.time())}"
+            os.replace(folder, target)
+        self._say(
+            f"resuming {path.name}: the {len(newer)} newer checkpoints "
+            f"({', '.join(c.name for c in newer)}) were moved to {aside}"
+        )
 
     def _full_model_state(self, model, objective) -> dict[str, torch.Tensor]:
         """The objective's whole state on rank 0 (gathered from shards under FSDP)."""
@@ -532,7 +735,34 @@ class _Trainer:
         )
         return whole
 
-    def _save(self, step, model, objective, optimizer, scaler, identity: ckpt.Identity) -> None:
+    def _last_good_text(self) -> str:
+        """Which checkpoint to resume after a divergence, and why that one."""
+        good = ckpt.last_confirmed(self.run_dir)
+        newest = ckpt.latest_checkpoint(self.run_dir)
+        text = (
+            f"Last good checkpoint: {good} (the loss stayed finite for the steps after it); "
+            f"resume it with --resume {good}, perhaps with a lower optim.lr"
+            if good is not None
+            else "No checkpoint of this run is confirmed good yet"
+        )
+        if newest is not None and newest != good:
+            text += (
+                f". The newer {newest.name} was written shortly before the divergence and may "
+                "hold exploding weights"
+            )
+        return text
+
+    def _confirm_checkpoint(self, step: int) -> None:
+        if self.unconfirmed is None or not self.rt.is_main:
+            return
+        path, written = self.unconfirmed
+        wanted = min(CONFIRM_STEPS, self.config.train.checkpoint_every)
+        if step - written >= wanted and path.is_dir():
+            ckpt.confirm(path, finite_steps_after=step - written, through_step=step)
+            self.unconfirmed = None
+
+    def _save(self, step: int, p: _Parts) -> None:
+        model, objective, optimizer, scaler = p.model, p.objective, p.optimizer, p.scaler
         rt = self.rt
         rngs = [ckpt.rng_state()]
         if rt.distributed:
@@ -551,6 +781,12 @@ class _Trainer:
         else:
             optimizer_state = optimizer.state_dict()
         if rt.is_main:
+            bad = ckpt.nonfinite_keys(model_state)
+            if bad:
+                raise TrainingDiverged(
+                    f"weights are not finite after step {step} ({len(bad)} tensors, first: "
+                    f"{', '.join(bad[:3])}); no checkpoint written. {self._last_good_text()}"
+                )
             state = {
                 "step": step,
                 "epoch": self.position[0],
@@ -560,30 +796,32 @@ class _Trainer:
                 "optimizer": optimizer_state,
                 "scaler": scaler.state_dict() if scaler else {},
                 "rng": rngs,
-                "identity": identity.to_dict(),
+                "identity": p.identity.to_dict(),
                 "world_size": rt.world_size,
             }
-            ckpt.save_checkpoint(
-                self.run_dir, step, model_state, state, keep_last=self.config.train.keep_last
+            written = ckpt.save_checkpoint(
+                self.run_dir,
+                step,
+                model_state,
+                state,
+                keep_last=self.config.train.keep_last,
+                protect=ckpt.last_confirmed(self.run_dir),
             )
+            self.unconfirmed = (written, step)
         rt.barrier()
 
-    def _restore(self, path, identity, model, objective, optimizer, scaler) -> tuple[int, int, int]:
-        weights, state = ckpt.load_checkpoint(path)
-        ckpt.check_identity(path, state["identity"], identity)
+    def _restore(self, resumed, p: _Parts) -> tuple[int, int, int]:
+        path, weights, state = resumed
+        model, objective, optimizer, scaler = p.model, p.objective, p.optimizer, p.scaler
+        ckpt.check_identity(path, state["identity"], p.identity)
         layout = "fsdp_full" if self.sharded else "torch"
         if state.get("optimizer_layout", "torch") != layout:
             raise ConfigError(
                 f"checkpoint {path} was written with train.distributed="
                 f"{'fsdp' if layout == 'torch' else 'ddp'}; resume it with the same setting"
             )
-        expected = set(objective.state_dict()) if not self.sharded else None
-        if expected is not None and expected != set(weights):
-            raise ConfigError(
-                f"checkpoint {path} does not fit this model: missing "
-                f"{sorted(expected - set(weights))[:5]}, unexpected "
-                f"{sorted(set(weights) - expected)[:5]}"
-            )
+        if not self.sharded:
+            check_fits(path, objective.state_dict(), weights)
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -619,13 +857,15 @@ class _Trainer:
                 f"{self.rt.world_size}; random streams restart (data order is kept)"
             )
         self.bad_images = int(state.get("bad_images", 0))
+        if self.rt.is_main and not ckpt.is_confirmed(path):
+            self.unconfirmed = (path, int(state["step"]))
         self._say(f"resumed from {path} at step {state['step']}")
         return int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
 
     # ------------------------------------------------------------ output
 
     def _progress_bar(self, step: int, total: int):
-        if not (self.progress and sys.stderr.isatty()):
+        if not (self.progress and wants_progress_bar()):
             return None
         from tqdm import tqdm
 
@@ -634,6 +874,82 @@ class _Trainer:
     def _say(self, message: str) -> None:
         if self.rt.is_main and self.progress:
             print(message, file=sys.stderr, flush=True)
+
+
+def check_fits(path: Path, expected: dict[str, torch.Tensor], weights: dict) -> None:
+    """Refuse weights whose names or shapes differ from the model's, saying how."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = ckpt.shape_mismatches({k: v.shape for k, v in expected.items()}, weights)
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if shapes:
+        parts.append(
+            f"{len(shapes)} tensors differ in shape, first "
+            + ", ".join(f"{k} {list(a)} (model {list(b)})" for k, a, b in shapes[:3])
+        )
+    if missing:
+        parts.append(f"missing {missing[:5]}")
+    if unexpected:
+        parts.append(f"unexpected {unexpected[:5]}")
+    stored = ckpt.describe_stored_vit(weights)
+    hint = f"; the stored shapes fit a backbone with {stored}" if stored else ""
+    raise ckpt.CheckpointError(
+        f"checkpoint {path / 'model.safetensors'} does not fit this model: {'; '.join(parts)}{hint}"
+    )
+
+
+def progress_line(
+    step: int,
+    total: int,
+    values: dict[str, float],
+    lr: float,
+    images_per_s: float,
+    wait_share: float,
+    eta_s: float,
+) -> str:
+    """One plain-text progress line: the total loss with its parts, speed and ETA."""
+    parts = _loss_parts(values)
+    detail = f" ({', '.join(f'{_short(k)} {v:.4f}' for k, v in parts.items())})" if parts else ""
+    return (
+        f"step {step}/{total} ({step / total:.0%}) loss {values['loss']:.4f}{detail} "
+        f"lr {lr:.3g} {images_per_s:.1f} img/s, {wait_share:.0%} waiting for data, "
+        f"ETA {format_duration(eta_s)}"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _loss_parts(values: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if k != "loss"}
+
+
+def _short(key: str) -> str:
+    return key.removesuffix("_loss")
+
+
+def wants_progress_bar() -> bool:
+    """A live bar only on a terminal that reports its width.
+
+    Redirected output, or a terminal with 0 columns (where tqdm prints nothing at
+    all), gets plain progress lines with an ETA instead.
+    """
+    try:
+        return sys.stderr.isatty() and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
 
 
 def input_normalisation(recipe) -> dict[str, list[float]] | None:

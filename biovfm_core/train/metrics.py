@@ -42,7 +42,14 @@ class MetricsLog:
         with open(self.path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
             columns = list(rows[0].keys()) if rows else None
-        kept = [r for r in rows if int(float(r["step"])) <= step]
+        # Repeated header rows and steps (two writers before run folders were locked)
+        # are dropped: one row per step, the last one written.
+        by_step = {
+            int(float(r["step"])): r
+            for r in rows
+            if r["step"] not in ("step", "", None) and int(float(r["step"])) <= step
+        }
+        kept = [by_step[s] for s in sorted(by_step)]
         if columns is None:
             self.path.unlink()
             return

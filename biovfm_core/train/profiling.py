@@ -13,12 +13,51 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from biovfm_core.config import write_atomic
+
+# Kineto's own log lines ("ERROR:2026-11-29 23:04:00 4763:4763 DeviceProperties.cpp:56]
+# gpuGetDeviceCount failed ..."), written by C++ straight to file descriptor 2.
+_KINETO_LINE = re.compile(
+    rb"^(USDT|STAGE|INFO|WARNING|ERROR):\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \S+\.cpp:\d+\]"
+)
+
+
+@contextlib.contextmanager
+def quiet_kineto(enabled: bool) -> Iterator[None]:
+    """Drop kineto's log lines from stderr while the profiler starts and stops.
+
+    A CUDA build of torch probes the GPUs when a trace is collected, even with only
+    CPU activities, and on a machine without a driver logs "gpuGetDeviceCount
+    failed": noise on a CPU run. Other stderr output of the block is passed on.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture if not _KINETO_LINE.match(line)]
+            if kept:
+                sys.stderr.write(b"".join(kept).decode(errors="replace"))
+                sys.stderr.flush()
+
 
 # The loop's phases, in order; each is a torch.profiler record_function label.
 PHASES = ("data", "augment", "forward", "backward", "optimizer", "log+checkpoint")
@@ -113,7 +152,8 @@ class StepProfiler:
             schedule=schedule(wait=self.SETTLE - 1, warmup=1, active=steps, repeat=1),
             on_trace_ready=self._write,
         )
-        self._prof.__enter__()
+        with quiet_kineto(not self.on_device):
+            self._prof.__enter__()
 
     def phase(self, name: str) -> contextlib.AbstractContextManager[Any]:
         """A labelled range in the trace while profiling; nothing otherwise."""
@@ -126,7 +166,8 @@ class StepProfiler:
     def step(self) -> None:
         if self._prof is not None:
             self._calls += 1
-            self._prof.step()
+            with quiet_kineto(not self.on_device):
+                self._prof.step()
 
     @property
     def recorded(self) -> int:
@@ -138,7 +179,8 @@ class StepProfiler:
         Returns the profile folder, or None when no step was profiled."""
         if self._prof is not None:
             prof, self._prof = self._prof, None
-            prof.__exit__(None, None, None)
+            with quiet_kineto(not self.on_device):
+                prof.__exit__(None, None, None)
         return self.written
 
     def _write(self, prof: Any) -> None:
