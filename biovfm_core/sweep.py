@@ -40,6 +40,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -355,7 +356,9 @@ def run_local(sweep: Sweep, *, echo=print) -> list[str]:
             sweep, cell, launcher=_python_biovfm(), train=state != "needs eval"
         )
         for command in commands:
-            completed = subprocess.run(command, check=False, cwd=sweep.root)
+            completed = subprocess.run(
+                command, check=False, cwd=sweep.root, preexec_fn=_die_with_parent
+            )
             if completed.returncode != 0:
                 raise ConfigError(
                     f"cell {cell.id} failed (exit {completed.returncode}) running: "
@@ -364,6 +367,19 @@ def run_local(sweep: Sweep, *, echo=print) -> list[str]:
         finish_cell(run_dir, fingerprints(sweep, cell))
         ran.append(cell.id)
     return ran
+
+
+def _die_with_parent() -> None:
+    """In the cell's process, before it runs: a sweep killed outright (SIGKILL, an
+    out-of-memory kill) takes its running cell with it, instead of leaving an orphan
+    that still owns the cell's run folder when the sweep is started again. Linux only;
+    elsewhere the orphan's run lock names it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def finish_cell(run_dir: Path, fingerprints: dict[str, str | None] | None = None) -> Path:

@@ -348,3 +348,38 @@ def test_results_of_mixed_metric_conventions_are_not_merged(tmp_path):
     ):
         S.collect_results(sweep)
     assert not (sweep.output / "results.csv").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
+def test_a_cell_dies_with_its_killed_sweep(tmp_path):
+    # A sweep process starts a cell the way run_cells does; SIGKILL the sweep, and the
+    # cell (here a sleeping stand-in that records its pid) must not live on.
+    pid_file = tmp_path / "cell.pid"
+    cell = tmp_path / "cell.py"
+    cell.write_text(
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+    )
+    sweep_like = (
+        "import subprocess, sys\n"
+        "from biovfm_core.sweep import _die_with_parent\n"
+        f"subprocess.run([sys.executable, {str(cell)!r}], preexec_fn=_die_with_parent)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", sweep_like])
+    deadline = time.time() + 300  # a hang guard only
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # Reaped by init once it dies; a zombie still answers kill(pid, 0).
+        if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the cell outlived its killed sweep")
