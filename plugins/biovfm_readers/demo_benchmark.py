@@ -165,7 +165,7 @@ def _canonical(path: str) -> np.ndarray:
 
 def _brain(where: Callable[[], str], name: str, axis: int) -> Callable[[], list[np.ndarray]]:
     """Every slice of a brain volume across ``axis`` (0 sagittal, 1 coronal, 2 axial),
-    shown as a radiologist would (superior or anterior up) and padded to a square with
+    superior up (axial: anterior up), left to right in RAS order, padded to a square with
     the volume's background, so the slice's outline (not a centre crop) is kept."""
 
     def load() -> list[np.ndarray]:
@@ -262,7 +262,7 @@ def _plane_sources(axis: int) -> tuple[Source, ...]:
             volume=True,
             min_slice_tissue=0.15,
             jitter=0.1,
-        )  # fmt: skip
+        )
         for pkg, where, name in BRAINS
     )
 
