@@ -1,8 +1,8 @@
-"""The offline demo benchmark: two labelled tasks in the MedMNIST ``.npz`` layout, cut
+"""The offline demo benchmark: three labelled tasks in the MedMNIST ``.npz`` layout, cut
 from real medical images that ship inside installed packages (no download).
 
-``biovfm eval MODEL --benchmark demo`` evaluates both tasks; ``demo:modality`` or
-``demo:texture`` picks one. Each task is built once (about a second) into
+``biovfm eval MODEL --benchmark demo`` evaluates all three; ``demo:modality``,
+``demo:texture`` or ``demo:plane`` picks one. Each task is built once (about a second) into
 ``$BIOVFM_CACHE/demo/`` (default ``~/.cache/biovfm/demo/``) as
 ``demo_<task>_<side>_<digest of this module>.npz``, written atomically, with the MedMNIST keys
 ``{train,val,test}_images`` (uint8 ``(N, 64, 64)`` gray) and ``{split}_labels``
@@ -16,7 +16,8 @@ class                     images                                        package
 ct                        ``CT_small.dcm``, ``693_J2KI.dcm``,           pydicom
                           ``J2K_pixelrep_mismatch.dcm`` (head)
 mr                        ``MR_small.dcm``, ``examples_overlay.dcm``    pydicom
-                          (abdomen); axial slices of ``example4d.nii.gz``  nibabel
+                          (abdomen); ``MR2_UNCI.dcm`` (shoulder)        pydicom-data
+                          axial slices of ``example4d.nii.gz``          nibabel
                           (EPI brain) and ``anatomical.nii`` (T1 brain)
 us                        ``examples_rgb_color.dcm``,                   pydicom
                           ``examples_palette.dcm``, ``examples_jpeg2k.dcm``,
@@ -24,11 +25,18 @@ us                        ``examples_rgb_color.dcm``,                   pydicom
 microscopy                ``immunohistochemistry`` (IHC colon tissue),  scikit-image
                           ``cell`` (phase contrast)
 fundus                    ``retina``, ``microaneurysms``                scikit-image
+xray                      ``RG1_UNCI.dcm`` (chest), ``RG3_UNCI.dcm``    pydicom-data
+                          (leg), NEMA's computed radiographs
+axial / coronal /         every slice of the MNI152 2009a T1 template   nilearn
+sagittal (plane task)     (``mni_icbm152_t1_tal_nlin_sym_09a_converted``,
+                          1 mm) and of ``anatomical.nii`` (T1, 2 mm)    nibabel
 ========================  ============================================  =========
 
-No X-ray: pydicom's wheel ships none (``pydicom-data`` would add NEMA's ``RG1``/``RG3``
-radiographs but is not a dependency), and nilearn's MNI templates are likewise
-left out while nilearn is not a dependency.
+pydicom-data's files are found with ``get_testdata_file(..., download=False)`` and
+nilearn's template is read from its package folder: neither ever downloads.
+pydicom-data's CT (``693_UNCI``) is the scan pydicom's ``693_J2KI`` already gives, so
+it adds nothing. ``example4d.nii.gz`` is not in the plane task: its 24 EPI slices
+make coronal and sagittal slices thin strips, a shape cue no other volume has.
 
 How splits are made (disjoint pixels, not only disjoint samples)
     Every 2D image is divided into a 5 x 5 grid of blocks; of the blocks that are
@@ -37,22 +45,27 @@ How splits are made (disjoint pixels, not only disjoint samples)
     random offset) is cut inside one block only, so no test pixel is ever in a
     train patch. Volumes are split by slab instead: contiguous runs of the axial
     slices that show enough of the head (60 % / 20 % / 20 %), each slice used
-    whole. Cine frames share their file's block split.
+    whole (the plane task: padded to a square, then a random crop of 0.9 of its
+    side, so the few slices of a slab give different images). Cine frames share
+    their file's block split.
     Patches are drawn with replacement from the allowed blocks (a random offset,
     and for ``texture`` a random flip / 90° rotation), so classes are balanced
     exactly; the same block may yield several, different patches of one split.
-    Both tasks use the same images: they are not source-disjoint (with one to four
-    images per class there is too little to hold whole images out), only
-    region-disjoint. The demo pretraining set (``--data`` omitted) reads the same
+    Modality and texture use the same images: they are not source-disjoint (with
+    one to five images per class there is too little to hold whole images out), only
+    region-disjoint. The plane task has two brain volumes, too few to hold one out
+    per split, so each is split by slab along each slice direction; slices of one
+    direction never repeat across splits, but a test axial slice crosses the train
+    coronal and sagittal slices in one line of voxels each. The demo pretraining set (``--data`` omitted) reads the same
     packages, so a demo-trained model has seen the test regions without labels.
 
-Task ``modality`` (easy; 5 classes, balanced: 60 / 20 / 40 per class →
-train 300, val 100, test 200)
-    Labels 0 ct, 1 mr, 2 us, 3 microscopy, 4 fundus. Each patch is windowed to its
-    image's 1st-99th percentile (a display window), converted to gray. Brightness,
-    layout and contrast all carry the class, so raw-pixel logistic regression
-    (scikit-learn, standardised pixels, C = 0.01) is far above chance: test
-    accuracy 0.49, AUC 0.81 (chance 0.2 / 0.5).
+Task ``modality`` (easy; 6 classes, balanced: 60 / 20 / 40 per class →
+train 360, val 120, test 240)
+    Labels 0 ct, 1 mr, 2 us, 3 microscopy, 4 fundus, 5 xray. Each patch is windowed
+    to its image's 1st-99th percentile (a display window), converted to gray.
+    Brightness, layout and contrast all carry the class, so raw-pixel logistic
+    regression (scikit-learn, standardised pixels, C = 0.01) is well above chance:
+    test accuracy 0.35, AUC 0.70 (chance 0.17 / 0.5).
 
 Task ``texture`` (hard; 4 classes, balanced: 60 / 20 / 40 per class →
 train 240, val 80, test 160)
@@ -65,6 +78,16 @@ train 240, val 80, test 160)
     regression is at chance (test accuracy 0.24, AUC 0.50; chance 0.25 / 0.5),
     which makes this the task where features matter: a random-init ViT-Ti already
     reaches linear-probe AUC 0.80.
+
+Task ``plane`` (medium; 3 classes, balanced: 60 / 20 / 40 per class →
+train 180, val 60, test 120)
+    Which plane a whole brain MR slice is cut in: 0 axial, 1 coronal, 2 sagittal.
+    Slices are shown superior up (axial: anterior up), padded square, windowed per
+    volume; those with at least 15 % tissue are used. Held-out slabs are the last
+    20 % of slices along each direction (the top of the head, the front, the right
+    side), so the test asks for the plane of slices unlike the training ones. The
+    outline carries the plane: raw-pixel logistic regression reaches test accuracy
+    0.71, AUC 0.88 (chance 0.33 / 0.5).
 """
 
 from __future__ import annotations
