@@ -33,7 +33,7 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
     "benchmarks",
     multiple=True,
     metavar="SPEC",
-    help="demo (offline tasks built from bundled images; demo:modality, demo:texture), "
+    help="demo (offline tasks built from bundled images; demo:modality, demo:texture, demo:plane), "
     "medmnist:<flag>, medmnist:all (the 12), medmnist:<file.npz>, or "
     "<dataset kind>:<location> for a reader with train/val/test splits (repeatable).",
 )

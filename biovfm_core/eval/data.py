@@ -48,7 +48,7 @@ MEDMNIST_2D: dict[str, BenchmarkInfo] = {
 # The offline demo benchmark's tasks, built by the readers plugin's ``demo_benchmark``
 # dataset kind from images inside installed packages (biovfm_readers/demo_benchmark.py).
 DEMO_KIND = "demo_benchmark"
-DEMO_TASKS = ("modality", "texture")
+DEMO_TASKS = ("modality", "texture", "plane")
 
 
 def scoring_task(task: str) -> str:

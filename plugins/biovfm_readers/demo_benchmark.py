@@ -1,8 +1,8 @@
-"""The offline demo benchmark: two labelled tasks in the MedMNIST ``.npz`` layout, cut
+"""The offline demo benchmark: three labelled tasks in the MedMNIST ``.npz`` layout, cut
 from real medical images that ship inside installed packages (no download).
 
-``biovfm eval MODEL --benchmark demo`` evaluates both tasks; ``demo:modality`` or
-``demo:texture`` picks one. Each task is built once (about a second) into
+``biovfm eval MODEL --benchmark demo`` evaluates all three; ``demo:modality``,
+``demo:texture`` or ``demo:plane`` picks one. Each task is built once (about a second) into
 ``$BIOVFM_CACHE/demo/`` (default ``~/.cache/biovfm/demo/``) as
 ``demo_<task>_<side>_<digest of this module>.npz``, written atomically, with the MedMNIST keys
 ``{train,val,test}_images`` (uint8 ``(N, 64, 64)`` gray) and ``{split}_labels``
@@ -16,7 +16,8 @@ class                     images                                        package
 ct                        ``CT_small.dcm``, ``693_J2KI.dcm``,           pydicom
                           ``J2K_pixelrep_mismatch.dcm`` (head)
 mr                        ``MR_small.dcm``, ``examples_overlay.dcm``    pydicom
-                          (abdomen); axial slices of ``example4d.nii.gz``  nibabel
+                          (abdomen); ``MR2_UNCI.dcm`` (shoulder)        pydicom-data
+                          axial slices of ``example4d.nii.gz``          nibabel
                           (EPI brain) and ``anatomical.nii`` (T1 brain)
 us                        ``examples_rgb_color.dcm``,                   pydicom
                           ``examples_palette.dcm``, ``examples_jpeg2k.dcm``,
@@ -24,11 +25,18 @@ us                        ``examples_rgb_color.dcm``,                   pydicom
 microscopy                ``immunohistochemistry`` (IHC colon tissue),  scikit-image
                           ``cell`` (phase contrast)
 fundus                    ``retina``, ``microaneurysms``                scikit-image
+xray                      ``RG1_UNCI.dcm`` (chest), ``RG3_UNCI.dcm``    pydicom-data
+                          (leg), NEMA's computed radiographs
+axial / coronal /         every slice of the MNI152 2009a T1 template   nilearn
+sagittal (plane task)     (``mni_icbm152_t1_tal_nlin_sym_09a_converted``,
+                          1 mm) and of ``anatomical.nii`` (T1, 2 mm)    nibabel
 ========================  ============================================  =========
 
-No X-ray: pydicom's wheel ships none (``pydicom-data`` would add NEMA's ``RG1``/``RG3``
-radiographs but is not a dependency), and nilearn's MNI templates are likewise
-left out while nilearn is not a dependency.
+pydicom-data's files are found with ``get_testdata_file(..., download=False)`` and
+nilearn's template is read from its package folder: neither ever downloads.
+pydicom-data's CT (``693_UNCI``) is the scan pydicom's ``693_J2KI`` already gives, so
+it adds nothing. ``example4d.nii.gz`` is not in the plane task: its 24 EPI slices
+make coronal and sagittal slices thin strips, a shape cue no other volume has.
 
 How splits are made (disjoint pixels, not only disjoint samples)
     Every 2D image is divided into a 5 x 5 grid of blocks; of the blocks that are
@@ -37,22 +45,27 @@ How splits are made (disjoint pixels, not only disjoint samples)
     random offset) is cut inside one block only, so no test pixel is ever in a
     train patch. Volumes are split by slab instead: contiguous runs of the axial
     slices that show enough of the head (60 % / 20 % / 20 %), each slice used
-    whole. Cine frames share their file's block split.
+    whole (the plane task: padded to a square, then a random crop of 0.9 of its
+    side, so the few slices of a slab give different images). Cine frames share
+    their file's block split.
     Patches are drawn with replacement from the allowed blocks (a random offset,
     and for ``texture`` a random flip / 90° rotation), so classes are balanced
     exactly; the same block may yield several, different patches of one split.
-    Both tasks use the same images: they are not source-disjoint (with one to four
-    images per class there is too little to hold whole images out), only
-    region-disjoint. The demo pretraining set (``--data`` omitted) reads the same
+    Modality and texture use the same images: they are not source-disjoint (with
+    one to five images per class there is too little to hold whole images out), only
+    region-disjoint. The plane task has two brain volumes, too few to hold one out
+    per split, so each is split by slab along each slice direction; slices of one
+    direction never repeat across splits, but a test axial slice crosses the train
+    coronal and sagittal slices in one line of voxels each. The demo pretraining set (``--data`` omitted) reads the same
     packages, so a demo-trained model has seen the test regions without labels.
 
-Task ``modality`` (easy; 5 classes, balanced: 60 / 20 / 40 per class →
-train 300, val 100, test 200)
-    Labels 0 ct, 1 mr, 2 us, 3 microscopy, 4 fundus. Each patch is windowed to its
-    image's 1st-99th percentile (a display window), converted to gray. Brightness,
-    layout and contrast all carry the class, so raw-pixel logistic regression
-    (scikit-learn, standardised pixels, C = 0.01) is far above chance: test
-    accuracy 0.49, AUC 0.81 (chance 0.2 / 0.5).
+Task ``modality`` (easy; 6 classes, balanced: 60 / 20 / 40 per class →
+train 360, val 120, test 240)
+    Labels 0 ct, 1 mr, 2 us, 3 microscopy, 4 fundus, 5 xray. Each patch is windowed
+    to its image's 1st-99th percentile (a display window), converted to gray.
+    Brightness, layout and contrast all carry the class, so raw-pixel logistic
+    regression (scikit-learn, standardised pixels, C = 0.01) is well above chance:
+    test accuracy 0.35, AUC 0.70 (chance 0.17 / 0.5).
 
 Task ``texture`` (hard; 4 classes, balanced: 60 / 20 / 40 per class →
 train 240, val 80, test 160)
@@ -65,6 +78,16 @@ train 240, val 80, test 160)
     regression is at chance (test accuracy 0.24, AUC 0.50; chance 0.25 / 0.5),
     which makes this the task where features matter: a random-init ViT-Ti already
     reaches linear-probe AUC 0.80.
+
+Task ``plane`` (medium; 3 classes, balanced: 60 / 20 / 40 per class →
+train 180, val 60, test 120)
+    Which plane a whole brain MR slice is cut in: 0 axial, 1 coronal, 2 sagittal.
+    Slices are shown superior up (axial: anterior up), padded square, windowed per
+    volume; those with at least 15 % tissue are used. Held-out slabs are the last
+    20 % of slices along each direction (the top of the head, the front, the right
+    side), so the test asks for the plane of slices unlike the training ones. The
+    outline carries the plane: raw-pixel logistic regression reaches test accuracy
+    0.71, AUC 0.88 (chance 0.33 / 0.5).
 """
 
 from __future__ import annotations
@@ -97,6 +120,8 @@ class Source:
     load: Callable[[], list[np.ndarray]]  # planes, float32 (H, W) gray
     volume: bool = False  # True: planes are slices, split by slab, used whole
     inset: float = 0.0  # share of each side left out (ultrasound: burnt-in text, rulers)
+    min_slice_tissue: float = 0.3  # volumes: share of a slice that must be tissue
+    jitter: float = 0.0  # volumes: share of the side a whole slice may be shifted by
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,65 @@ def _dicom(name: str, frames: tuple[int, ...] | None = None) -> Callable[[], lis
     return load
 
 
+def _pydicom_data(name: str) -> Callable[[], list[np.ndarray]]:
+    def load() -> list[np.ndarray]:
+        from pydicom.data import get_testdata_file
+
+        from .dicom import load_dicom
+
+        # download=False: a missing file must be an error here, never a network wait.
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            raise FileNotFoundError(f"{name} is not installed (pip install pydicom-data)")
+        return [_gray(load_dicom(str(path)))]
+
+    return load
+
+
+@functools.lru_cache(maxsize=4)
+def _canonical(path: str) -> np.ndarray:
+    """A volume's first frame as float32 in RAS+ axis order (x right, y anterior, z up)."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    return data[..., 0] if data.ndim == 4 else data
+
+
+def _brain(where: Callable[[], str], name: str, axis: int) -> Callable[[], list[np.ndarray]]:
+    """Every slice of a brain volume across ``axis`` (0 sagittal, 1 coronal, 2 axial),
+    superior up (axial: anterior up), left to right in RAS order, padded to a square with
+    the volume's background, so the slice's outline (not a centre crop) is kept."""
+
+    def load() -> list[np.ndarray]:
+        vol = _canonical(os.path.join(where(), name))
+        background = float(vol.min())
+        planes = []
+        for plane in np.moveaxis(vol, axis, 0):
+            plane = plane.T[::-1]  # rows: top = superior (or anterior, axial)
+            h, w = plane.shape
+            s = max(h, w)
+            square = np.full((s, s), background, dtype=np.float32)
+            square[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = plane
+            planes.append(square)
+        return planes
+
+    return load
+
+
+def _nilearn_dir() -> str:
+    # The templates nilearn ships in its wheel; its fetchers would download instead.
+    import nilearn
+
+    return os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
+
+
+def _nibabel_dir() -> str:
+    from .demo import nibabel_test_dir
+
+    return nibabel_test_dir()
+
+
 def _nifti(name: str) -> Callable[[], list[np.ndarray]]:
     def load() -> list[np.ndarray]:
         import nibabel as nib
@@ -151,6 +235,7 @@ def _nifti(name: str) -> Callable[[], list[np.ndarray]]:
     return load
 
 
+MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 CT = (
     Source("pydicom:CT_small.dcm", _dicom("CT_small.dcm")),
     Source("pydicom:693_J2KI.dcm", _dicom("693_J2KI.dcm")),
@@ -159,6 +244,7 @@ CT = (
 MR = (
     Source("pydicom:MR_small.dcm", _dicom("MR_small.dcm")),
     Source("pydicom:examples_overlay.dcm", _dicom("examples_overlay.dcm")),
+    Source("pydicom-data:MR2_UNCI.dcm", _pydicom_data("MR2_UNCI.dcm")),
     Source("nibabel:example4d.nii.gz", _nifti("example4d.nii.gz"), volume=True),
     Source("nibabel:anatomical.nii", _nifti("anatomical.nii"), volume=True),
 )
@@ -178,11 +264,36 @@ FUNDUS = (
     Source("skimage:retina", _skimage("retina")),
     Source("skimage:microaneurysms", _skimage("microaneurysms")),
 )
+XRAY = (
+    Source("pydicom-data:RG1_UNCI.dcm", _pydicom_data("RG1_UNCI.dcm")),
+    Source("pydicom-data:RG3_UNCI.dcm", _pydicom_data("RG3_UNCI.dcm")),
+)
+PLANES = ("sagittal", "coronal", "axial")  # index = the RAS axis the slice is across
+BRAINS = (
+    ("nilearn", _nilearn_dir, MNI_T1),
+    # Not example4d.nii.gz: its 24 EPI slices make coronal and sagittal slices thin
+    # strips, a shape cue no other volume has.
+    ("nibabel", _nibabel_dir, "anatomical.nii"),
+)
+
+
+def _plane_sources(axis: int) -> tuple[Source, ...]:
+    return tuple(
+        Source(
+            f"{pkg}:{name}:{PLANES[axis]}",
+            _brain(where, name, axis),
+            volume=True,
+            min_slice_tissue=0.15,
+            jitter=0.1,
+        )
+        for pkg, where, name in BRAINS
+    )
+
 
 TASKS: dict[str, Task] = {
     "modality": Task(
-        ("ct", "mr", "us", "microscopy", "fundus"),
-        {"ct": CT, "mr": MR, "us": US, "microscopy": MICROSCOPY, "fundus": FUNDUS},
+        ("ct", "mr", "us", "microscopy", "fundus", "xray"),
+        {"ct": CT, "mr": MR, "us": US, "microscopy": MICROSCOPY, "fundus": FUNDUS, "xray": XRAY},
         standardise=False,
         min_foreground=0.5,
     ),
@@ -196,6 +307,12 @@ TASKS: dict[str, Task] = {
         },
         standardise=True,
         min_foreground=0.9,
+    ),
+    "plane": Task(
+        ("axial", "coronal", "sagittal"),
+        {"axial": _plane_sources(2), "coronal": _plane_sources(1), "sagittal": _plane_sources(0)},
+        standardise=False,
+        min_foreground=0.0,  # volumes only: their slices are chosen by min_slice_tissue
     ),
 }
 
@@ -223,6 +340,7 @@ class _Regions:
 
     boxes: dict[str, list[tuple[int, int, int, int]]]
     patch: dict[str, int]  # side of the patch cut from a box (0: the whole plane)
+    jitter: float = 0.0  # whole planes: share of the side a random crop leaves out
 
 
 def _shares(n: int, name: str) -> list[int]:
@@ -242,12 +360,14 @@ def _regions(
     boxes: dict[str, list[tuple[int, int, int, int]]] = {s: [] for s in SPLITS}
     if source.volume:
         # Slabs of contiguous slices among those showing enough of the body.
-        usable = [k for k, p in enumerate(planes) if (p > background).mean() >= 0.3]
+        usable = [
+            k for k, p in enumerate(planes) if (p > background).mean() >= source.min_slice_tissue
+        ]
         cuts = np.cumsum([0, *_shares(len(usable), source.name)])
         for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
             for k in usable[a:b]:
                 boxes[split].append((k, 0, 0, min(planes[k].shape)))
-        return _Regions(boxes, {s: 0 for s in SPLITS})
+        return _Regions(boxes, {s: 0 for s in SPLITS}, source.jitter)
     full_h, full_w = planes[0].shape
     top, left = round(source.inset * full_h), round(source.inset * full_w)
     h, w = full_h - 2 * top, full_w - 2 * left
@@ -286,13 +406,19 @@ def _cut(
     box: tuple[int, int, int, int],
     patch: int,
     rng: np.random.Generator,
+    jitter: float = 0.0,
 ) -> np.ndarray:
     k, y0, x0, side = box
     plane = planes[k]
     if patch == 0:  # a whole slice, its long side cropped to square at the centre
         h, w = plane.shape
         s = min(h, w)
-        return plane[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        plane = plane[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        if jitter:  # a random shift: the few slices of a slab give different images
+            cut = round(jitter * s)
+            dy, dx = rng.integers(0, cut + 1, size=2)
+            plane = plane[dy : dy + s - cut, dx : dx + s - cut]
+        return plane
     dy, dx = rng.integers(0, side - patch + 1, size=2)
     return plane[y0 + dy : y0 + dy + patch, x0 + dx : x0 + dx + patch]
 
@@ -320,7 +446,8 @@ def _draw(
     saturated or empty corner) are redrawn, so every image shows structure."""
     boxes = regions.boxes[split]
     for _ in range(MAX_DRAWS):
-        patch = _cut(planes, boxes[rng.integers(len(boxes))], regions.patch[split], rng)
+        box = boxes[rng.integers(len(boxes))]
+        patch = _cut(planes, box, regions.patch[split], rng, regions.jitter)
         if standardise:
             patch = np.rot90(patch, k=int(rng.integers(4)))
             if rng.integers(2):

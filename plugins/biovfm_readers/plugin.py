@@ -39,6 +39,6 @@ def biovfm_register_datasets(register) -> None:  # type: ignore[no-untyped-def]
     register(
         "demo_benchmark",
         "biovfm_readers.demo_benchmark:DemoBenchmarkReader",
-        description="offline benchmark tasks (modality, texture) cut from the demo images; "
+        description="offline benchmark tasks (modality, texture, plane) cut from the demo images; "
         "eval with --benchmark demo",
     )
