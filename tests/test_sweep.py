@@ -295,7 +295,7 @@ def run_recorded(sweep: S.Sweep, monkeypatch) -> list[tuple[list[str], Path]]:
     """run_local with the cells' commands recorded instead of run."""
     calls = []
 
-    def fake_run(command, check, cwd):
+    def fake_run(command, check, cwd, **_):
         calls.append((command, cwd))
         return subprocess.CompletedProcess(command, 0)
 
