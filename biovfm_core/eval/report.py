@@ -168,6 +168,13 @@ def write_tables(out_dir: Path) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
+def headline_tables(md_path: Path) -> str:
+    """The AUC tables of ``results.md`` (one per protocol): what the console shows at the
+    end of an eval; the other metrics stay in the file."""
+    sections = md_path.read_text().split("\n### ")[1:]
+    return "\n".join("### " + s.strip() + "\n" for s in sections if " — auc " in s.split("\n")[0])
+
+
 def _overlap(a: ResultRow, b: ResultRow) -> str:
     if None in (a.ci_low, a.ci_high, b.ci_low, b.ci_high):
         return "no CI"

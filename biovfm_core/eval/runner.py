@@ -17,7 +17,12 @@ from biovfm_core.eval.conventions import evaluate as evaluate_metrics
 from biovfm_core.eval.data import Benchmark, expand_benchmarks, load_benchmark
 from biovfm_core.eval.features import FEATURE_KINDS, FeatureCache, extract, split_features
 from biovfm_core.eval.models import LoadedModel, load_model
-from biovfm_core.eval.report import check_folder_convention, write_result, write_tables
+from biovfm_core.eval.report import (
+    check_folder_convention,
+    headline_tables,
+    write_result,
+    write_tables,
+)
 from biovfm_core.results import CONVENTIONS, PROTOCOLS
 
 
@@ -245,6 +250,7 @@ def run_eval(
     # Made only now: a spec that fails to load leaves no empty output folder behind.
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_tables(out)
+    log("\n" + headline_tables(md_path))
     log(f"wrote {csv_path} and {md_path}")
     return records
 
