@@ -31,6 +31,14 @@ from biovfm_core.train.presets import apply_machine_preset, apply_objective_back
     help="Run folder or checkpoint to continue; 'auto' continues --name if it has a "
     "checkpoint and starts it otherwise (for requeued cluster jobs).",
 )
+@click.option(
+    "--init",
+    metavar="SPEC",
+    help="Start from published weights: a DINOv2 hub .pth (dinov2_vits14_pretrain.pth), "
+    "an MAE .pth (mae_pretrain_vit_base.pth), a timm/Hugging Face folder (config.json + "
+    "model.safetensors), a biovfm run or export, or timm:NAME (weights in the cache). "
+    "Position embeddings are resized to the backbone's image_size.",
+)
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--seed", type=int)
@@ -52,6 +60,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         "output": flags["output"],
         "name": flags["name"],
         "resume": flags["resume"],
+        "init": flags["init"],
         "train.device": flags["device"],
         "train.precision": flags["precision"],
         "train.seed": flags["seed"],

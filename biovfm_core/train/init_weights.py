@@ -167,15 +167,23 @@ def _read_timm(spec: str) -> InitSource:
     name = spec.removeprefix("timm:")
     if not timm.is_model(name.split(".")[0]):
         raise ConfigError(f"--init {spec}: timm has no model named {name!r}")
+    from huggingface_hub import constants
+
+    # The cache only: a training job must not hang on a hub it cannot reach (retries
+    # take a minute) nor start from weights it fetched unasked.
+    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0)
-    except (OSError, RuntimeError) as exc:  # huggingface_hub's offline / not-found errors
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    except (OSError, RuntimeError) as exc:  # huggingface_hub's not-in-cache errors
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ConfigError(
-            f"--init {spec}: cannot get timm's pretrained weights ({type(exc).__name__}: "
-            f"{reason}); on a machine without network put them in the Hugging Face cache "
-            "first, or pass the downloaded file or folder instead"
+            f"--init {spec}: timm's pretrained weights are not in the local Hugging Face "
+            f"cache ({type(exc).__name__}: {reason}); download them first where there is "
+            f"network (timm.create_model({name!r}, pretrained=True)) or pass the "
+            "downloaded file or folder"
         ) from None
+    finally:
+        constants.HF_HUB_OFFLINE = offline
     state = {k: v.detach() for k, v in model.state_dict().items()}
     h = hashlib.sha256()
     for key in sorted(state):
