@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from biovfm_timm.vit import ViTBackbone
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -26,7 +27,6 @@ from biovfm_core.errors import ConfigError
 from biovfm_core.registry import get_registry
 from biovfm_core.train import init_weights
 from biovfm_core.train.init_weights import load_init, read_init
-from biovfm_timm.vit import ViTBackbone
 
 DIM, DEPTH, HEADS = 64, 2, 2
 
