@@ -256,3 +256,26 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
     other.name, other.init_sha256 = "again", "0" * 64
     with pytest.raises(ConfigError, match="differs from init_sha256"):
         train(other, get_registry(), progress=False)
+
+
+def test_eval_takes_published_checkpoints_by_spec(tmp_path):
+    from biovfm_core.eval.models import load_model
+
+    # vit_tiny's widths (192, 12 blocks, 3 heads) in DINOv2's hub layout, 4 registers.
+    source = timm_vit(img=56, dim=192, depth=12, regs=4)
+    spec = str(dinov2_hub_file(source, tmp_path / "dinov2_vitt14_reg4_pretrain.pth"))
+    model = load_model(spec, get_registry())
+    assert model.name == spec and model.backbone_name == "vit_tiny" and model.objective == "dinov2"
+    assert model.backbone.inner.vit.pos_embed.shape[1] == 1 + 4 + 16  # 56 px kept, no resampling
+    # Evaluation feeds (u - 0.5) / 0.5; the checkpoint gets ImageNet normalisation instead.
+    u = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    mean = torch.tensor(init_weights.IMAGENET_NORM["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(init_weights.IMAGENET_NORM["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = model.backbone.forward_tokens((u - 0.5) / 0.5)
+        want = source.forward_features((u - mean) / std)
+    torch.testing.assert_close(got.cls, want[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.patches, want[:, 5:], atol=1e-4, rtol=1e-4)
+    shallow = dinov2_hub_file(timm_vit(img=56, dim=192, depth=2), tmp_path / "shallow.pth")
+    with pytest.raises(ConfigError, match=r"missing key\(s\): blocks\.10\."):
+        load_model(str(shallow), get_registry())

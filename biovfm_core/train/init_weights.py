@@ -28,6 +28,9 @@ import torch
 
 from biovfm_core.errors import ConfigError
 
+# DINOv2 and MAE both train on ImageNet-normalised views.
+IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
 SPEC_HELP = (
     "a DINOv2 hub .pth, an MAE .pth, a timm/Hugging Face folder (config.json + "
     "model.safetensors), a biovfm run or export folder, or timm:NAME"
@@ -44,6 +47,7 @@ class InitSource:
     sha256: str | None = None
     no_embed_class: bool | None = None  # None: decide from the shapes
     dropped: list[str] = field(default_factory=list)  # keys the layout has, a backbone not
+    input_norm: dict[str, list[float]] | None = None  # the mean/std its inputs were given
 
     def record(self) -> dict[str, Any]:
         return {"spec": self.spec, "kind": self.kind, "sha256": self.sha256}
@@ -102,7 +106,9 @@ def _read_torch_file(spec: str, path: Path) -> InitSource:
         dropped = sorted(k for k in state if k.startswith("decoder_") or k == "mask_token")
         for key in dropped:
             del state[key]
-        return InitSource(str(path), "mae", _check_layout(spec, state), sha, False, dropped)
+        return InitSource(
+            str(path), "mae", _check_layout(spec, state), sha, False, dropped, IMAGENET_NORM
+        )
     if "mask_token" in raw:
         # DINOv2 hub layout: timm's converter drops the (iBOT) mask token, renames the
         # SwiGLU weights and, with registers, moves to timm's no_embed_class layout.
@@ -114,6 +120,7 @@ def _read_torch_file(spec: str, path: Path) -> InitSource:
             sha,
             "reg_token" in state,
             ["mask_token"],
+            IMAGENET_NORM,
         )
     return InitSource(str(path), "torch", _check_layout(spec, dict(raw)), sha)
 
@@ -142,8 +149,17 @@ def _read_timm_folder(spec: str, folder: Path) -> InitSource:
     arch = str(config.get("architecture", ""))
     if no_embed is None and arch:
         no_embed = _timm_no_embed_class(arch)
+    pretrained = config.get("pretrained_cfg") or config
+    norm = None
+    if "mean" in pretrained and "std" in pretrained:
+        norm = {"mean": list(pretrained["mean"]), "std": list(pretrained["std"])}
     return InitSource(
-        spec, "timm-folder", _check_layout(spec, state), file_sha256(weights), no_embed
+        spec,
+        "timm-folder",
+        _check_layout(spec, state),
+        file_sha256(weights),
+        no_embed,
+        input_norm=norm,
     )
 
 
@@ -189,7 +205,9 @@ def _read_timm(spec: str) -> InitSource:
     for key in sorted(state):
         h.update(key.encode())
         h.update(state[key].float().cpu().numpy().tobytes())
-    return InitSource(spec, "timm", state, h.hexdigest(), bool(model.no_embed_class))
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    norm = {"mean": list(cfg["mean"]), "std": list(cfg["std"])} if "mean" in cfg else None
+    return InitSource(spec, "timm", state, h.hexdigest(), bool(model.no_embed_class), [], norm)
 
 
 def _read_biovfm(spec: str, registry) -> InitSource:
@@ -230,6 +248,38 @@ def _check_layout(spec: str, state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------- loading
+
+# biovfm's ViT sizes by width (their depths and heads are timm's / DINOv2's).
+_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1536: "giant"}
+
+
+def backbone_for(source: InitSource) -> tuple[str, dict[str, Any]]:
+    """The registered biovfm backbone and options whose ViT has ``source``'s shapes,
+    at the image size its position table was made for (so no table is resampled)."""
+    state = source.state
+    patch = state["patch_embed.proj.weight"]
+    width, side = int(patch.shape[0]), int(patch.shape[-1])
+    size = _SIZES.get(width)
+    if size is None:
+        raise ConfigError(
+            f"{source.spec}: a ViT of width {width}; biovfm's ViTs have widths "
+            + ", ".join(f"{w} (vit_{n})" for w, n in _SIZES.items())
+        )
+    regs = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
+    n_prefix = (1 if "cls_token" in state else 0) + regs
+    rows = int(state["pos_embed"].shape[1])
+    if not _source_no_embed_class(source, n_prefix):
+        rows -= n_prefix
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    options: dict[str, Any] = {
+        "patch_size": side,
+        "image_size": math.isqrt(rows) * side,
+        "num_register_tokens": regs,
+        "layer_scale_init": 1e-5 if "blocks.0.ls1.gamma" in state else None,
+        # A SwiGLU MLP (DINOv2's ViT-g) packs two branches into fc1, not 4x the width.
+        "swiglu": fc1 is not None and int(fc1.shape[0]) != 4 * width,
+    }
+    return f"vit_{size}", options
 
 
 def _is_square(n: int) -> bool:
