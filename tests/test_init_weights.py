@@ -279,3 +279,21 @@ def test_eval_takes_published_checkpoints_by_spec(tmp_path):
     shallow = dinov2_hub_file(timm_vit(img=56, dim=192, depth=2), tmp_path / "shallow.pth")
     with pytest.raises(ConfigError, match=r"missing key\(s\): blocks\.10\."):
         load_model(str(shallow), get_registry())
+
+
+def test_train_init_flag_sets_the_config_and_checks_the_path(tmp_path):
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+
+    missing = CliRunner().invoke(cli, ["train", "--init", str(tmp_path / "no.pth"), "--dry-run"])
+    assert missing.exit_code != 0 and "no.pth: no such file or folder" in str(
+        missing.output + str(missing.exception)
+    )
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    path.write_bytes(b"x")
+    done = CliRunner().invoke(
+        cli, ["train", "--init", str(path), "--dry-run", "--device", "cuda", "--data", "demo:"]
+    )
+    assert done.exit_code == 0, done.output
+    assert f"init: {path}" in done.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from biovfm_core.cli.common import check_data, config_options, resolve_config
+from biovfm_core.errors import ConfigError
 from biovfm_core.train.presets import apply_machine_preset, apply_objective_backbone_preset
 
 
@@ -72,6 +73,12 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     resolve_auto_resume(config)
     if config.resume:
         check_resume_names(config)
+    if config.init and not config.resume and not config.init.startswith("timm:"):
+        from pathlib import Path
+
+        if not Path(config.init).expanduser().exists():
+            # Before any data scan or model build: the commonest --init mistake.
+            raise ConfigError(f"--init {config.init}: no such file or folder")
     registry = get_registry()
     device_type = _device_type(config.train.device)
     applied = apply_machine_preset(config, registry, device_type)
