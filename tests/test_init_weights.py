@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from biovfm_timm.vit import ViTBackbone
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from biovfm_core.config import RunConfig
@@ -251,11 +251,21 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
     assert saved.init == str(path) and saved.init_sha256 == digest
     exported = json.loads((tmp_path / "run" / "export" / "backbone.json").read_text())
     assert exported["biovfm"]["init"] == {"spec": str(path), "sha256": digest}
-    # A config naming other weights' checksum refuses to start.
-    other = _dinov2_run_config(tmp_path, str(path))
-    other.name, other.init_sha256 = "again", "0" * 64
+    # The run itself is a spec: its export, whose checksum is that of its weights file.
+    again = read_init(str(tmp_path / "run"))
+    weights_file = tmp_path / "run" / "export" / "backbone.safetensors"
+    assert again.kind == "biovfm"
+    assert again.sha256 == hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    options = saved.options["backbone"]
+    fresh = get_registry().build("backbones", "vit_tiny", options=options)
+    load_init(again, fresh)
+    weights = load_file(str(weights_file))
+    for key, value in fresh.vit.state_dict().items():
+        torch.testing.assert_close(value, weights[key])
+    # A config naming other weights' checksum refuses them (the set-up calls this check).
+    init_weights.check_recorded_sha(read_init(str(path)), digest)
     with pytest.raises(ConfigError, match="differs from init_sha256"):
-        train(other, get_registry(), progress=False)
+        init_weights.check_recorded_sha(read_init(str(path)), "0" * 64)
 
 
 def test_eval_takes_published_checkpoints_by_spec(tmp_path):
