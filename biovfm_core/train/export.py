@@ -137,7 +137,7 @@ def model_card(out_dir: Path, description: dict[str, Any], run_config: Any = Non
         "",
         f"A {info['backbone']} backbone ({info['num_parameters'] / 1e6:.1f}M parameters, timm "
         f"`{arch}` layout) pretrained with biovfm for "
-        f"{info['step']} steps. It outputs features (no classifier).",
+        f"{info['step']} step(s). It outputs features (no classifier).",
         "",
         "```python",
         "import timm",
@@ -147,7 +147,9 @@ def model_card(out_dir: Path, description: dict[str, Any], run_config: Any = Non
     ]
     norm = info.get("input")
     if norm:
-        lines += [f"Inputs: RGB scaled to [0, 1], then (x - {norm['mean']}) / {norm['std']}.", ""]
+        mean = [round(v, 4) for v in norm["mean"]]
+        std = [round(v, 4) for v in norm["std"]]
+        lines += [f"Inputs: RGB scaled to [0, 1], then (x - {mean}) / {std}.", ""]
     lines += ["## Recipe", ""]
     if run_config is not None:
         lines += [
