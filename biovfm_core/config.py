@@ -100,6 +100,12 @@ class RunConfig:
     """Run folder name; default ``<objective>-<backbone>-<timestamp>``."""
     resume: str | None = None
     """A run folder or checkpoint to continue from."""
+    init: str | None = None
+    """Published weights to start from (``--init``): a DINOv2 or MAE ``.pth``, a timm or
+    Hugging Face folder, a biovfm run or export, or ``timm:NAME``; ignored on resume."""
+    init_sha256: str | None = None
+    """The init weights' checksum, filled in by the run; when set, other weights are an
+    error (a saved config re-runs from the same weights)."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

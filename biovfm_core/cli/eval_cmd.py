@@ -108,7 +108,8 @@ def eval_(models, benchmarks, medmnist_root, size, protocols, features, image_si
           probe_augment, lr,
           knn_k, knn_temperature, finetune_epochs, finetune_lr, layer_decay, metrics, threshold,
           bootstrap, seed, device, batch_size, output, cache, opts, compare) -> None:  # fmt: skip
-    """Evaluate MODELS (run folders, exports, random:<backbone>, timm:<name>) on
+    """Evaluate MODELS (run folders, exports, random:<backbone>, timm:<name>, DINOv2
+    hub or MAE .pth files, timm/Hugging Face folders) on
     benchmarks with a linear probe, kNN or fine-tuning; AUC, ACC, balanced accuracy,
     MCC, F1 with 95% bootstrap intervals.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from biovfm_core.cli.common import check_data, config_options, resolve_config
+from biovfm_core.errors import ConfigError
 from biovfm_core.train.presets import apply_machine_preset, apply_objective_backbone_preset
 
 
@@ -31,6 +32,14 @@ from biovfm_core.train.presets import apply_machine_preset, apply_objective_back
     help="Run folder or checkpoint to continue; 'auto' continues --name if it has a "
     "checkpoint and starts it otherwise (for requeued cluster jobs).",
 )
+@click.option(
+    "--init",
+    metavar="SPEC",
+    help="Start from published weights: a DINOv2 hub .pth (dinov2_vits14_pretrain.pth), "
+    "an MAE .pth (mae_pretrain_vit_base.pth), a timm/Hugging Face folder (config.json + "
+    "model.safetensors), a biovfm run or export, or timm:NAME (weights in the cache). "
+    "Position embeddings are resized to the backbone's image_size.",
+)
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--seed", type=int)
@@ -52,6 +61,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         "output": flags["output"],
         "name": flags["name"],
         "resume": flags["resume"],
+        "init": flags["init"],
         "train.device": flags["device"],
         "train.precision": flags["precision"],
         "train.seed": flags["seed"],
@@ -63,6 +73,12 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     resolve_auto_resume(config)
     if config.resume:
         check_resume_names(config)
+    if config.init and not config.resume and not config.init.startswith("timm:"):
+        from pathlib import Path
+
+        if not Path(config.init).expanduser().exists():
+            # Before any data scan or model build: the commonest --init mistake.
+            raise ConfigError(f"--init {config.init}: no such file or folder")
     registry = get_registry()
     device_type = _device_type(config.train.device)
     applied = apply_machine_preset(config, registry, device_type)

@@ -1,5 +1,7 @@
 """The models ``biovfm eval`` takes: a run folder, an exported backbone, a random-init
-backbone (``random:<name>``) and any timm model (``timm:<name>``)."""
+backbone (``random:<name>``), any timm model (``timm:<name>``), and the published
+checkpoints ``biovfm train --init`` starts from (a DINOv2 hub or MAE ``.pth``, a timm or
+Hugging Face folder), which are named in results by their spec."""
 
 from __future__ import annotations
 
@@ -112,7 +114,33 @@ def load_model(
         return _ready(load_checkpoint_backbone(path, registry))
     if (path / "state.pt").is_file() and (path.parent.parent / "config.yaml").is_file():
         return _ready(load_checkpoint_backbone(path.parent.parent, registry, checkpoint=path))
-    raise ConfigError(f"{spec}: neither a biovfm run (config.yaml) nor an export (backbone.json)")
+    if path.is_file() or (path / "config.json").is_file():
+        return _ready(load_published(spec, registry))
+    raise ConfigError(
+        f"{spec}: neither a biovfm run (config.yaml), an export (backbone.json) nor a "
+        "timm / Hugging Face folder (config.json)"
+    )
+
+
+def load_published(spec: str, registry) -> LoadedModel:
+    """A published checkpoint (DINOv2 hub or MAE ``.pth``, timm/HF folder, safetensors)
+    in the biovfm ViT of its shapes, fed the normalisation it was trained with."""
+    from biovfm_core.train.init_weights import backbone_for, load_init, read_init
+
+    source = read_init(spec, registry)
+    name, options = backbone_for(source)
+    backbone = registry.build("backbones", name, options=options)
+    load_init(source, backbone, f"backbone {name!r} with options {options}")
+    model = LoadedModel(
+        spec,
+        backbone,
+        _hash("published", source.sha256, name, options),
+        name,
+        source.kind,
+        spec,
+        {"init": source.record()},
+    )
+    return _with_input(model, source.input_norm)
 
 
 class TrainedInput(torch.nn.Module):

@@ -293,6 +293,19 @@ class _Trainer:
             TaskInfo(num_classes=num_classes, multilabel=multilabel),
             options=cfg.options["objective"],
         )
+        if cfg.init and resumed is None:  # a resumed run's checkpoint already holds them
+            from biovfm_core.train import init_weights
+
+            source = init_weights.read_init(cfg.init, self.registry)
+            init_weights.check_recorded_sha(source, cfg.init_sha256)
+            options = cfg.options["backbone"]
+            target = f"backbone {cfg.backbone!r}" + (f" with options {options}" if options else "")
+            init_weights.init_objective(objective, backbone, source, target)
+            if source.sha256 and cfg.init_sha256 != source.sha256:
+                cfg.init_sha256 = source.sha256
+                if rt.is_main:
+                    cfg.save(self.run_dir / "config.yaml")
+            self._say(f"starting from {source.kind} weights {cfg.init}")
         data = training_data(index, objective.views, cfg, self.registry)
         self._accelerate(objective)
         objective.to(rt.device)
@@ -466,6 +479,8 @@ class _Trainer:
                 step=p.step,
                 source=f"{cfg.objective} run {self.run_dir.name}",
                 input_norm=input_normalisation(p.data.batch_recipe),
+                init={"spec": cfg.init, "sha256": cfg.init_sha256} if cfg.init else None,
+                run_config=cfg,
             )
             write_atomic(
                 self.run_dir / "summary.json",
