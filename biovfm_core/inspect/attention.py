@@ -64,9 +64,7 @@ def _grid(n: int, size: int, patch: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def extract(
-    backbone: nn.Module, images: torch.Tensor, *, batch_size: int = 16
-) -> Features:
+def extract(backbone: nn.Module, images: torch.Tensor, *, batch_size: int = 16) -> Features:
     """CLS, patch tokens and CLS attention of ``backbone`` on prepared ``images``."""
     vit = find_vit(backbone)
     kept: list[torch.Tensor] = []
@@ -92,6 +90,4 @@ def extract(
     patch_tokens = torch.cat(patches)
     size = images.shape[-1]
     grid = _grid(patch_tokens.shape[1], size, int(getattr(backbone, "patch_size", 1)))
-    return Features(
-        torch.cat(cls), patch_tokens, grid, torch.cat(attention) if attention else None
-    )
+    return Features(torch.cat(cls), patch_tokens, grid, torch.cat(attention) if attention else None)

@@ -102,9 +102,7 @@ def square(image: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
     return out.numpy()
 
 
-def load_images(
-    data: list[str], *, count: int = 12, seed: int = 0, size: int = 224
-) -> ShownImages:
+def load_images(data: list[str], *, count: int = 12, seed: int = 0, size: int = 224) -> ShownImages:
     """Scan ``data`` (the demo data when empty), pick ``count`` images, prepare them."""
     from biovfm_core.data.catalog import resolve_data
     from biovfm_core.data.scan import scan_sources

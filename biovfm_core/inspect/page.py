@@ -60,6 +60,8 @@ def write_page(path: Path, shown, results, settings, size: int) -> Path:
             parts.append(f"<figure><figcaption><b>{e(r.name)}</b></figcaption>{body}</figure>")
         parts.append("</div>")
     parts.append("<h2>Images</h2><ol>")
-    parts.extend(f"<li>{e(m)}: {e(u)}</li>" for u, m in zip(shown.uris, shown.modalities, strict=True))
+    parts.extend(
+        f"<li>{e(m)}: {e(u)}</li>" for u, m in zip(shown.uris, shown.modalities, strict=True)
+    )
     parts.append("</ol></body></html>\n")
     return write_atomic(path, "\n".join(parts).encode())

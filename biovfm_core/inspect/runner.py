@@ -74,7 +74,11 @@ def draw_model(
         att = feats.attention.numpy().reshape(len(thumbs), -1, h, w)
         heads = att.shape[1]
         rows = [
-            [thumbs[i], *[upsample(heat(a), tile) for a in att[i]], upsample(heat(att[i].mean(0)), tile)]
+            [
+                thumbs[i],
+                *[upsample(heat(a), tile) for a in att[i]],
+                upsample(heat(att[i].mean(0)), tile),
+            ]
             for i in range(len(thumbs))
         ]
         pictures["attention"] = f"{folder}/attention.png"
@@ -87,7 +91,10 @@ def draw_model(
     if shown.body:
         shown_iou = float(
             np.mean(
-                [foreground_agreement(maps.foreground[i], patch_mask(m, feats.grid)) for i, m in shown.body.items()]
+                [
+                    foreground_agreement(maps.foreground[i], patch_mask(m, feats.grid))
+                    for i, m in shown.body.items()
+                ]
             )
         )
     numbers = {
@@ -128,8 +135,12 @@ def run_inspect(
         opts = settings.backbone_options if spec.startswith(("random:", "timm:")) else None
         models.append(load_model(spec, registry, options=opts, seed=settings.seed))
     size = settings.image_size or int(models[0].backbone.image_size)
-    shown = load_images(data, count=settings.count, seed=settings.seed, size=max(size, settings.tile))
-    log(f"inspect: {len(shown.uris)} images ({', '.join(sorted(set(shown.modalities)))}) at {size} px")
+    shown = load_images(
+        data, count=settings.count, seed=settings.seed, size=max(size, settings.tile)
+    )
+    log(
+        f"inspect: {len(shown.uris)} images ({', '.join(sorted(set(shown.modalities)))}) at {size} px"
+    )
     images = shown.model_input(size)
     results = []
     for i, (spec, model) in enumerate(zip(specs, models, strict=True)):
@@ -138,7 +149,9 @@ def run_inspect(
         feats = extract(backbone, images)
         model.backbone = backbone.cpu()
         pictures, numbers = draw_model(shown, feats, out, folder, settings)
-        results.append(ModelPictures(spec, model.name, folder, pictures, grid=feats.grid, **numbers))
+        results.append(
+            ModelPictures(spec, model.name, folder, pictures, grid=feats.grid, **numbers)
+        )
         score = numbers["body_iou"]
         log(
             f"  {model.name}: {feats.grid[0]}x{feats.grid[1]} patches, {numbers['heads']} heads"
