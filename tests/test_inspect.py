@@ -4,8 +4,6 @@ PCA foreground and its agreement with a CT body mask, and the retrieval order.""
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest

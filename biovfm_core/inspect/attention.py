@@ -57,7 +57,7 @@ def _grid(n: int, size: int, patch: int) -> tuple[int, int]:
     side = size // patch if patch > 1 else 0
     if side and side * side == n:
         return side, side
-    root = int(round(n**0.5))
+    root = round(n**0.5)
     if root * root != n:
         raise ValueError(f"{n} patch tokens do not form a square grid")
     return root, root
