@@ -1,11 +1,11 @@
-"""DINOv2's PCA picture of patch features (Oquab et al. 2023, fig. 1 and sec. 7.3).
+"""DINOv2's PCA picture of patch features (Oquab et al. 2023, fig. 1 and fig. 9).
 
-As the paper describes it: a PCA of the patch features of a set of images; the first
-component, thresholded, separates foreground from background; a second PCA on the
-foreground patches alone gives three components shown as RGB, background black.
-The first component's sign is arbitrary; the side holding fewer of the images'
-border patches is called foreground (objects, and bodies on a scanner's table,
-rarely fill the frame's edge).
+As the paper describes it: a PCA of the patch features of a set of images; patches
+with a negative score on the first component are removed as background; a second PCA
+on the remaining (foreground) patches gives three components shown as RGB, background
+black. The first component's sign is arbitrary (the official notebook loads a
+precomputed direction); here the side holding fewer of the images' border patches is
+called foreground (objects, and bodies on a scanner's table, rarely fill the edge).
 """
 
 from __future__ import annotations
