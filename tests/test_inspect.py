@@ -65,6 +65,17 @@ def test_no_model_is_a_one_line_error():
     assert result.exit_code == 2 and "give at least one model" in result.output
 
 
+def test_missing_data_is_a_one_line_error(tmp_path):
+    missing = tmp_path / "nothing"
+    args = ["inspect", "random:vit_tiny", "--data", f"folder:{missing}", "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert (
+        result.output.strip() == f"error: --data folder:{missing}: path '{missing}' does not exist"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def _tiny_vit():
     torch.manual_seed(0)
     return get_registry().build("backbones", "vit_tiny", options={"image_size": 32}).eval()
