@@ -186,7 +186,10 @@ def test_selection_is_seeded_and_puts_ct_slices_first():
 def test_a_trained_model_separates_body_from_background_better_than_random(tmp_path):
     """A short DINOv2 run on the demo data with the CPU preset, then the CT body IoU of
     the PCA foreground: the trained backbone against the same backbone (same options)
-    at random init, both at the run's 64 px global-crop size."""
+    at three random inits. Both are shown the slices at twice the run's 64 px crops,
+    8x8 patches a slice: on a 4x4 grid a slice has 16 patches, too coarse to tell
+    (measured: 200 steps 0.764 against random 0.70-0.77 at 64 px, 0.856 against
+    0.68-0.72 at 128 px)."""
     from biovfm_core.config import RunConfig
     from biovfm_core.inspect.runner import InspectSettings, run_inspect
     from biovfm_core.train.loop import train
@@ -200,12 +203,17 @@ def test_a_trained_model_separates_body_from_background_better_than_random(tmp_p
     apply_machine_preset(config, registry, "cpu")
     apply_objective_backbone_preset(config, registry)
     train(config, registry, progress=False)
-    settings = InspectSettings(
-        image_size=int(config.options["objective"]["global_size"]),
-        backbone_options=dict(config.options["backbone"]),
-    )
+    size = 2 * int(config.options["objective"]["global_size"])
     specs = [str(tmp_path / "run"), f"random:{config.backbone}"]
-    results = run_inspect(specs, [], tmp_path / "out", settings, registry=registry)
-    trained, random = (r.body_iou for r in results)
-    print(f"CT body IoU after {STEPS} steps: trained {trained:.3f}, random init {random:.3f}")
-    assert trained > random, (trained, random)
+    scores = []
+    for seed in (0, 1, 2):  # the seed draws the random init (and the non-CT images)
+        settings = InspectSettings(
+            image_size=size, seed=seed, backbone_options=dict(config.options["backbone"])
+        )
+        results = run_inspect(specs, [], tmp_path / f"out{seed}", settings, registry=registry)
+        scores.append([r.body_iou for r in results])
+    trained = scores[0][0]
+    random = [s[1] for s in scores]
+    print(f"CT body IoU after {STEPS} steps at {size} px: trained {trained:.3f}, random {random}")
+    assert all(s[0] == trained for s in scores)  # the CT slices and the trained model are fixed
+    assert trained > max(random) + 0.05, (trained, random)
