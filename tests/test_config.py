@@ -268,3 +268,20 @@ def test_numbers_a_run_cannot_use_fail_before_it_starts(key, value, message):
     with pytest.raises(ConfigError) as excinfo:
         config.check_ranges()
     assert message in str(excinfo.value)
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    # mkstemp's 0600 would make a shared run's config, results and exports unreadable
+    # to the rest of a team.
+    import os
+
+    from biovfm_core.config import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        written = write_atomic(tmp_path / "results.md", b"x")
+        plain = tmp_path / "plain.md"
+        plain.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644

@@ -60,11 +60,12 @@ def _register_commands() -> None:
     from biovfm_core.cli.analyze_cmd import analyze
     from biovfm_core.cli.data_cmd import data
     from biovfm_core.cli.eval_cmd import eval_
+    from biovfm_core.cli.inspect_cmd import inspect
     from biovfm_core.cli.plugins_cmd import plugins
     from biovfm_core.cli.sweep_cmd import sweep
     from biovfm_core.cli.train_cmd import train
 
-    for command in (plugins, train, eval_, data, sweep, analyze):
+    for command in (plugins, train, eval_, data, sweep, analyze, inspect):
         cli.add_command(command)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from biovfm_core.config import chmod_as_open
 from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import MODALITIES, SampleRecord
 
@@ -329,6 +330,7 @@ class SampleIndex:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".npz.tmp", dir=folder)
         try:
+            chmod_as_open(fd)
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
                 f.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from biovfm_core.config import chmod_as_open
 from biovfm_core.eval.data import SPLITS, Benchmark, preprocess
 
 FEATURE_KINDS = ("cls", "mean", "both")
@@ -56,6 +57,7 @@ class FeatureCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".npy")
         try:
+            chmod_as_open(fd)
             with os.fdopen(fd, "wb") as f:
                 np.save(f, array)
                 f.flush()
