@@ -59,7 +59,7 @@ def write_patch_task(path: Path, seed: int = 0) -> Path:
 def biovfm(*args: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "biovfm_core.cli.main", *args],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=3600,  # a hang guard only
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr
@@ -124,6 +124,10 @@ def test_self_supervised_dinov2_beats_random_init_on_knn(tmp_path):
         "train", "--objective", "dinov2", "--data", f"medmnist:{task}?modality=microscopy",
         "--device", "cpu", "--max-steps", "600", "--batch-size", "32",
         "--set", "data.num_workers=2", "--output", str(tmp_path), "--name", "dino",
+        # Without DINOv2's ViT-L regularisation: with its defaults (drop-path 0.3 in
+        # every block, LayerScale 1e-5) this 600-step ViT-Ti run measured kNN AUC 0.734
+        # [0.688, 0.774], below the floor's 0.850 [0.815, 0.882] (2026-11-30).
+        "--opt", "backbone.drop_path_rate=0", "--opt", "backbone.layer_scale_init=none",
     )  # fmt: skip
     biovfm(
         "eval", str(tmp_path / "dino"), "random:vit_tiny", "--benchmark", f"medmnist:{task}",
