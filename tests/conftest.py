@@ -13,7 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 # pytest-xdist runs one worker per core: each worker, and every biovfm process a test
 # starts, computes on one thread, so workers never fight over cores (torch's spinning
 # threads slow down many times over on an oversubscribed machine). Set before torch loads.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Without xdist (`-n 0`, e.g. for the slow learning checks) torch keeps all its threads.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
