@@ -1,0 +1,167 @@
+"""What a shard folder holds, and how one image is stored in it.
+
+A shard folder is a plain litdata dataset (``index.json`` plus ``chunk-*.bin``;
+``litdata.StreamingDataset(folder)`` reads it with no biovfm installed) with two
+files of ours beside it:
+
+- ``biovfm-index.npz``: a ``SampleIndex`` whose row ``i`` is litdata item ``i``:
+  the image's original uri (file and slice), source, modality, anatomy and label.
+  Opening a shard set reads this one columnar file, never the chunks, so 21M
+  images open in seconds and subsets are chosen without touching pixels.
+- ``biovfm-shards.json``: the manifest (format version, encoding, what was packed,
+  how many images). It is written last, so its presence means the set is complete.
+
+One item is a dict: ``image`` (PNG bytes or a raw array, per the manifest's
+``encoding``), ``scale`` and ``offset`` (stored value × scale + offset gives the
+reader's value back; 1 and 0 for data stored as it was), and the metadata columns
+(``uri``, ``source``, ``modality``, ``anatomy``, ``label``: -1 none, a class, or a
+multi-label bitmask) so the chunks are usable on their own.
+
+Depth is kept: uint8 stays uint8; 16-bit data (CT in Hounsfield units, MR, X-ray)
+is stored as uint16, signed integers shifted into range, and non-integer values
+spread over the 16-bit range with their scale and offset recorded. Windowing is
+left to the modality's augmentation recipe, as it is for the original files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from biovfm_core.errors import BadImageError, ConfigError
+
+FORMAT = "biovfm-shards"
+VERSION = 1
+MANIFEST = "biovfm-shards.json"
+INDEX = "biovfm-index.npz"
+LITDATA_INDEX = "index.json"
+PROBLEMS = "pack_problems.csv"
+ENCODINGS = ("png", "raw")
+
+
+def to_stored(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(stored, scale, offset)`` with ``stored * scale + offset`` = ``image``.
+
+    uint8 and uint16 are stored as they are. Integers that fit 16 bits (int16 CT,
+    small int32) are shifted into uint16 exactly. Other values (float MR, wide
+    integers) are spread linearly over 0..65535: a relative error below 1/65535 of
+    the image's range, far under any intensity augmentation.
+    """
+    if image.dtype in (np.uint8, np.uint16):
+        return image, 1.0, 0.0
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255, 1.0, 0.0
+    data = image
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            raise ValueError("image has NaN or infinite values")
+        whole = np.array_equal(data, np.round(data))
+    else:
+        whole = True
+    lo, hi = float(data.min()), float(data.max())
+    if whole and hi - lo <= 65535:
+        # Exact: shift by the image's minimum (kept in offset).
+        return (data - lo).astype(np.uint16), 1.0, lo
+    scale = (hi - lo) / 65535.0 if hi > lo else 1.0
+    stored = np.round((data.astype(np.float64) - lo) / scale).astype(np.uint16)
+    return stored, scale, lo
+
+
+def from_stored(stored: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """The reader's values back: the stored array itself, or float32 when rescaled."""
+    if scale == 1.0 and offset == 0.0:
+        return stored
+    return stored.astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
+def encode(stored: np.ndarray, encoding: str) -> bytes | np.ndarray:
+    if encoding == "raw":
+        return np.ascontiguousarray(stored)
+    if encoding != "png":
+        raise ConfigError(f"shard encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    import cv2
+
+    img = stored
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = img[:, :, ::-1]  # cv2 writes BGR
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, [2, 1, 0, 3]]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"PNG encoder refused a {stored.dtype} {stored.shape} image")
+    return buf.tobytes()
+
+
+def decode(data: Any, encoding: str, where: str) -> np.ndarray:
+    """One stored image back to an array; ``where`` names it in the error."""
+    if encoding == "raw":
+        if not isinstance(data, np.ndarray):
+            raise BadImageError(where, f"raw shard item is {type(data).__name__}, not an array")
+        return data
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise BadImageError(where, "PNG in shard does not decode")
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = img[:, :, ::-1]
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, [2, 1, 0, 3]]
+    return np.ascontiguousarray(img)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    encoding: str
+    images: int
+    sources: dict[str, int]
+    options: dict[str, Any]
+    litdata_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "encoding": self.encoding,
+            "images": self.images,
+            "sources": self.sources,
+            "options": self.options,
+            "litdata_version": self.litdata_version,
+        }
+
+
+def read_manifest(folder: str) -> Manifest:
+    """The manifest of a complete shard set, or a ``ConfigError`` saying what is wrong."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"shards:{folder}: no such folder")
+    if not os.path.exists(path):
+        hint = (
+            "a pack that has not finished (run the same `biovfm data pack` again to resume it)"
+            if os.path.isdir(os.path.join(folder, ".pack"))
+            else "not a biovfm shard set (make one with `biovfm data pack`)"
+        )
+        raise ConfigError(f"shards:{folder}: no {MANIFEST}: {hint}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable manifest ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a biovfm shard manifest")
+    if meta.get("version") != VERSION:
+        raise ConfigError(
+            f"{path}: shard format version {meta.get('version')}, this biovfm reads {VERSION}; "
+            f"repack with this version's `biovfm data pack`"
+        )
+    return Manifest(
+        encoding=meta["encoding"],
+        images=int(meta["images"]),
+        sources=dict(meta.get("sources", {})),
+        options=dict(meta.get("options", {})),
+        litdata_version=str(meta.get("litdata_version", "")),
+    )
