@@ -212,3 +212,154 @@ def stats(
         click.echo(f"\n{len(report.problems)} unusable files (run `biovfm data scan` for the list)")
     if csv_path:
         click.echo(f"\ncounts written to {os.path.abspath(csv_path)}", file=sys.stderr)
+
+
+PLANES_HELP = (
+    "Planes volumes are cut into, comma list of axial, coronal, sagittal (default axial). "
+    "Applies to readers with an 'axis' option (nifti: axis 2 axial, 1 coronal, 0 sagittal "
+    "for RAS data), scanned once per plane; a source that sets its own axis keeps it, and "
+    "readers without the option (dicom, folder, demo) are packed as they scan. The study "
+    "(BioVFM-21M) does not say how it sliced its volumes."
+)
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+@data.command("pack")
+@click.option("--data", "data_specs", multiple=True, metavar="SPEC", help=DATA_HELP)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Shard folder to write (a litdata dataset plus biovfm-index.npz); created if new.",
+)
+@click.option("--planes", default="axial", show_default=True, help=PLANES_HELP)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=1),
+    help="Shrink images whose longer side exceeds this many pixels (area averaging, depth "
+    "kept). Default: native size.",
+)
+@click.option(
+    "--encoding",
+    type=click.Choice(["png", "raw"]),
+    default="png",
+    show_default=True,
+    help="png: lossless, smaller; raw: uncompressed arrays, fastest to read.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Decoding processes (default: min(8, CPU count)).",
+)
+@click.option(
+    "--chunk-mb",
+    type=click.FloatRange(min=0.001),
+    default=64.0,
+    show_default=True,
+    help="Target size of one litdata chunk file, in MB.",
+)
+@click.option(
+    "--part-size",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Images per part: the unit one worker writes and a resumed pack skips when done.",
+)
+@click.option(
+    "--root", type=click.Path(file_okay=False), help="Override the catalog's root folder."
+)
+@click.option("--opt", "opts", multiple=True, metavar="dataset.KEY=VALUE", help=OPT_HELP)
+@click.option(
+    "--allow-missing-sources",
+    is_flag=True,
+    help="Go on when a source fails to scan (missing sources are always reported and skipped).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a shard set or unfinished pack already in -o."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def pack_cmd(
+    data_specs: tuple[str, ...],
+    output: str,
+    planes: str,
+    max_side: int | None,
+    encoding: str,
+    workers: int | None,
+    chunk_mb: float,
+    part_size: int,
+    root: str | None,
+    opts: tuple[str, ...],
+    allow_missing_sources: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Decode --data once into shards for fast training (`--data shards:FOLDER`).
+
+    Every image is decoded by its source's reader and stored at its native depth
+    (uint8, or 16-bit for CT/MR/X-ray) with its source, modality, anatomy, label and
+    original file and slice. Bad files are skipped and listed in
+    FOLDER/pack_problems.csv; missing sources are reported. A killed pack resumes
+    when the same command is run again.
+    """
+    from biovfm_core.data.shards.pack import pack
+
+    tty = sys.stderr.isatty()
+    pending = [False]
+
+    def say(line: str) -> None:
+        # On a terminal the progress line rewrites itself; elsewhere (logs) each
+        # update is its own line.
+        if tty and line.startswith("packed "):
+            click.echo("\r\033[K" + line, nl=False, err=True)
+            pending[0] = True
+            return
+        if pending[0]:
+            click.echo("", err=True)
+            pending[0] = False
+        click.echo(line, err=True)
+
+    report = pack(
+        list(data_specs),
+        output,
+        workers=workers,
+        encoding=encoding,
+        max_side=max_side,
+        planes=planes,
+        chunk_bytes=max(1, int(chunk_mb * 1_000_000)),
+        part_size=part_size,
+        dataset_options=_dataset_options(opts),
+        root=root,
+        overwrite=overwrite,
+        allow_failed_sources=allow_missing_sources,
+        progress=None if quiet else say,
+        progress_every=1.0 if tty else 10.0,
+    )
+    if pending[0]:
+        click.echo("", err=True)
+    if report.already_complete:
+        click.echo(f"{report.out} is already a complete shard set ({report.images} images)")
+        return
+    for s in report.sources:
+        if s["status"] != "present":
+            why = f": {s['error']}" if s["error"] else ""
+            url = f" (download: {s['url']})" if s["status"] == "missing" and s["url"] else ""
+            click.echo(f"source {s['name']}: {s['status']}{why}{url}")
+    resumed = (
+        f", {report.parts_resumed} of {report.parts} parts from an earlier run"
+        if (report.parts_resumed)
+        else ""
+    )
+    click.echo(
+        f"packed {report.images} images ({report.problems} problems, listed in "
+        f"{report.problems_file}) into {report.chunks} chunks, {_size(report.bytes)}, "
+        f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s{resumed})"
+    )
+    click.echo(f"train on it with --data shards:{report.out}")
