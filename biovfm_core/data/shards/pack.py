@@ -104,7 +104,9 @@ def _units(sources: Sequence[Any], planes: tuple[str, ...]) -> list[Any]:
     """One scan per source, or per (source, plane) for readers with an ``axis`` option.
 
     A source whose own options set ``axis`` keeps it: its catalog knows its volumes'
-    orientation better than a global flag.
+    orientation better than a global flag. A source cut in several planes is scanned
+    as ``NAME@PLANE`` units (the scan builds one reader per name); the plan puts the
+    rows back under ``NAME``.
     """
     units = []
     for spec in sources:
@@ -112,8 +114,18 @@ def _units(sources: Sequence[Any], planes: tuple[str, ...]) -> list[Any]:
             units.append(spec)
             continue
         for plane in planes:
-            units.append(replace(spec, options={**spec.options, "axis": PLANE_AXES[plane]}))
+            units.append(
+                replace(
+                    spec,
+                    name=spec.name if len(planes) == 1 else f"{spec.name}@{plane}",
+                    options={**spec.options, "axis": PLANE_AXES[plane]},
+                )
+            )
     return units
+
+
+def _source_of(unit_name: str) -> str:
+    return unit_name.rsplit("@", 1)[0] if "@" in unit_name else unit_name
 
 
 def _unit_dict(spec: Any) -> dict[str, Any]:
@@ -231,6 +243,29 @@ def _item(record: Any, label: int, image: np.ndarray, encoding: str, max_side: i
     }
 
 
+def _serializers() -> dict[str, Any]:
+    """litdata's writer with uris kept as text.
+
+    By default litdata stores a string that names an existing file (or ends in
+    .png/.jpg/.nii) as that file's bytes: every folder image's uri would embed the
+    original file and read back as a tensor. Registered as "str", so readers decode it
+    with litdata's own string serializer and need nothing of ours.
+    """
+    from litdata.streaming.serializers import Serializer
+
+    class Text(Serializer):
+        def serialize(self, item: str) -> tuple[bytes, str | None]:
+            return item.encode("utf-8", "surrogateescape"), None
+
+        def deserialize(self, data: bytes) -> str:
+            return bytes(data).decode("utf-8", "surrogateescape")
+
+        def can_serialize(self, item: Any) -> bool:
+            return isinstance(item, str)
+
+    return {"str": Text()}
+
+
 def _init_worker(counter: Any) -> None:
     global _COUNTER
     _COUNTER = counter
@@ -258,7 +293,7 @@ def _pack_part(job: dict[str, Any], tick: Callable[[int], None] | None = None) -
     # larger than a chunk; neither concerns the user.
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
-        writer = BinaryWriter(tmp, chunk_bytes=job["chunk_bytes"])
+        writer = BinaryWriter(tmp, chunk_bytes=job["chunk_bytes"], serializers=_serializers())
         for row, record, label, unit in job["rows"]:
             try:
                 image = _reader(job["units"][unit]).load(record)
@@ -392,15 +427,36 @@ def _make_plan(
     stop_on_error: bool,
     say: Callable[[str], None] | None,
 ) -> tuple[Any, dict[str, Any]]:
+    from biovfm_core.data.index import IndexBuilder
     from biovfm_core.data.scan import describe, scan_sources
 
     index, report = scan_sources(units, progress=say, stop_on_error=stop_on_error)
+    if any(u.name not in {s.name for s in sources} for u in units):
+        # Rows of NAME@PLANE units go back under NAME (same order, rows contiguous).
+        builder = IndexBuilder()
+        for spec in sources:
+            builder.add_source(spec.name)
+        for unit in units:
+            meta = dict(index.sources_meta.get(unit.name, {}))
+            meta.pop("label_width", None)
+            builder.sources_meta[_source_of(unit.name)].update(meta)
+        for i in range(len(index)):
+            rec = index.record(i)
+            builder.add(replace(rec, source=_source_of(rec.source)))
+        index = builder.build()
+        for st in report.sources:
+            st.name = _source_of(st.name)
+        report.problems = [(_source_of(a), b, c) for a, b, c in report.problems]
     # Provenance keeps each source as the user gave it (not one plane's axis).
     for spec in sources:
         meta = index.sources_meta.get(spec.name)
         if meta is not None:
             meta["options"] = dict(spec.options)
-            if any(u.name == spec.name and u is not spec for u in units):
+            if any(
+                u.options.get("axis") != spec.options.get("axis")
+                for u in units
+                if _source_of(u.name) == spec.name
+            ):
                 meta["planes"] = list(settings["planes"])
     starts = np.cumsum([0] + [s.found for s in report.sources]).tolist()
     statuses = _merge_statuses(report.sources)
@@ -591,7 +647,7 @@ def pack(
             with open(os.path.join(out, WORK, PLAN), encoding="utf-8") as f:
                 old = json.load(f)["settings"]
         else:
-            old = fmt.read_manifest(out).options
+            old = {k: v for k, v in fmt.read_manifest(out).options.items() if k in settings}
         raise ConfigError(
             f"{out} holds {what} made with other data or options (differs in: "
             f"{_differences(old, settings)}); rerun its own command to "
