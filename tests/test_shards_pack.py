@@ -343,3 +343,20 @@ def test_a_killed_pack_resumes_without_losing_or_repeating_an_image(tmp_path):
     assert not (out / ".pack").exists()
     meta = json.loads((out / fmt.MANIFEST).read_text())
     assert meta["images"] == 13 and meta["options"]["problems"] == 1
+
+
+def test_progress_lines_give_images_per_second_and_eta_from_the_clock():
+    from biovfm_core.data.shards.pack import _Progress
+
+    now, lines = [0.0], []
+    bar = _Progress(100, 0, lines.append, every=10.0, clock=lambda: now[0])
+    now[0] = 5.0
+    bar.update(20)  # within the interval: quiet
+    now[0] = 10.0
+    bar.update(50)
+    assert lines == ["packed 50/100 images (50%), 5.0 images/s, ETA 10s"]
+    # A resumed pack's rate counts only what this run decoded.
+    resumed = _Progress(1000, 400, lines.append, every=10.0, clock=lambda: now[0])
+    now[0] = 110.0
+    resumed.update(600)
+    assert lines[-1] == "packed 600/1000 images (60%), 2.0 images/s, ETA 3m20s"

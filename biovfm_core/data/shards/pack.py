@@ -64,6 +64,7 @@ class PackReport:
     parts: int = 0
     parts_resumed: int = 0
     packed_now: int = 0  # images decoded by this call (less than ``images`` on resume)
+    decode_seconds: float = 0.0  # of ``seconds``: decoding and writing parts only
     sources: list[dict[str, Any]] = field(default_factory=list)
     problems_file: str = ""
     already_complete: bool = False
@@ -720,6 +721,7 @@ def pack(
             ],
         }
 
+    t_parts = clock()
     if say and todo:
         say(
             f"packing {n - done_rows} images in {len(todo)} parts with "
@@ -739,6 +741,7 @@ def pack(
         _run_pool(todo, job, min(workers, len(todo)), bar, done_rows)
     if todo:
         bar.update(n, force=True)
+    decode_seconds = clock() - t_parts
     packed_now = n - done_rows
     totals = _finish(out, plan_index, plan, n_parts)
     seconds = clock() - t0
@@ -752,6 +755,7 @@ def pack(
         parts=n_parts,
         parts_resumed=len(finished),
         packed_now=packed_now,
+        decode_seconds=decode_seconds,
         sources=plan["statuses"],
         problems_file=os.path.join(out, fmt.PROBLEMS),
     )
@@ -766,6 +770,7 @@ def _run_pool(
 ) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     # fork keeps readers registered in this process (a plugin added at run time);
     # elsewhere spawn re-imports them from their entry points.
@@ -788,6 +793,11 @@ def _run_pool(
                 for fut in finished:
                     fut.result()
                 bar.update(done_rows + counter.value)
+        except BrokenProcessPool as exc:
+            raise BiovfmError(
+                "a pack worker process died (out of memory, or a decoder crashed); the "
+                "parts it finished are kept: run the same command again to resume"
+            ) from exc
         except BaseException:
             for fut in running:
                 fut.cancel()
