@@ -215,11 +215,12 @@ def stats(
 
 
 PLANES_HELP = (
-    "Planes volumes are cut into, comma list of axial, coronal, sagittal (default axial). "
+    "Planes volumes are cut into, comma list of axial, coronal, sagittal. "
     "Applies to readers with an 'axis' option (nifti: axis 2 axial, 1 coronal, 0 sagittal "
     "for RAS data), scanned once per plane; a source that sets its own axis keeps it, and "
-    "readers without the option (dicom, folder, demo) are packed as they scan. The study "
-    "(BioVFM-21M) does not say how it sliced its volumes."
+    "readers without the option (dicom, folder, demo) are packed as they scan. How the "
+    "BioVFM-21M study sliced its volumes is not stated in what it published (its source "
+    "table gives image counts only)."
 )
 
 

@@ -775,6 +775,10 @@ def _run_pool(
     # fork keeps readers registered in this process (a plugin added at run time);
     # elsewhere spawn re-imports them from their entry points.
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    # Imported once here: each forked worker would otherwise import litdata (and
+    # torch, which it imports) again, seconds per worker.
+    import litdata.streaming.writer  # noqa: F401
+
     counter = ctx.Value("q", 0)
     queue = list(todo)
     with ProcessPoolExecutor(
