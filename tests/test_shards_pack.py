@@ -360,3 +360,21 @@ def test_progress_lines_give_images_per_second_and_eta_from_the_clock():
     now[0] = 110.0
     resumed.update(600)
     assert lines[-1] == "packed 600/1000 images (60%), 2.0 images/s, ETA 3m20s"
+
+
+def test_labels_and_tags_travel_with_each_image(tmp_path):
+    root = tmp_path / "cls"
+    for k, cls in enumerate(("benign", "malignant")):
+        (root / cls).mkdir(parents=True)
+        for i in range(2 + k):
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full((4, 4), 10 * i + k, np.uint8))
+    out = tmp_path / "s"
+    spec = f"folder:{root}?labels_from_subfolders=true&modality=dermoscopy&anatomy=skin"
+    pack([spec], str(out), workers=1)
+    items = _items(out)
+    index = SampleIndex.load(out / fmt.INDEX)
+    assert [it["label"] for it in items] == index.labels.tolist() == [0, 0, 1, 1, 1]
+    assert {(it["modality"], it["anatomy"], it["source"]) for it in items} == {
+        ("dermoscopy", "skin", "cls")
+    }
+    assert index.sources_meta["cls"]["classes"] == ["benign", "malignant"]

@@ -724,7 +724,7 @@ def pack(
     t_parts = clock()
     if say and todo:
         say(
-            f"packing {n - done_rows} images in {len(todo)} parts with "
+            f"packing {n - done_rows} images in {len(todo)} part(s) with "
             f"{min(workers, len(todo))} worker(s)"
             + (f" ({len(finished)} parts already done)" if finished else "")
         )
