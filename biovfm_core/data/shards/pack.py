@@ -735,6 +735,7 @@ def pack(
             count[0] += k
             bar.update(count[0])
 
+        _READERS.clear()  # readers of an earlier pack in this process may be stale
         for part in todo:
             _pack_part(job(part), tick)
     else:
