@@ -378,3 +378,18 @@ def test_labels_and_tags_travel_with_each_image(tmp_path):
         ("dermoscopy", "skin", "cls")
     }
     assert index.sources_meta["cls"]["classes"] == ["benign", "malignant"]
+
+
+def test_a_file_name_that_is_not_utf8_packs_and_reads_back(tmp_path):
+    root = tmp_path / "names"
+    root.mkdir()
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with open(os.fsencode(root) + b"/caf\xe9.png", "wb") as f:  # Latin-1 name
+        f.write(cv2.imencode(".png", img)[1].tobytes())
+    out = tmp_path / "s"
+    pack([f"folder:{root}"], str(out), workers=1)
+    (item,) = _items(out)
+    index = SampleIndex.load(out / fmt.INDEX)
+    assert os.path.exists(index.uri(0))  # the index keeps the exact bytes
+    assert item["uri"] == index.uri(0).encode("utf-8", "backslashreplace").decode()
+    np.testing.assert_array_equal(_image(item), img)

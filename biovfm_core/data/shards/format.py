@@ -114,6 +114,31 @@ def decode(data: Any, encoding: str, where: str) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def writer_serializers() -> dict[str, Any]:
+    """``serializers=`` for litdata's ``BinaryWriter``: every ``str`` stored as text.
+
+    By default litdata stores a string that names an existing file (or ends in .png,
+    .jpg, .nii, ...) as that file's bytes: a folder image's ``uri`` would embed the
+    original image and read back as a tensor. Registered as ``"str"``, so a reader
+    decodes it with litdata's own string serializer and needs nothing of ours. A file
+    name that is not UTF-8 is written with backslash escapes (litdata decodes strict
+    UTF-8); ``biovfm-index.npz`` keeps its exact bytes.
+    """
+    from litdata.streaming.serializers import Serializer
+
+    class Text(Serializer):
+        def serialize(self, item: str) -> tuple[bytes, str | None]:
+            return item.encode("utf-8", "backslashreplace"), None
+
+        def deserialize(self, data: bytes) -> str:
+            return bytes(data).decode("utf-8")
+
+        def can_serialize(self, item: Any) -> bool:
+            return isinstance(item, str)
+
+    return {"str": Text()}
+
+
 @dataclass(frozen=True)
 class Manifest:
     encoding: str

@@ -244,29 +244,6 @@ def _item(record: Any, label: int, image: np.ndarray, encoding: str, max_side: i
     }
 
 
-def _serializers() -> dict[str, Any]:
-    """litdata's writer with uris kept as text.
-
-    By default litdata stores a string that names an existing file (or ends in
-    .png/.jpg/.nii) as that file's bytes: every folder image's uri would embed the
-    original file and read back as a tensor. Registered as "str", so readers decode it
-    with litdata's own string serializer and need nothing of ours.
-    """
-    from litdata.streaming.serializers import Serializer
-
-    class Text(Serializer):
-        def serialize(self, item: str) -> tuple[bytes, str | None]:
-            return item.encode("utf-8", "surrogateescape"), None
-
-        def deserialize(self, data: bytes) -> str:
-            return bytes(data).decode("utf-8", "surrogateescape")
-
-        def can_serialize(self, item: Any) -> bool:
-            return isinstance(item, str)
-
-    return {"str": Text()}
-
-
 def _init_worker(counter: Any) -> None:
     global _COUNTER
     _COUNTER = counter
@@ -294,7 +271,9 @@ def _pack_part(job: dict[str, Any], tick: Callable[[int], None] | None = None) -
     # larger than a chunk; neither concerns the user.
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
-        writer = BinaryWriter(tmp, chunk_bytes=job["chunk_bytes"], serializers=_serializers())
+        writer = BinaryWriter(
+            tmp, chunk_bytes=job["chunk_bytes"], serializers=fmt.writer_serializers()
+        )
         for row, record, label, unit in job["rows"]:
             try:
                 image = _reader(job["units"][unit]).load(record)
