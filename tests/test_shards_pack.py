@@ -393,3 +393,20 @@ def test_a_file_name_that_is_not_utf8_packs_and_reads_back(tmp_path):
     assert os.path.exists(index.uri(0))  # the index keeps the exact bytes
     assert item["uri"] == index.uri(0).encode("utf-8", "backslashreplace").decode()
     np.testing.assert_array_equal(_image(item), img)
+
+
+def test_packing_the_biovfm21m_catalog_packs_what_is_present_and_lists_the_rest(tmp_path):
+    bus = tmp_path / "root" / "BUS-B"
+    bus.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(bus / f"{i}.png"), np.full((5, 6), i, np.uint8))
+    out = tmp_path / "s"
+    args = ["data", "pack", "--data", "biovfm21m", "--root", str(bus.parent), "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--workers", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "source BUS-B: short" in result.output  # 3 of the 163 the study lists
+    assert "source ChestXray-14: missing" in result.output
+    assert "packed 3 images (60 problems" in result.output
+    rows = _problems(out)
+    assert len(rows) == 60 and all("missing" in r["reason"] for r in rows)
+    assert fmt.read_manifest(str(out)).images == len(litdata.StreamingDataset(str(out))) == 3
