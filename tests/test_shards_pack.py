@@ -410,3 +410,21 @@ def test_packing_the_biovfm21m_catalog_packs_what_is_present_and_lists_the_rest(
     rows = _problems(out)
     assert len(rows) == 60 and all("missing" in r["reason"] for r in rows)
     assert fmt.read_manifest(str(out)).images == len(litdata.StreamingDataset(str(out))) == 3
+
+
+def test_a_pack_stopped_while_finishing_finishes_on_the_rerun(tmp_path, monkeypatch):
+    folder = _png_folder(tmp_path / "png", n_gray=5)
+    out = tmp_path / "s"
+
+    def crash(self):
+        raise KeyboardInterrupt  # stopped after the chunks moved, before the manifest
+
+    with monkeypatch.context() as m:
+        m.setattr(fmt.Manifest, "to_json", crash)
+        with pytest.raises(KeyboardInterrupt):
+            pack([f"folder:{folder}"], str(out), workers=1, part_size=2)
+    assert (out / "chunk-0-0.bin").exists() and not (out / fmt.MANIFEST).exists()
+    report = pack([f"folder:{folder}"], str(out), workers=1, part_size=2)
+    assert report.parts_resumed == report.parts == 4 and report.packed_now == 0
+    uris = [it["uri"] for it in _items(out)]
+    assert uris == sorted(str(p) for p in folder.iterdir() if p.name != "zz_corrupt.png")
