@@ -178,6 +178,10 @@ def scan_sources(
             classes = getattr(reader, "classes", None)
             if classes:
                 builder.sources_meta[spec.name]["classes"] = list(classes)
+            # A reader whose records name other sources (a shard set holds many)
+            # says how to reopen them.
+            for name, meta in (getattr(reader, "sources_meta", None) or {}).items():
+                builder.sources_meta.setdefault(name, {}).update(meta)
             if status.found == 0:
                 status.status = "empty"
             elif spec.expected_count and status.found < SHORT_THRESHOLD * spec.expected_count:
