@@ -271,6 +271,7 @@ def check_order(path, held: dict | None, wanted: dict, batch_in_epoch: int) -> N
     if batch_in_epoch == 0:
         return
     if held.get("kind") != wanted["kind"] or (wanted["kind"] == "shards" and held != wanted):
+
         def says(r: dict) -> str:
             kind = "a shard set" if r.get("kind") == "shards" else "image files"
             return f"{kind} ({r.get('images', '?')} images)"

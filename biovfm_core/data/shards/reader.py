@@ -130,13 +130,16 @@ class ShardReader:
         except (IndexError, KeyError) as exc:
             raise BadImageError(where, f"no such item in the shards ({exc})") from exc
         except Exception as exc:  # a truncated or corrupt chunk: skip the image, name it
-            raise BadImageError(where, f"shard item unreadable: {type(exc).__name__}: {exc}")
+            reason = f"shard item unreadable: {type(exc).__name__}: {exc}"
+            raise BadImageError(where, reason) from exc
         if not isinstance(item, dict) or "image" not in item:
             raise BadImageError(where, "shard item has no image")
         where = str(item.get("uri") or where)
         try:
             stored = decode(item["image"], self.manifest.encoding, where)
-            return from_stored(stored, float(item.get("scale", 1.0)), float(item.get("offset", 0.0)))
+            return from_stored(
+                stored, float(item.get("scale", 1.0)), float(item.get("offset", 0.0))
+            )
         except BadImageError:
             raise
         except (TypeError, ValueError) as exc:
