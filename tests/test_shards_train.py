@@ -168,6 +168,21 @@ def test_an_unfinished_or_inconsistent_shard_set_is_refused(tmp_path, shards):
         open_shards(str(damaged))
 
 
+def test_a_shard_set_at_a_url_streams_through_litdata(tmp_path, shards):
+    """``local:`` is litdata's own remote-style scheme (download into a cache), so
+    this runs the object-store path (s3://, gs://, ...) offline."""
+    items = synthetic_items(40)
+    url = f"local:{shards}"
+    index, report = _open([f"shards:{url}"])
+    assert len(index) == 40 and report["shards"] == url
+    assert index.sources_meta["alpha"]["path"] == url
+    reader = ShardReader(url)
+    for row in (0, 17, 39):
+        assert np.array_equal(reader.load_row(row), items[row][1])
+    with pytest.raises(ConfigError, match=r"cannot read its biovfm-shards\.json"):
+        open_shards(f"local:{tmp_path / 'nothing'}")
+
+
 # ------------------------------------------------------------------- subsets
 
 
@@ -323,6 +338,24 @@ def test_a_run_resumed_mid_epoch_on_shards_equals_the_uninterrupted_one(
     other.resume = str(tmp_path / "cut" / "checkpoints" / "step_00000004")
     with pytest.raises(ConfigError, match="stopped mid-way through an epoch over a shard set"):
         loop.train(other, registry, progress=False)
+
+
+def test_resuming_mid_epoch_checks_the_order_the_position_refers_to():
+    from biovfm_core.train.data import check_order
+
+    shards = {"kind": "shards", "images": 40, "chunks": 5, "rows_crc32": 1}
+    subset = {**shards, "images": 20, "rows_crc32": 2}
+    assert check_order("ck", shards, shards, 3, (2, 2)) is None
+    assert check_order("ck", None, {"kind": "run", "images": 9}, 3, (1, 1)) is None  # old files run
+    assert (
+        check_order("ck", {"kind": "run", "images": 5}, {"kind": "run", "images": 9}, 3, (1, 1))
+        is None
+    )
+    for held, wanted in ((shards, subset), (None, shards), (shards, {"kind": "run", "images": 40})):
+        with pytest.raises(ConfigError, match="mid-way through an epoch"):
+            check_order("ck", held, wanted, 3, (1, 1))
+        assert check_order("ck", held, wanted, 0, (1, 1)) is None  # at an epoch boundary
+    assert "split anew" in check_order("ck", shards, shards, 3, (4, 2))
 
 
 # ----------------------------------------------------------------- two ranks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -250,6 +249,6 @@ def open_reader(index: SampleIndex, source: str):  # type: ignore[no-untyped-def
         options=meta.get("options", {}),
         where=f"index source {source!r}",
     )
-    if spec.reader != "demo" and not os.path.exists(spec.path):
+    if not spec.exists:
         raise BiovfmError(f"source {source!r}: path {spec.path!r} no longer exists")
     return spec.build_reader()

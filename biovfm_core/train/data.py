@@ -259,17 +259,22 @@ def order_record(data: TrainData) -> dict:
     }
 
 
-def check_order(path, held: dict | None, wanted: dict, batch_in_epoch: int) -> None:
-    """Refuse to resume mid-epoch in an order this run does not reproduce.
+def check_order(
+    path, held: dict | None, wanted: dict, batch_in_epoch: int, worlds: tuple[int, int]
+) -> str | None:
+    """Refuse to resume mid-epoch in an order this run does not reproduce; return a
+    warning when the process count changed mid-epoch.
 
     At an epoch boundary anything goes (a run may move from files to their shards).
     Checkpoints from before the record was kept ran on files (``RunOrder``). A
     files run whose folders changed keeps going, as it always did; a shard set is
-    frozen, so a different one, or another subset of it, is refused.
+    frozen, so a different one, or another subset of it, is refused. Another
+    process count splits the rest of the epoch differently: allowed (a requeued job
+    may get fewer nodes), with a warning.
     """
     held = held or {"kind": "run"}
     if batch_in_epoch == 0:
-        return
+        return None
     if held.get("kind") != wanted["kind"] or (wanted["kind"] == "shards" and held != wanted):
 
         def says(r: dict) -> str:
@@ -281,6 +286,13 @@ def check_order(path, held: dict | None, wanted: dict, batch_in_epoch: int) -> N
             f"reads {says(wanted)}, so its position would skip or repeat images. Resume with "
             "the same --data, fraction and modalities, or start a new run"
         )
+    if worlds[0] != worlds[1]:
+        return (
+            f"checkpoint {path} stopped mid-epoch with {worlds[0]} processes; with {worlds[1]} "
+            "the rest of that epoch is split anew, so some of its images may be seen twice or "
+            "not at all (from the next epoch on, each once)"
+        )
+    return None
 
 
 def make_loader(

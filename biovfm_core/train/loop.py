@@ -833,7 +833,11 @@ class _Trainer:
         path, weights, state = resumed
         model, objective, optimizer, scaler = p.model, p.objective, p.optimizer, p.scaler
         ckpt.check_identity(path, state["identity"], p.identity)
-        check_order(path, state.get("data_order"), self.data_order, int(state["batch_in_epoch"]))
+        worlds = (int(state.get("world_size", self.rt.world_size)), self.rt.world_size)
+        held_order, at = state.get("data_order"), int(state["batch_in_epoch"])
+        note = check_order(path, held_order, self.data_order, at, worlds)
+        if note:
+            self._say(f"warning: {note}")
         layout = "fsdp_full" if self.sharded else "torch"
         if state.get("optimizer_layout", "torch") != layout:
             raise ConfigError(

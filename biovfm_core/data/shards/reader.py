@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from biovfm_core.data.catalog import is_url
 from biovfm_core.errors import BadImageError, ConfigError
 from biovfm_core.protocols import SampleRecord, SourceTags
 
-from .format import INDEX, LITDATA_INDEX, Manifest, decode, from_stored, read_manifest
+from .format import INDEX, LITDATA_INDEX, MANIFEST, Manifest, decode, from_stored, read_manifest
 
 # sources_meta key saying that row i of this index is litdata item i of the folder,
 # so the dataset may read by row; an index built by scanning shards lacks it.
@@ -39,6 +40,59 @@ class ShardSet:
     manifest: Manifest
     index: Any  # SampleIndex whose row i is litdata item i
     chunk_sizes: np.ndarray  # items per chunk, in litdata's item order
+
+
+def cache_folder(url: str) -> str:
+    """Where a remote set's manifest and indexes (and, under ``chunks/``, the chunks
+    litdata downloads) are kept: ``$BIOVFM_CACHE/shards/<hash of the URL>``."""
+    import hashlib
+
+    base = os.environ.get("BIOVFM_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "biovfm"
+    )
+    return os.path.join(base, "shards", hashlib.sha1(url.encode()).hexdigest()[:16])
+
+
+def metadata_folder(location: str, *, refresh: bool = False) -> str:
+    """A local folder holding the set's manifest and indexes: the folder itself, or
+    for a URL a cached copy of those three small files (never of the chunks, which
+    litdata streams). ``refresh`` downloads them again (a repacked set)."""
+    if not is_url(location):
+        return location
+    from litdata.streaming.downloader import get_downloader
+
+    local = cache_folder(location)
+    names = (MANIFEST, INDEX, LITDATA_INDEX)
+    if not refresh and all(os.path.exists(os.path.join(local, n)) for n in names):
+        return local
+    # Each process downloads into its own folder and renames file by file, so ranks
+    # sharing a node never see a half-written file.
+    tmp = os.path.join(local, f".download-{os.getpid()}")
+    os.makedirs(tmp, exist_ok=True)
+    downloader = get_downloader(location, tmp, [])
+    try:
+        for name in names:
+            target = os.path.join(tmp, name)
+            if os.path.exists(target):
+                os.unlink(target)
+            try:
+                downloader.download_file(f"{location.rstrip('/')}/{name}", target)
+            except Exception as exc:
+                if name == MANIFEST:
+                    raise ConfigError(
+                        f"shards:{location}: cannot read its {MANIFEST} ({type(exc).__name__}: "
+                        f"{exc}); not a complete biovfm shard set, or not reachable"
+                    ) from exc
+                raise ConfigError(
+                    f"shards:{location}: cannot read {name}: {type(exc).__name__}: {exc}"
+                ) from exc
+        for name in names:
+            os.replace(os.path.join(tmp, name), os.path.join(local, name))
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
 
 
 def chunk_sizes(folder: str) -> np.ndarray:
@@ -57,10 +111,11 @@ def open_shards(folder: str) -> ShardSet:
     """The shard set at ``folder``, or a ``ConfigError`` naming what is wrong with it."""
     from biovfm_core.data.index import SampleIndex
 
-    folder = os.path.abspath(os.path.expanduser(folder))
-    manifest = read_manifest(folder)
-    index = SampleIndex.load(os.path.join(folder, INDEX))
-    sizes = chunk_sizes(folder)
+    folder = folder if is_url(folder) else os.path.abspath(os.path.expanduser(folder))
+    local = metadata_folder(folder, refresh=True)
+    manifest = read_manifest(local)
+    index = SampleIndex.load(os.path.join(local, INDEX))
+    sizes = chunk_sizes(local)
     if not len(index) == manifest.images == int(sizes.sum()):
         raise ConfigError(
             f"shards:{folder}: the manifest says {manifest.images} images, {INDEX} holds "
@@ -94,16 +149,20 @@ def shard_folder(index: Any) -> str | None:
 class ShardReader:
     """Images packed by ``biovfm data pack`` (a folder holding ``biovfm-shards.json``).
 
-    No options: what was decoded, resized and how is fixed at pack time (the
-    manifest's ``options`` records it). Images come back at their packed depth
+    The location is a folder, or a URL litdata streams from (``s3://``, ``gs://``,
+    ``azure://``, ``hf://``, ``r2://``): chunks then come on demand into litdata's
+    cache, the manifest and indexes into ``$BIOVFM_CACHE/shards``. No options: what
+    was decoded, resized and how is fixed at pack time (the manifest's ``options``
+    records it). Images come back at their packed depth
     (uint8, uint16, or float32 where the packer rescaled), and the modality recipe
     windows them as it does the original files.
     """
 
     def __init__(self, location: str, tags: SourceTags | None = None) -> None:
-        self.folder = os.path.abspath(os.path.expanduser(location))
+        self._url = is_url(location)
+        self.folder = location if self._url else os.path.abspath(os.path.expanduser(location))
         self.tags = tags
-        self.manifest = read_manifest(self.folder)
+        self.manifest = read_manifest(metadata_folder(self.folder))
         self._dataset: Any = None
         self._pid: int | None = None
         self._rows_by_uri: dict[str, int] | None = None
@@ -118,7 +177,8 @@ class ShardReader:
         if self._dataset is None or self._pid != os.getpid():
             from litdata import StreamingDataset
 
-            self._dataset = StreamingDataset(self.folder)
+            cache = os.path.join(cache_folder(self.folder), "chunks") if self._url else None
+            self._dataset = StreamingDataset(self.folder, cache_dir=cache)
             self._pid = os.getpid()
         return self._dataset
 
@@ -148,7 +208,7 @@ class ShardReader:
     def _index(self) -> Any:
         from biovfm_core.data.index import SampleIndex
 
-        return SampleIndex.load(os.path.join(self.folder, INDEX))
+        return SampleIndex.load(os.path.join(metadata_folder(self.folder), INDEX))
 
     def scan(self) -> Iterator[SampleRecord]:
         """The packed images, with their original uris, sources, modalities and labels."""
