@@ -151,8 +151,8 @@ def _open_shards(sources, report: dict):
             "with `biovfm data pack`"
         )
     spec = sources[0]
-    spec.build_reader()  # checks the source's options as every other reader's are
     shards = open_shards(spec.path)
+    spec.build_reader()  # checks the source's options as every other reader's are
     report["shards"] = shards.folder
     report["total"] = shards.manifest.images
     report["packed_sources"] = shards.manifest.sources
