@@ -50,6 +50,16 @@ _ENTRY_KEYS = {
 SHIPPED_CATALOGS = ("biovfm21m",)
 
 
+def is_url(location: str) -> bool:
+    """An object-store location (``s3://bucket/x``; litdata's ``local:/x`` streams a
+    folder through its cache the same way), kept as written, never made a local
+    path; only readers that stream (``shards``) accept one."""
+    scheme, sep, _ = location.partition("://")
+    return location.startswith("local:") or (
+        bool(sep) and scheme.replace("+", "").replace("-", "").isalnum()
+    )
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """One source to scan: which reader, where, and its tags."""
@@ -71,7 +81,7 @@ class SourceSpec:
 
     @property
     def exists(self) -> bool:
-        return self.reader == "demo" or os.path.exists(self.path)
+        return self.reader == "demo" or is_url(self.path) or os.path.exists(self.path)
 
     def build_reader(self) -> Any:
         """The reader, built through the plugin registry (options validated there)."""
@@ -224,8 +234,9 @@ def parse_kind_path(spec: str, *, check_paths: bool = True) -> SourceSpec:
             path, query = head, tail
     params = dict(parse_qsl(query, keep_blank_values=True))
     _check_reader(kind, where, _known_readers())
-    path = os.path.abspath(os.path.expanduser(path)) if path else ""
-    if check_paths and kind != "demo" and not os.path.exists(path):
+    if path and not is_url(path):
+        path = os.path.abspath(os.path.expanduser(path))
+    if check_paths and kind != "demo" and not (is_url(path) or os.path.exists(path)):
         raise ConfigError(f"{where}: path {path!r} does not exist")
     options: dict[str, Any] = {k: v for k, v in params.items() if k not in _TAG_KEYS}
     name = params.get("name") or (

@@ -22,6 +22,7 @@ from biovfm_core.errors import BadImageError, BiovfmError
 from biovfm_core.protocols import AugmentationRecipe, Batch
 
 from .index import SampleIndex
+from .shards.reader import ROWS_KEY
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,18 @@ class ImageDataset:
             r = self._readers[source] = self._open_reader(self.index, source)
         return r
 
+    def _shard_reader(self, source: str) -> Any | None:
+        """The reader of the shard folder ``source`` was packed into, if it reads by
+        row; one per folder, however many sources were packed into it."""
+        meta = self.index.sources_meta.get(source, {})
+        if not meta.get(ROWS_KEY):
+            return None
+        key = f"shards:{meta['path']}"
+        r = self._readers.get(key)
+        if r is None:
+            r = self._readers[key] = self._open_reader(self.index, source)
+        return r
+
     def recipe_for(self, modality: str) -> AugmentationRecipe:
         return self.recipes.get(modality, self.recipes["default"])
 
@@ -84,7 +97,11 @@ class ImageDataset:
             i, rng = key, np.random.default_rng()
         record = self.index.record(int(i))
         try:
-            image = self.reader(record.source).load(record)
+            shards = self._shard_reader(record.source)
+            if shards is not None:
+                image = shards.load_row(self.index.base_row(int(i)))
+            else:
+                image = self.reader(record.source).load(record)
             if (
                 not isinstance(image, np.ndarray)
                 or image.ndim not in (2, 3)

@@ -206,6 +206,14 @@ class SampleIndex:
         i %= n
         return int(i if self._rows is None else self._rows[i])
 
+    def base_row(self, i: int) -> int:
+        """Row ``i`` of this view in the full index it was cut from."""
+        return self._row(i)
+
+    def base_rows(self) -> np.ndarray:
+        """Every row of this view in the full index (ascending for subsets)."""
+        return np.arange(len(self), dtype=np.int64) if self._rows is None else self._rows
+
     def uri(self, i: int) -> str:
         r = self._row(i)
         a, b = self._name_offsets[r], self._name_offsets[r + 1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -178,6 +177,10 @@ def scan_sources(
             classes = getattr(reader, "classes", None)
             if classes:
                 builder.sources_meta[spec.name]["classes"] = list(classes)
+            # A reader whose records name other sources (a shard set holds many)
+            # says how to reopen them.
+            for name, meta in (getattr(reader, "sources_meta", None) or {}).items():
+                builder.sources_meta.setdefault(name, {}).update(meta)
             if status.found == 0:
                 status.status = "empty"
             elif spec.expected_count and status.found < SHORT_THRESHOLD * spec.expected_count:
@@ -246,6 +249,6 @@ def open_reader(index: SampleIndex, source: str):  # type: ignore[no-untyped-def
         options=meta.get("options", {}),
         where=f"index source {source!r}",
     )
-    if spec.reader != "demo" and not os.path.exists(spec.path):
+    if not spec.exists:
         raise BiovfmError(f"source {source!r}: path {spec.path!r} no longer exists")
     return spec.build_reader()

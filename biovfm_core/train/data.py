@@ -81,6 +81,9 @@ class TrainData:
     dataset: torch.utils.data.Dataset
     batch_recipe: AugmentationRecipe
     num_images: int
+    # Items per chunk when the data is a shard set: the order then keeps reads
+    # chunk-local (ShardOrder) instead of a global permutation (RunOrder).
+    shard_chunks: np.ndarray | None = None
 
 
 def open_index(config: RunConfig, run_dir: Path | None = None):
@@ -95,11 +98,15 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
     from biovfm_core.data.subsets import subset
 
     report: dict = {}
+    sources = []
+    if not config.data.index:
+        sources, _ = resolve_data(config.data.sources, options=config.options["dataset"])
     if config.data.index:
         index = SampleIndex.load(config.data.index)
         report["index"] = config.data.index
+    elif any(spec.reader == "shards" for spec in sources):
+        index = _open_shards(sources, report)
     else:
-        sources, _ = resolve_data(config.data.sources, options=config.options["dataset"])
         sources = [_with_pixel_limit(spec, config.data.max_image_pixels) for spec in sources]
         allow = config.data.allow_missing_sources
         index, scan_report = scan_sources(
@@ -132,6 +139,27 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
     return index, report
 
 
+def _open_shards(sources, report: dict):
+    """The index of a shard set, read whole from its folder: no scan of 21M files."""
+    from biovfm_core.data.shards.reader import open_shards
+
+    if len(sources) > 1:
+        others = ", ".join(f"{s.reader}:{s.path}" for s in sources if s.reader != "shards")
+        raise ConfigError(
+            "--data shards:FOLDER must be the run's only data source (this run also names "
+            f"{others or 'another shard set'}); pack every source into one shard set "
+            "with `biovfm data pack`"
+        )
+    spec = sources[0]
+    shards = open_shards(spec.path)
+    spec.build_reader()  # checks the source's options as every other reader's are
+    report["shards"] = shards.folder
+    report["total"] = shards.manifest.images
+    report["packed_sources"] = shards.manifest.sources
+    report["pack_options"] = shards.manifest.options
+    return shards.index
+
+
 def _with_pixel_limit(spec, limit: int):
     """The run's decompression-bomb limit for readers that take one, unless the source set it."""
     from dataclasses import replace
@@ -156,10 +184,14 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
             f"(sources: {', '.join(index.sources)})"
         )
     recipes = _recipes(config, views, registry, index.counts("modality"))
+    from biovfm_core.data.shards.reader import chunk_sizes, shard_folder
+
+    folder = shard_folder(index)
     return TrainData(
         dataset=ImageDataset(index, recipes),
         batch_recipe=recipes["default"],
         num_images=len(index),
+        shard_chunks=chunk_sizes(folder) if folder else None,
     )
 
 
@@ -185,9 +217,87 @@ def _recipes(config: RunConfig, views: ViewSpec, registry, modalities) -> dict:
     return recipes
 
 
+def make_order(
+    data: TrainData,
+    *,
+    batch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    epoch: int = 0,
+    start_batch: int = 0,
+) -> torch.utils.data.Sampler:
+    """``RunOrder`` over files, ``ShardOrder`` over a shard set (same interface)."""
+    where = dict(
+        batch=batch,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        epoch=epoch,
+        start_batch=start_batch,
+    )
+    if data.shard_chunks is None:
+        return RunOrder(data.num_images, **where)
+    from biovfm_core.data.shards.order import ShardOrder
+
+    return ShardOrder(data.dataset.index.base_rows(), data.shard_chunks, **where)
+
+
+def order_record(data: TrainData) -> dict:
+    """What a checkpoint records about the data order its position refers to."""
+    if data.shard_chunks is None:
+        return {"kind": "run", "images": data.num_images}
+    import zlib
+
+    rows = data.dataset.index.base_rows()
+    return {
+        "kind": "shards",
+        "images": data.num_images,
+        "chunks": len(data.shard_chunks),
+        # Which rows of the set: another subset or another shard set is another order.
+        "rows_crc32": zlib.crc32(np.ascontiguousarray(rows, dtype=np.int64).tobytes()),
+    }
+
+
+def check_order(
+    path, held: dict | None, wanted: dict, batch_in_epoch: int, worlds: tuple[int, int]
+) -> str | None:
+    """Refuse to resume mid-epoch in an order this run does not reproduce; return a
+    warning when the process count changed mid-epoch.
+
+    At an epoch boundary anything goes (a run may move from files to their shards).
+    Checkpoints from before the record was kept ran on files (``RunOrder``). A
+    files run whose folders changed keeps going, as it always did; a shard set is
+    frozen, so a different one, or another subset of it, is refused. Another
+    process count splits the rest of the epoch differently: allowed (a requeued job
+    may get fewer nodes), with a warning.
+    """
+    held = held or {"kind": "run"}
+    if batch_in_epoch == 0:
+        return None
+    if held.get("kind") != wanted["kind"] or (wanted["kind"] == "shards" and held != wanted):
+
+        def says(r: dict) -> str:
+            kind = "a shard set" if r.get("kind") == "shards" else "image files"
+            return f"{kind} ({r.get('images', '?')} images)"
+
+        raise ConfigError(
+            f"checkpoint {path} stopped mid-way through an epoch over {says(held)}; this run "
+            f"reads {says(wanted)}, so its position would skip or repeat images. Resume with "
+            "the same --data, fraction and modalities, or start a new run"
+        )
+    if worlds[0] != worlds[1]:
+        return (
+            f"checkpoint {path} stopped mid-epoch with {worlds[0]} processes; with {worlds[1]} "
+            "the rest of that epoch is split anew, so some of its images may be seen twice or "
+            "not at all (from the next epoch on, each once)"
+        )
+    return None
+
+
 def make_loader(
     data: TrainData,
-    order: RunOrder,
+    order: torch.utils.data.Sampler,
     *,
     num_workers: int,
     pin_memory: bool,

@@ -31,10 +31,12 @@ from biovfm_core.protocols import Batch, OptimRecipe, StepInfo, TaskInfo
 from biovfm_core.train import checkpoint as ckpt
 from biovfm_core.train import distributed as D
 from biovfm_core.train.data import (
-    RunOrder,
     batches_per_epoch,
+    check_order,
     make_loader,
+    make_order,
     open_index,
+    order_record,
     training_data,
 )
 from biovfm_core.train.export import export_backbone
@@ -307,6 +309,7 @@ class _Trainer:
                     cfg.save(self.run_dir / "config.yaml")
             self._say(f"starting from {source.kind} weights {cfg.init}")
         data = training_data(index, objective.views, cfg, self.registry)
+        self.data_order = order_record(data)
         self._accelerate(objective)
         objective.to(rt.device)
 
@@ -602,8 +605,8 @@ class _Trainer:
     def _batches(self, data, micro: int, epoch: int, batch_in_epoch: int) -> Iterator[Batch]:
         """Batches forever, epoch after epoch; tracks the position for checkpoints."""
         cfg, rt = self.config, self.rt
-        order = RunOrder(
-            data.num_images,
+        order = make_order(
+            data,
             batch=micro,
             seed=cfg.train.seed,
             rank=rt.rank,
@@ -813,6 +816,7 @@ class _Trainer:
                 "rng": rngs,
                 "identity": p.identity.to_dict(),
                 "world_size": rt.world_size,
+                "data_order": self.data_order,
             }
             written = ckpt.save_checkpoint(
                 self.run_dir,
@@ -829,6 +833,11 @@ class _Trainer:
         path, weights, state = resumed
         model, objective, optimizer, scaler = p.model, p.objective, p.optimizer, p.scaler
         ckpt.check_identity(path, state["identity"], p.identity)
+        worlds = (int(state.get("world_size", self.rt.world_size)), self.rt.world_size)
+        held_order, at = state.get("data_order"), int(state["batch_in_epoch"])
+        note = check_order(path, held_order, self.data_order, at, worlds)
+        if note:
+            self._say(f"warning: {note}")
         layout = "fsdp_full" if self.sharded else "torch"
         if state.get("optimizer_layout", "torch") != layout:
             raise ConfigError(

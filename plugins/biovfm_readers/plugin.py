@@ -37,6 +37,12 @@ def biovfm_register_datasets(register) -> None:  # type: ignore[no-untyped-def]
         description="built-in demo images shipped in scikit-image, pydicom and nibabel",
     )
     register(
+        "shards",
+        "biovfm_core.data.shards.reader:ShardReader",
+        description="shard folders from `biovfm data pack` (litdata chunks + biovfm index); "
+        "no options, one shard set per run",
+    )
+    register(
         "demo_benchmark",
         "biovfm_readers.demo_benchmark:DemoBenchmarkReader",
         description="offline benchmark tasks (modality, texture, plane) cut from the demo images; "

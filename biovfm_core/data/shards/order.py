@@ -1,0 +1,85 @@
+"""The epoch order for shards: chunk-local reads, contiguous rank blocks, resumable.
+
+Reads that jump between chunks cost ~70x a sequential read (2.2 ms against
+0.03 ms per item, measured with litdata), so a shards epoch is a seeded
+permutation of the chunks, each chunk's selected rows shuffled among themselves,
+concatenated. Rank ``r`` takes the ``r``-th contiguous block of that sequence, so
+ranks read disjoint runs of chunks; loader workers take alternate batches, so no
+image is read twice. The interface is ``RunOrder``'s: ``(position, seed)`` pairs
+from ``(epoch, start_batch)`` on, so the loop resumes a run the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from biovfm_core.train.data import sample_seeds
+
+# Keeps the shards permutation stream apart from RunOrder's for the same seed.
+_STREAM = 0x5348
+
+
+class ShardOrder(torch.utils.data.Sampler):
+    """This rank's ``(position, seed)`` pairs over a subset of a shard set.
+
+    ``rows`` are the litdata items of the subset's positions (ascending, as a
+    subset view keeps them) and ``chunk_sizes`` the items per chunk. Positions are
+    what the dataset is indexed by; augmentation seeds depend on ``(seed, epoch,
+    position in the epoch)`` only, as in ``RunOrder``.
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        chunk_sizes: np.ndarray,
+        *,
+        batch: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        ends = np.cumsum(np.asarray(chunk_sizes, dtype=np.int64))
+        if len(rows) and (rows.min() < 0 or rows.max() >= (ends[-1] if len(ends) else 0)):
+            raise ValueError("shard rows out of the chunks' range")
+        self.size = len(rows)
+        self.num_chunks = len(ends)
+        # Chunk of each position; contiguous in rows, so per-chunk runs stay together.
+        self.chunk_of = np.searchsorted(ends, rows, side="right")
+        self.batch, self.seed = batch, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = epoch, start_batch
+        self.batches_per_epoch = (self.size // world_size) // batch
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Every position of the subset in this epoch's order (all ranks together)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch, _STREAM]))
+        chunk_place = np.empty(self.num_chunks, dtype=np.int64)
+        chunk_place[rng.permutation(self.num_chunks)] = np.arange(self.num_chunks)
+        # One integer sort by (chunk's place, random 32-bit key): a permutation of the
+        # chunks with each chunk's rows shuffled, without a Python loop over chunks.
+        # Equal random keys keep position order (stable), so the result is exact.
+        key = (chunk_place[self.chunk_of] << 32) | rng.integers(0, 1 << 32, self.size)
+        order = np.argsort(key, kind="stable")
+        self._cached = (epoch, order)
+        return order
+
+    def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        used = self.batches_per_epoch * self.batch
+        positions = np.arange(self.rank * used, (self.rank + 1) * used)
+        return self.epoch_order(epoch)[positions], sample_seeds(self.seed, epoch, positions)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self.start_batch * self.batch
+        while True:
+            indices, seeds = self.epoch_pairs(epoch)
+            yield from zip(indices[skip:].tolist(), seeds[skip:].tolist(), strict=True)
+            epoch, skip = epoch + 1, 0
