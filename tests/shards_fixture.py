@@ -31,7 +31,7 @@ def write_shards(
     from litdata.streaming.writer import BinaryWriter
 
     folder.mkdir(parents=True, exist_ok=True)
-    writer = BinaryWriter(str(folder), chunk_size=chunk_size)
+    writer = BinaryWriter(str(folder), chunk_size=chunk_size, serializers=fmt.writer_serializers())
     builder = IndexBuilder()
     for name, meta in (sources_meta or {}).items():
         builder.add_source(name, **meta)
