@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from biovfm_core.config import RunConfig, write_atomic
+from biovfm_core.durations import format_duration
 from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.protocols import Batch, OptimRecipe, StepInfo, TaskInfo
 from biovfm_core.train import checkpoint as ckpt
@@ -941,15 +942,6 @@ def progress_line(
         f"lr {lr:.3g} {images_per_s:.1f} img/s, {wait_share:.0%} waiting for data, "
         f"ETA {format_duration(eta_s)}"
     )
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _loss_parts(values: dict[str, float]) -> dict[str, float]:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from biovfm_core.config import write_atomic
+from biovfm_core.durations import format_duration
 from biovfm_core.errors import BadImageError, BiovfmError, ConfigError
 
 from . import format as fmt
@@ -319,15 +320,6 @@ def _pack_part(job: dict[str, Any], tick: Callable[[int], None] | None = None) -
 
 
 # ----------------------------------------------------------------------- progress
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class _Progress:
