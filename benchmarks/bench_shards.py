@@ -61,6 +61,20 @@ ITEM_OVERHEAD_BYTES = 160
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS in MiB.
+
+    ``VmHWM`` (the high-water mark of this process's own memory map) rather than
+    ``ru_maxrss``: Linux carries the parent's high-water mark into ``ru_maxrss``
+    across fork + exec, so a child started by a parent holding 600 MB reports at
+    least 600 MB whatever it does itself.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -78,7 +92,11 @@ def _load() -> str:
 # that ship 8-bit PNG/JPEG give them.
 KIND_SAMPLES: dict[str, tuple[str, ...]] = {
     "ct16": ("dcm:693_UNCR.dcm", "dcm:J2K_pixelrep_mismatch.dcm", "dcm:CT_small.dcm"),
-    "mr16": ("dcm:MR2_UNCR.dcm", "dcm:MR-SIEMENS-DICOM-WithOverlays.dcm", "dcm:examples_overlay.dcm"),
+    "mr16": (
+        "dcm:MR2_UNCR.dcm",
+        "dcm:MR-SIEMENS-DICOM-WithOverlays.dcm",
+        "dcm:examples_overlay.dcm",
+    ),
     "xray16": ("dcm:RG1_UNCR.dcm", "dcm:RG3_UNCR.dcm"),
     "nm16": ("dcm:JPEG2000_UNC.dcm",),
     "xray8": ("dcm8:RG1_UNCR.dcm", "dcm8:RG3_UNCR.dcm"),
@@ -258,8 +276,14 @@ MIXED_SHARES: dict[str, dict[str, float]] = {
     "RadImageNet": {"ct": 0.5, "mr": 0.35, "us": 0.15},
     "RP3D-DiagDS": {"ct": 0.45, "mr": 0.3, "xray": 0.2, "us": 0.03, "nm": 0.02},
     "SAM-Med2D-20M": {
-        "ct": 0.45, "mr": 0.4, "xray": 0.03, "nm": 0.02, "dermoscopy": 0.02,
-        "endoscopy": 0.03, "us": 0.03, "fundus": 0.02,
+        "ct": 0.45,
+        "mr": 0.4,
+        "xray": 0.03,
+        "nm": 0.02,
+        "dermoscopy": 0.02,
+        "endoscopy": 0.03,
+        "us": 0.03,
+        "fundus": 0.02,
     },  # fmt: skip
 }
 
@@ -378,6 +402,282 @@ def cmd_counts(args: argparse.Namespace) -> list[CountRow]:
     return rows
 
 
+# ------------------------------------------------------------------------------- open
+@dataclass(frozen=True)
+class UriShape:
+    """How a source's uris look: ``ROOT/name/<dir>/<leaf>``, ``per_dir`` images a folder."""
+
+    kind: str  # "png", "jpg", "dcm" (one file per image), "nii" (slices of volumes)
+    per_dir: int  # images per folder (a study, a series, a case, or a flat folder)
+    slices: int = 0  # "nii": slices per volume
+
+
+# Folder layouts as the sources ship them (approximate): chest X-ray archives keep one
+# folder per patient study (1-3 images), DICOM CT one folder per series, NIfTI one
+# volume per case folder; the rest are flat or split in large folders.
+URI_SHAPES: dict[str, UriShape] = {
+    "CheXpert": UriShape("jpg", 2),
+    "MIMIC-CXR": UriShape("dcm", 2),
+    "PadChest": UriShape("png", 2000),
+    "ChestXray-14": UriShape("png", 10000),
+    "FastMRI": UriShape("png", 35),
+    "HCP": UriShape("nii", 260, 260),
+    "ULS23": UriShape("nii", 64 * 200, 64),
+    "TDSC-ABUS": UriShape("nii", 350, 350),
+    "VinDr-Multiphase": UriShape("dcm", 100),
+    "RP3D-DiagDS": UriShape("png", 50),
+    "SAM-Med2D-20M": UriShape("png", 5000),
+    "RadImageNet": UriShape("png", 2000),
+    "Quilt-1M": UriShape("jpg", 10000),
+    "ISIC-2024": UriShape("jpg", 20000),
+    "EyePACS": UriShape("jpg", 10000),
+}
+_DEFAULT_SHAPE = UriShape("png", 1000)
+ROOT = "/data/biovfm21m"
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """``values`` as zero-padded decimal ASCII, one row of ``width`` bytes each."""
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    return ((values[:, None] // powers) % 10 + 48).astype(np.uint8)
+
+
+def _fixed_names(parts: list[bytes | tuple[np.ndarray, int]], n: int) -> np.ndarray:
+    """``n`` equal-length names glued from constant bytes and digit fields, as
+    one ``(n, length)`` uint8 array (no Python string per name)."""
+    cols = [
+        np.broadcast_to(np.frombuffer(p, np.uint8), (n, len(p)))
+        if isinstance(p, bytes)
+        else _digits(*p)
+        for p in parts
+    ]
+    return np.concatenate(cols, axis=1)
+
+
+def _source_rows(src: Source, n: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """One source's folders (prefix strings), prefix id per row, name bytes, name length."""
+    shape = URI_SHAPES.get(src.name, _DEFAULT_SHAPE)
+    i = np.arange(n, dtype=np.int64)
+    folder = i // shape.per_dir
+    folders = int(folder[-1]) + 1 if n else 0
+    base = f"{ROOT}/{src.name}/"
+    if shape.kind == "nii":
+        prefixes = [f"{base}case_{d:06d}/" for d in range(folders)]
+        vol = i // shape.slices
+        leaf = [b"vol_", (vol, 7), b".nii.gz#axis=2&slice=", (i % shape.slices, 3)]
+    elif shape.kind == "dcm":
+        prefixes = [
+            f"{base}p{d % 100:02d}/p{d:08d}/s{d * 7 + 50000000:08d}/" for d in range(folders)
+        ]
+        leaf = [b"IM-", (i, 9), b".dcm"]
+    else:
+        prefixes = [f"{base}images_{d:05d}/" for d in range(folders)]
+        leaf = [(i, 8), b"_000.", shape.kind.encode()]
+    names = _fixed_names(leaf, n)
+    return prefixes, folder, names.reshape(-1), names.shape[1]
+
+
+def synthetic_index(total: int, sources: list[Source]):  # type: ignore[no-untyped-def]
+    """A ``SampleIndex`` of ``total`` rows with the study's per-source share, modality
+    mix (``MIXED_SHARES`` for the collections) and uri shapes, built column-wise."""
+    from biovfm_core.data.index import SampleIndex
+    from biovfm_core.protocols import MODALITIES
+
+    study = sum(s.images for s in sources)
+    counts = [s.images * total // study for s in sources]
+    counts[int(np.argmax(counts))] += total - sum(counts)
+    anatomies = ["unknown"]
+    prefixes: list[str] = []
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("prefix", "source", "modality", "names")}
+    lengths: list[np.ndarray] = []
+    meta = {}
+    for sid, (src, n) in enumerate(zip(sources, counts, strict=True)):
+        shape = URI_SHAPES.get(src.name, _DEFAULT_SHAPE)
+        reader = {"nii": "nifti", "dcm": "dicom"}.get(shape.kind, "folder")
+        meta[src.name] = {"reader": reader, "path": f"{ROOT}/{src.name}", "options": {}}
+        if n == 0:
+            continue
+        pre, folder, names, length = _source_rows(src, n)
+        cols["prefix"].append((folder + len(prefixes)).astype(np.int32))
+        prefixes.extend(pre)
+        cols["source"].append(np.full(n, sid, np.int16))
+        mod = np.empty(n, np.int8)
+        shares = MIXED_SHARES.get(src.name, {src.modalities[0]: 1.0})
+        edges = np.round(np.cumsum([0.0, *shares.values()]) * n).astype(np.int64)
+        for m, lo, hi in zip(shares, edges[:-1], edges[1:], strict=True):
+            mod[lo:hi] = MODALITIES.index(m)
+        cols["modality"].append(mod)
+        cols["names"].append(names)
+        lengths.append(np.full(n, length, np.int64))
+    offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(np.concatenate(lengths))])
+    return SampleIndex(
+        prefix=np.concatenate(cols["prefix"]),
+        source=np.concatenate(cols["source"]),
+        modality=np.concatenate(cols["modality"]),
+        anatomy=np.zeros(total, np.int16),
+        label=np.full(total, -1, np.int64),
+        name_offsets=offsets,
+        names=np.concatenate(cols["names"]),
+        prefixes=prefixes,
+        sources=[s.name for s in sources],
+        anatomies=anatomies,
+        sources_meta=meta,
+    )
+
+
+def write_metadata_set(folder: str, index, chunks: int, chunk_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    """A shard folder with everything but the chunk files: index, litdata index.json
+    (``chunks`` chunks sharing the rows evenly) and the manifest, written last."""
+    import litdata
+
+    from biovfm_core.data.shards.format import INDEX, LITDATA_INDEX, MANIFEST, Manifest
+
+    n = len(index)
+    index.save(os.path.join(folder, INDEX))
+    sizes = np.full(chunks, n // chunks, np.int64)
+    sizes[: n % chunks] += 1
+    items = ["image", "scale", "offset", "uri", "source", "modality", "anatomy", "label"]
+    formats = ["bytes", "float", "float", "str", "str", "str", "str", "int"]
+    lit = {
+        "chunks": [
+            {"chunk_bytes": chunk_bytes, "chunk_size": int(s), "dim": None,
+             "filename": f"chunk-{c % 2}-{c // 2}.bin"}
+            for c, s in enumerate(sizes)
+        ],
+        "config": {
+            "chunk_bytes": chunk_bytes, "chunk_size": None, "compression": None,
+            "data_format": formats, "item_loader": "PyTreeLoader",
+            "types": dict(zip(items, formats, strict=True)),
+        },
+        "updated_at": str(time.time()),
+    }  # fmt: skip
+    with open(os.path.join(folder, LITDATA_INDEX), "w", encoding="utf-8") as f:
+        json.dump(lit, f)
+    manifest = Manifest(
+        encoding="png",
+        images=n,
+        sources=index.counts("source"),
+        options={"simulated": True, "max_side": 512},
+        litdata_version=litdata.__version__,
+    )
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest.to_json(), f)
+
+
+def child_open(folder: str, fraction: float, modalities: str, order: bool) -> dict[str, float]:
+    """In a fresh process: open the set as training does, then subset and order it."""
+    t0 = time.perf_counter()
+    from biovfm_core.data.subsets import subset
+
+    try:
+        from biovfm_core.data.shards.reader import open_shards
+    except ImportError:  # before the training side landed: the index is all it reads
+        open_shards = None
+    t_import = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if open_shards is not None:
+        shards = open_shards(folder)
+        index, sizes = shards.index, shards.chunk_sizes
+        how = "open_shards"
+    else:
+        from biovfm_core.data.index import SampleIndex
+        from biovfm_core.data.shards.format import INDEX, read_manifest
+
+        read_manifest(folder)
+        index, sizes = SampleIndex.load(os.path.join(folder, INDEX)), None
+        how = "SampleIndex.load"
+    out = {"how": how, "import_s": t_import, "open_s": time.perf_counter() - t0,
+           "open_peak_mb": _peak_mb(), "n": len(index)}  # fmt: skip
+    if fraction < 1.0 or modalities:
+        t0 = time.perf_counter()
+        view = subset(index, fraction=fraction, modalities=modalities or None, seed=0)
+        out["subset_s"] = time.perf_counter() - t0
+        out["subset_n"] = len(view)
+        index = view
+    out["data_peak_mb"] = _peak_mb()  # before torch comes in with the order
+    if order and sizes is not None:
+        from biovfm_core.data.shards.order import ShardOrder
+
+        t0 = time.perf_counter()
+        rows = index.base_rows() if hasattr(index, "base_rows") else np.arange(len(index))
+        ShardOrder(rows, sizes, batch=64, seed=0, rank=0, world_size=1).epoch_order(0)
+        out["order_s"] = time.perf_counter() - t0
+    out["peak_mb"] = _peak_mb()
+    return out
+
+
+def _run_child(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "_child", *args], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class OpenRow:
+    case: str
+    images: int
+    open_s: float
+    subset_s: float | None
+    order_s: float | None
+    data_peak_mb: float
+    peak_mb: float
+    how: str
+
+
+def cmd_open(args: argparse.Namespace) -> list[OpenRow]:
+    sources = study_sources(Path(args.sources))
+    chunks = args.chunks
+    if chunks is None:  # as many as the 512-px-capped study would have, scaled to --entries
+        full = estimate(measure_ratios(512), 512, chunk_bytes_int(DEFAULT_CHUNK_BYTES), sources)
+        study = sum(s.images for s in sources)
+        chunks = max(1, round(full[-1].chunks_cap * args.entries / study))
+    work = tempfile.mkdtemp(prefix="bench-shards-open-", dir=args.dir)
+    rows: list[OpenRow] = []
+    try:
+        t0 = time.perf_counter()
+        index = synthetic_index(args.entries, sources)
+        t_build = time.perf_counter() - t0
+        write_metadata_set(work, index, chunks, chunk_bytes_int(DEFAULT_CHUNK_BYTES))
+        t_write = time.perf_counter() - t0 - t_build
+        mean_uri = float(
+            np.mean([len(index.uri(i)) for i in range(0, len(index), max(1, len(index) // 2000))])
+        )
+        size_mb = sum(os.path.getsize(os.path.join(work, f)) for f in os.listdir(work)) / 2**20
+        del index
+        print(
+            f"{args.entries:,} entries, {len(sources)} sources, {chunks:,} chunks; built in "
+            f"{t_build:.1f} s, written in {t_write:.1f} s, {size_mb:.0f} MB on disk, mean uri "
+            f"{mean_uri:.0f} chars; {_load()}"
+        )
+        cases = [("open", 1.0, "")] + [
+            (f"open + {args.fraction:g} of {m or 'all'}", args.fraction, m)
+            for m in args.modalities.split(",")
+        ]
+        for name, fraction, mods in cases:
+            r = _run_child(work, str(fraction), mods, "1")
+            rows.append(
+                OpenRow(
+                    name, r.get("subset_n", r["n"]), r["open_s"], r.get("subset_s"),
+                    r.get("order_s"), r["data_peak_mb"], r["peak_mb"], r["how"],
+                )
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        "| case | images | open s | subset s | epoch order s | peak RSS MB, index "
+        "| peak RSS MB, + torch and order | opened by |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    dash = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in rows:
+        print(
+            f"| {r.case} | {r.images:,} | {r.open_s:.2f} | {dash(r.subset_s)} | "
+            f"{dash(r.order_s)} | {r.data_peak_mb:.0f} | {r.peak_mb:.0f} | {r.how} |"
+        )
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None):  # type: ignore[no-untyped-def]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -390,6 +690,18 @@ def main(argv: list[str] | None = None):  # type: ignore[no-untyped-def]
     p.add_argument("--chunk-bytes", default=DEFAULT_CHUNK_BYTES)
     p.add_argument("--sources", default=str(SOURCES_CSV))
     p.set_defaults(run=cmd_counts)
+    p = sub.add_parser("open", help="open a 21M-entry shard set and subset it")
+    p.add_argument("--entries", type=int, default=21_000_000)
+    p.add_argument("--chunks", type=int, help="default: the 512-px study's, scaled")
+    p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--modalities", default=",ct,xray", help="subsets to time ('' = all)")
+    p.add_argument("--dir", default=tempfile.gettempdir())
+    p.add_argument("--sources", default=str(SOURCES_CSV))
+    p.set_defaults(run=cmd_open)
+    if argv is None and sys.argv[1:2] == ["_child"]:
+        folder, fraction, mods, order = sys.argv[2:6]
+        print(json.dumps(child_open(folder, float(fraction), mods, order == "1")))
+        return None
     args = parser.parse_args(argv)
     return args.run(args)
 
