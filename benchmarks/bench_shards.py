@@ -53,8 +53,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SOURCES_CSV = Path(os.environ.get("BIOVFM_SHARED", "/work/shared")) / "data/biovfm21m_sources.csv"
-# The packer's default chunk size (litdata reads "64MB" as 64 * 1000**2 bytes).
-DEFAULT_CHUNK_BYTES = "64MB"
+# The packer's default chunk size (biovfm_core.data.shards.pack: 64 MiB).
+DEFAULT_CHUNK_BYTES = 64 << 20  # pack.DEFAULT_CHUNK_BYTES
+DEFAULT_PART_SIZE = 4096  # pack.DEFAULT_PART_SIZE: images per worker part
 # Per image besides its pixels: uri (~50 B), source/modality/anatomy strings, label,
 # scale/offset and litdata's per-item header. An estimate; it is ~0.1% of an image.
 ITEM_OVERHEAD_BYTES = 160
@@ -284,7 +285,7 @@ MIXED_SHARES: dict[str, dict[str, float]] = {
         "endoscopy": 0.03,
         "us": 0.03,
         "fundus": 0.02,
-    },  # fmt: skip
+    },
 }
 
 _CSV_MODALITY = {
@@ -313,10 +314,21 @@ def study_sources(path: Path = SOURCES_CSV) -> list[Source]:
     ]
 
 
-def chunk_bytes_int(spec: str) -> int:
+def chunk_bytes_int(spec: str | int) -> int:
     from litdata.utilities.format import _convert_bytes_to_int
 
-    return spec if isinstance(spec, int) else _convert_bytes_to_int(spec)
+    if isinstance(spec, int) or spec.isdigit():
+        return int(spec)
+    return _convert_bytes_to_int(spec)
+
+
+def _chunks(images: int, image_bytes: float, chunk_bytes: int, part_size: int) -> int:
+    """Chunks the packer writes for ``images`` of ``image_bytes`` each: every part of
+    ``part_size`` images is written by its own litdata writer, so each part ends
+    with a partly filled chunk."""
+    full, rest = divmod(images, part_size)
+    per_part = math.ceil(part_size * image_bytes / chunk_bytes)
+    return full * per_part + (math.ceil(rest * image_bytes / chunk_bytes) if rest else 0)
 
 
 def _capped(size: Size, cap: int | None) -> tuple[int, int]:
@@ -346,7 +358,11 @@ def _group(source: Source) -> str:
 
 
 def estimate(
-    ratios: dict[str, Ratio], cap: int, chunk_bytes: int, sources: list[Source]
+    ratios: dict[str, Ratio],
+    cap: int,
+    chunk_bytes: int,
+    sources: list[Source],
+    part_size: int = DEFAULT_PART_SIZE,
 ) -> list[CountRow]:
     rows: dict[str, CountRow] = {}
     for s in sources:
@@ -359,19 +375,19 @@ def estimate(
         row.sources += 1
         row.images += s.images
         row.raw_gb += s.images * raw / 1e9
-        row.png_gb += s.images * (raw / ratio.native + ITEM_OVERHEAD_BYTES) / 1e9
+        per_image = raw / ratio.native + ITEM_OVERHEAD_BYTES
         # An image the cap leaves alone keeps its native ratio.
         ratio_cap = ratio.capped if (ch, cw) != (size.h, size.w) else ratio.native
-        row.png_gb_cap += s.images * (raw_cap / ratio_cap + ITEM_OVERHEAD_BYTES) / 1e9
+        per_image_cap = raw_cap / ratio_cap + ITEM_OVERHEAD_BYTES
+        row.png_gb += s.images * per_image / 1e9
+        row.png_gb_cap += s.images * per_image_cap / 1e9
+        row.chunks += _chunks(s.images, per_image, chunk_bytes, part_size)
+        row.chunks_cap += _chunks(s.images, per_image_cap, chunk_bytes, part_size)
     out = sorted(rows.values(), key=lambda r: -r.png_gb)
     total = CountRow("**total**", 0, 0, 0.0, 0.0, 0.0, 0, 0)
     for r in out:
-        r.chunks = math.ceil(r.png_gb * 1e9 / chunk_bytes)
-        r.chunks_cap = math.ceil(r.png_gb_cap * 1e9 / chunk_bytes)
-        for k in ("sources", "images", "raw_gb", "png_gb", "png_gb_cap"):
+        for k in ("sources", "images", "raw_gb", "png_gb", "png_gb_cap", "chunks", "chunks_cap"):
             setattr(total, k, getattr(total, k) + getattr(r, k))
-    total.chunks = math.ceil(total.png_gb * 1e9 / chunk_bytes)
-    total.chunks_cap = math.ceil(total.png_gb_cap * 1e9 / chunk_bytes)
     return [*out, total]
 
 
@@ -385,7 +401,8 @@ def cmd_counts(args: argparse.Namespace) -> list[CountRow]:
     rows = estimate(ratios, args.cap, chunk, sources)
     print(
         f"{sum(s.images for s in sources):,} images in {len(sources)} sources "
-        f"({args.sources}); chunks of {args.chunk_bytes} = {chunk:,} bytes; PNG ratios "
+        f"({args.sources}); chunks of {chunk:,} bytes, parts of {DEFAULT_PART_SIZE} images; "
+        "PNG ratios "
         + ", ".join(f"{k} {r.native:.2f}/{r.capped:.2f}" for k, r in ratios.items())
         + f" (native/{args.cap} px); {_load()}"
     )
@@ -678,6 +695,265 @@ def cmd_open(args: argparse.Namespace) -> list[OpenRow]:
     return rows
 
 
+# ------------------------------------------------------------------- pack and loader
+# The original-file sources of ``pack`` and ``loader``: name -> (--data spec under
+# DIR, augmentation recipe). Built by ``make_sources`` from real images that ship
+# with pydicom (CT 693_UNCR, CR RG1_UNCR), each copy shifted and with fresh noise so
+# no two files are alike.
+SOURCE_SPECS = {
+    "dicom": ("dicom:{dir}/dicom?modality=ct&name=dicom", "ct"),
+    "nifti": ("nifti:{dir}/nifti?modality=ct&name=nifti", "ct"),
+    "png": ("folder:{dir}/png?modality=xray&name=png", "xray"),
+}
+
+
+def _variant(base: np.ndarray, k: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+    shifted = np.roll(base, (k * 7 % 61 - 30, k * 13 % 41 - 20), axis=(0, 1)).astype(np.float32)
+    return shifted + rng.normal(0, noise, base.shape).astype(np.float32)
+
+
+def make_sources(folder: str, images: int, *, side: int = 512, png_side: int = 1024) -> dict:
+    """``images`` CT-like 16-bit DICOM slices (``side`` px, uncompressed, one series),
+    ``images`` axial slices in NIfTI CT volumes of 128 slices (int16, gzipped) and
+    ``images`` ChestXray-14-like 8-bit PNGs (``png_side`` px). Returns what was made."""
+    import cv2
+    import nibabel as nib
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng(0)
+    ct = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
+    raw = ct.pixel_array.astype(np.float32)
+    if raw.shape != (side, side):
+        raw = cv2.resize(raw, (side, side), interpolation=cv2.INTER_AREA)
+    slope = float(ct.get("RescaleSlope", 1))
+    intercept = float(ct.get("RescaleIntercept", 0))
+    os.makedirs(f"{folder}/dicom/series_0001", exist_ok=True)
+    series = generate_uid()
+    lo, hi = (-32768, 32767) if ct.PixelRepresentation == 1 else (0, 65535)
+    dtype = np.int16 if ct.PixelRepresentation == 1 else np.uint16
+    for k in range(images):
+        arr = np.clip(np.round(_variant(raw, k, rng, 8.0)), lo, hi).astype(dtype)
+        ds = ct.copy()
+        ds.Rows, ds.Columns = arr.shape
+        ds.PixelData = arr.tobytes()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = series
+        ds.InstanceNumber = k + 1
+        ds.save_as(f"{folder}/dicom/series_0001/IM-{k + 1:05d}.dcm", enforce_file_format=True)
+    # NIfTI: the same anatomy in Hounsfield units, 128 axial slices per volume.
+    hu = raw * slope + intercept
+    os.makedirs(f"{folder}/nifti", exist_ok=True)
+    per_volume = 128
+    for v in range(math.ceil(images / per_volume)):
+        depth = min(per_volume, images - v * per_volume)
+        vol = np.stack([_variant(hu, v * per_volume + k, rng, 8.0) for k in range(depth)], axis=-1)
+        vol = np.clip(np.round(vol), -32768, 32767).astype(np.int16)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), f"{folder}/nifti/ct_{v:03d}.nii.gz")
+    # PNG: an 8-bit chest radiograph (a CR from pydicom, windowed), 1024 px.
+    cr = sample_image("dcm8:RG1_UNCR.dcm").astype(np.float32)
+    cr = cv2.resize(cr, (png_side, png_side), interpolation=cv2.INTER_AREA)
+    os.makedirs(f"{folder}/png/images_001", exist_ok=True)
+    for k in range(images):
+        img = np.clip(np.round(_variant(cr, k, rng, 3.0)), 0, 255).astype(np.uint8)
+        cv2.imwrite(f"{folder}/png/images_001/{k:08d}_000.png", img)
+    return {name: spec.format(dir=folder) for name, (spec, _) in SOURCE_SPECS.items()}
+
+
+def _bytes_under(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+@dataclass
+class PackRow:
+    source: str
+    workers: int
+    images: int
+    seconds: float
+    images_s: float
+    original_mb: float
+    shards_mb: float
+
+
+def cmd_pack(args: argparse.Namespace) -> list[PackRow]:
+    from biovfm_core.data.shards.pack import pack
+
+    specs = _ensure_sources(args)
+    rows: list[PackRow] = []
+    for name, spec in specs.items():
+        for workers in args.pack_workers:
+            out = os.path.join(args.dir, f"shards-{name}-w{workers}")
+            shutil.rmtree(out, ignore_errors=True)
+            # Parts are the unit of parallel work: 4 of them, so 2 workers have work.
+            report = pack(
+                [spec], out, workers=workers, part_size=max(1, args.images // 4),
+                max_side=args.max_side, progress=None,
+            )  # fmt: skip
+            rows.append(
+                PackRow(
+                    name, workers, report.images, report.seconds, report.images_per_s,
+                    _bytes_under(os.path.join(args.dir, name)) / 2**20,
+                    _bytes_under(out) / 2**20,
+                )
+            )  # fmt: skip
+            # The loader reads the 2-worker pack (same content as the 1-worker one).
+            keep = os.path.join(args.dir, f"shards-{name}")
+            shutil.rmtree(keep, ignore_errors=True)
+            os.rename(out, keep)
+    print(f"pack (scan + decode + PNG encode + write), {args.images} images a source; {_load()}")
+    print("| source | workers | images | s | images/s | original MB | shards MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r.source} | {r.workers} | {r.images} | {r.seconds:.1f} | {r.images_s:.1f} | "
+            f"{r.original_mb:.0f} | {r.shards_mb:.0f} |"
+        )
+    return rows
+
+
+def _ensure_sources(args: argparse.Namespace) -> dict[str, str]:
+    os.makedirs(args.dir, exist_ok=True)
+    marker = os.path.join(args.dir, "sources.json")
+    want = {"images": args.images}
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            made = json.load(f)
+        if made["made"] == want:
+            return made["specs"]
+    for name in SOURCE_SPECS:
+        shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
+    specs = make_sources(args.dir, args.images)
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump({"made": want, "specs": specs}, f)
+    return specs
+
+
+@dataclass
+class LoaderRow:
+    source: str
+    read_from: str
+    stage: str
+    workers: int
+    images: int
+    images_s: float
+
+
+def _views(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from biovfm_core.protocols import ViewSpec
+
+    return ViewSpec(
+        global_crops=2, global_size=args.global_size,
+        local_crops=args.local_crops, local_size=args.local_size,
+    )  # fmt: skip
+
+
+def _keys(n: int, count: int, seed: int, shard_chunks: np.ndarray | None, batch: int) -> list:
+    """``(position, seed)`` pairs as training draws them: a seeded permutation of the
+    files (RunOrder's kind), or chunk-local order over shards (ShardOrder)."""
+    if shard_chunks is not None:
+        from biovfm_core.data.shards.order import ShardOrder
+
+        order = ShardOrder(np.arange(n), shard_chunks, batch=batch, seed=seed, rank=0, world_size=1)
+        it = iter(order)
+        return [next(it) for _ in range(count)]
+    rng = np.random.default_rng(seed)
+    perm = np.concatenate([rng.permutation(n) for _ in range(math.ceil(count / n))])[:count]
+    return [(int(p), seed + k) for k, p in enumerate(perm)]
+
+
+def _loader_rate(dataset, keys: list, batch: int, workers: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    import torch
+
+    from biovfm_core.data.dataset import collate
+    from biovfm_core.protocols import Batch
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, sampler=keys, collate_fn=collate,
+        num_workers=workers, drop_last=True,
+    )  # fmt: skip
+    timed, start = 0, None
+    for b in loader:
+        if start is None:
+            start = time.perf_counter()  # workers are up and the pipeline is full
+            continue
+        timed += b.size if isinstance(b, Batch) else 0
+    if start is None or timed == 0:
+        raise SystemExit(f"--loader-images {len(keys)} gives fewer than 2 batches of {batch}")
+    return timed / (time.perf_counter() - start), timed
+
+
+def _decode_rate(
+    load: Callable[[int], np.ndarray], order: list, seconds: float
+) -> tuple[float, int]:
+    """Images/s of the reader alone (no views), in this process, for ~``seconds``."""
+    t0 = time.perf_counter()
+    k = 0
+    while k < len(order) and (k < 8 or time.perf_counter() - t0 < seconds):
+        load(order[k][0])
+        k += 1
+    return k / (time.perf_counter() - t0), k
+
+
+def cmd_loader(args: argparse.Namespace) -> list[LoaderRow]:
+    from biovfm_core.data.catalog import resolve_data
+    from biovfm_core.data.dataset import ImageDataset
+    from biovfm_core.data.scan import scan_sources
+    from biovfm_core.data.shards.reader import ShardReader, open_shards
+    from biovfm_core.registry import get_registry
+
+    specs = _ensure_sources(args)
+    registry = get_registry()
+    views = _views(args)
+    rows: list[LoaderRow] = []
+    for name, spec in specs.items():
+        recipe = registry.build("augmentations", SOURCE_SPECS[name][1], views)
+        folder = os.path.join(args.dir, f"shards-{name}")
+        if not os.path.exists(folder):
+            from biovfm_core.data.shards.pack import pack
+
+            pack([spec], folder, workers=2, part_size=max(1, args.images // 4), progress=None)
+        index, _ = scan_sources(resolve_data([spec])[0])
+        shards = open_shards(folder)
+        for read_from, idx, chunks in (
+            ("original", index, None),
+            ("shards", shards.index, shards.chunk_sizes),
+        ):
+            keys = _keys(len(idx), args.loader_images, 0, chunks, args.batch_size)
+            if read_from == "original":
+                reader = ImageDataset(idx, recipe).reader(name)
+                load = lambda i, r=reader, x=idx: r.load(x.record(i))  # noqa: E731
+            else:
+                reader = ShardReader(folder)
+                load = lambda i, r=reader, x=idx: r.load_row(x.base_row(i))  # noqa: E731
+            rate, n = _decode_rate(load, keys, args.decode_seconds)
+            rows.append(LoaderRow(name, read_from, "decode", 0, n, rate))
+            for workers in args.workers:
+                dataset = ImageDataset(idx, recipe)
+                rate, n = _loader_rate(dataset, keys, args.batch_size, workers)
+                rows.append(LoaderRow(name, read_from, "loader", workers, n, rate))
+                print(
+                    f"  {name} {read_from} {workers} workers: {rate:.1f} images/s", file=sys.stderr
+                )
+    print(
+        f"views 2x{views.global_size} + {views.local_crops}x{views.local_size}, batch "
+        f"{args.batch_size}, {args.images} images a source; decode = the reader alone in "
+        f"the main process; {_load()}"
+    )
+    print("| source | read from | stage | workers | images timed | images/s | shards / original |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    base = {(r.source, r.stage, r.workers): r.images_s for r in rows if r.read_from == "original"}
+    for r in rows:
+        ratio = r.images_s / base[(r.source, r.stage, r.workers)]
+        shown = f"{ratio:.2f}" if r.read_from == "shards" else ""
+        print(
+            f"| {r.source} | {r.read_from} | {r.stage} | {r.workers} | {r.images} | "
+            f"{r.images_s:.1f} | {shown} |"
+        )
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None):  # type: ignore[no-untyped-def]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -698,6 +974,20 @@ def main(argv: list[str] | None = None):  # type: ignore[no-untyped-def]
     p.add_argument("--dir", default=tempfile.gettempdir())
     p.add_argument("--sources", default=str(SOURCES_CSV))
     p.set_defaults(run=cmd_open)
+    for name, run in (("pack", cmd_pack), ("loader", cmd_loader)):
+        p = sub.add_parser(name, help=f"{name} throughput, shards against original files")
+        p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bench-shards"))
+        p.add_argument("--images", type=int, default=256, help="images per source")
+        p.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2])
+        p.add_argument("--max-side", type=int, default=None)
+        p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--loader-images", type=int, default=512, help="images per loader run")
+        p.add_argument("--decode-seconds", type=float, default=3.0)
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--global-size", type=int, default=224)
+        p.add_argument("--local-size", type=int, default=96)
+        p.add_argument("--local-crops", type=int, default=8)
+        p.set_defaults(run=run)
     if argv is None and sys.argv[1:2] == ["_child"]:
         folder, fraction, mods, order = sys.argv[2:6]
         print(json.dumps(child_open(folder, float(fraction), mods, order == "1")))
