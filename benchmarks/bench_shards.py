@@ -35,6 +35,7 @@ runs the parts on tiny settings).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -702,6 +703,7 @@ def cmd_open(args: argparse.Namespace) -> list[OpenRow]:
 # no two files are alike.
 SOURCE_SPECS = {
     "dicom": ("dicom:{dir}/dicom?modality=ct&name=dicom", "ct"),
+    "dicom-j2k": ("dicom:{dir}/dicom-j2k?modality=ct&name=dicom-j2k", "ct"),
     "nifti": ("nifti:{dir}/nifti?modality=ct&name=nifti", "ct"),
     "png": ("folder:{dir}/png?modality=xray&name=png", "xray"),
 }
@@ -712,10 +714,35 @@ def _variant(base: np.ndarray, k: int, rng: np.random.Generator, noise: float) -
     return shifted + rng.normal(0, noise, base.shape).astype(np.float32)
 
 
+def _j2k_dicom(ds, arr: np.ndarray):  # type: ignore[no-untyped-def]
+    """``ds`` with ``arr`` as JPEG 2000 lossless pixel data (Pillow's OpenJPEG encoder),
+    stored unsigned with the intercept moved so the Hounsfield values are unchanged."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    low = int(arr.min())
+    buf = io.BytesIO()
+    Image.fromarray((arr.astype(np.int32) - low).astype(np.uint16)).save(
+        buf, format="JPEG2000", irreversible=False, no_jp2=True
+    )
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    slope = float(ds.get("RescaleSlope", 1))
+    ds.RescaleIntercept = float(ds.get("RescaleIntercept", 0)) + low * slope
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 16, 15
+    return ds
+
+
 def make_sources(folder: str, images: int, *, side: int = 512, png_side: int = 1024) -> dict:
-    """``images`` CT-like 16-bit DICOM slices (``side`` px, uncompressed, one series),
-    ``images`` axial slices in NIfTI CT volumes of 128 slices (int16, gzipped) and
-    ``images`` ChestXray-14-like 8-bit PNGs (``png_side`` px). Returns what was made."""
+    """``images`` CT-like 16-bit DICOM slices (``side`` px, one series) uncompressed and
+    the same as JPEG 2000 lossless (as the demo's CT), ``images`` axial slices in NIfTI
+    CT volumes of 128 slices (int16, gzipped) and ``images`` ChestXray-14-like 8-bit
+    PNGs (``png_side`` px). Returns the ``--data`` spec of each."""
     import cv2
     import nibabel as nib
     import pydicom
@@ -730,12 +757,13 @@ def make_sources(folder: str, images: int, *, side: int = 512, png_side: int = 1
     slope = float(ct.get("RescaleSlope", 1))
     intercept = float(ct.get("RescaleIntercept", 0))
     os.makedirs(f"{folder}/dicom/series_0001", exist_ok=True)
+    os.makedirs(f"{folder}/dicom-j2k/series_0001", exist_ok=True)
     series = generate_uid()
     lo, hi = (-32768, 32767) if ct.PixelRepresentation == 1 else (0, 65535)
     dtype = np.int16 if ct.PixelRepresentation == 1 else np.uint16
     for k in range(images):
         arr = np.clip(np.round(_variant(raw, k, rng, 8.0)), lo, hi).astype(dtype)
-        ds = ct.copy()
+        ds = copy.deepcopy(ct)  # a shallow copy would share file_meta
         ds.Rows, ds.Columns = arr.shape
         ds.PixelData = arr.tobytes()
         ds.SOPInstanceUID = generate_uid()
@@ -743,6 +771,9 @@ def make_sources(folder: str, images: int, *, side: int = 512, png_side: int = 1
         ds.SeriesInstanceUID = series
         ds.InstanceNumber = k + 1
         ds.save_as(f"{folder}/dicom/series_0001/IM-{k + 1:05d}.dcm", enforce_file_format=True)
+        _j2k_dicom(copy.deepcopy(ds), arr).save_as(
+            f"{folder}/dicom-j2k/series_0001/IM-{k + 1:05d}.dcm", enforce_file_format=True
+        )
     # NIfTI: the same anatomy in Hounsfield units, 128 axial slices per volume.
     hu = raw * slope + intercept
     os.makedirs(f"{folder}/nifti", exist_ok=True)
@@ -781,6 +812,13 @@ def cmd_pack(args: argparse.Namespace) -> list[PackRow]:
     from biovfm_core.data.shards.pack import pack
 
     specs = _ensure_sources(args)
+    # Decoders imported up front, so the first pack does not pay for them (workers fork).
+    import cv2  # noqa: F401
+    import nibabel  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import pydicom  # noqa: F401
+    from litdata.streaming.writer import BinaryWriter  # noqa: F401
+
     rows: list[PackRow] = []
     for name, spec in specs.items():
         for workers in args.pack_workers:
@@ -798,10 +836,24 @@ def cmd_pack(args: argparse.Namespace) -> list[PackRow]:
                     _bytes_under(out) / 2**20,
                 )
             )  # fmt: skip
-            # The loader reads the 2-worker pack (same content as the 1-worker one).
+            # The loader reads the last pack (every pack of a source holds the same).
             keep = os.path.join(args.dir, f"shards-{name}")
             shutil.rmtree(keep, ignore_errors=True)
             os.rename(out, keep)
+        if name in args.raw:
+            out = os.path.join(args.dir, f"shards-{name}-raw")
+            shutil.rmtree(out, ignore_errors=True)
+            workers = args.pack_workers[-1]
+            report = pack(
+                [spec], out, workers=workers, part_size=max(1, args.images // 4),
+                max_side=args.max_side, encoding="raw", progress=None,
+            )  # fmt: skip
+            rows.append(
+                PackRow(
+                    f"{name} (raw)", workers, report.images, report.seconds, report.images_per_s,
+                    _bytes_under(os.path.join(args.dir, name)) / 2**20, _bytes_under(out) / 2**20,
+                )
+            )  # fmt: skip
     print(f"pack (scan + decode + PNG encode + write), {args.images} images a source; {_load()}")
     print("| source | workers | images | s | images/s | original MB | shards MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -888,6 +940,8 @@ def _decode_rate(
     load: Callable[[int], np.ndarray], order: list, seconds: float
 ) -> tuple[float, int]:
     """Images/s of the reader alone (no views), in this process, for ~``seconds``."""
+    for position, _ in order[:4]:  # warm-up: opening the file or litdata dataset
+        load(position)
     t0 = time.perf_counter()
     k = 0
     while k < len(order) and (k < 8 or time.perf_counter() - t0 < seconds):
@@ -915,17 +969,19 @@ def cmd_loader(args: argparse.Namespace) -> list[LoaderRow]:
 
             pack([spec], folder, workers=2, part_size=max(1, args.images // 4), progress=None)
         index, _ = scan_sources(resolve_data([spec])[0])
-        shards = open_shards(folder)
-        for read_from, idx, chunks in (
-            ("original", index, None),
-            ("shards", shards.index, shards.chunk_sizes),
-        ):
+        variants = [("original", index, None, "")]
+        for suffix in ("", "-raw"):
+            if os.path.exists(folder + suffix):
+                shards = open_shards(folder + suffix)
+                label = "shards" + (" (raw)" if suffix else "")
+                variants.append((label, shards.index, shards.chunk_sizes, folder + suffix))
+        for read_from, idx, chunks, where in variants:
             keys = _keys(len(idx), args.loader_images, 0, chunks, args.batch_size)
             if read_from == "original":
                 reader = ImageDataset(idx, recipe).reader(name)
                 load = lambda i, r=reader, x=idx: r.load(x.record(i))  # noqa: E731
             else:
-                reader = ShardReader(folder)
+                reader = ShardReader(where)
                 load = lambda i, r=reader, x=idx: r.load_row(x.base_row(i))  # noqa: E731
             rate, n = _decode_rate(load, keys, args.decode_seconds)
             rows.append(LoaderRow(name, read_from, "decode", 0, n, rate))
@@ -946,7 +1002,7 @@ def cmd_loader(args: argparse.Namespace) -> list[LoaderRow]:
     base = {(r.source, r.stage, r.workers): r.images_s for r in rows if r.read_from == "original"}
     for r in rows:
         ratio = r.images_s / base[(r.source, r.stage, r.workers)]
-        shown = f"{ratio:.2f}" if r.read_from == "shards" else ""
+        shown = f"{ratio:.2f}" if r.read_from != "original" else ""
         print(
             f"| {r.source} | {r.read_from} | {r.stage} | {r.workers} | {r.images} | "
             f"{r.images_s:.1f} | {shown} |"
@@ -980,6 +1036,7 @@ def main(argv: list[str] | None = None):  # type: ignore[no-untyped-def]
         p.add_argument("--images", type=int, default=256, help="images per source")
         p.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2])
         p.add_argument("--max-side", type=int, default=None)
+        p.add_argument("--raw", nargs="*", default=["dicom"], help="also pack these raw")
         p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
         p.add_argument("--loader-images", type=int, default=512, help="images per loader run")
         p.add_argument("--decode-seconds", type=float, default=3.0)
