@@ -546,7 +546,7 @@ def synthetic_index(total: int, sources: list[Source]):  # type: ignore[no-untyp
 def write_metadata_set(folder: str, index, chunks: int, chunk_bytes: int) -> None:  # type: ignore[no-untyped-def]
     """A shard folder with everything but the chunk files: index, litdata index.json
     (``chunks`` chunks sharing the rows evenly) and the manifest, written last."""
-    import litdata
+    from importlib.metadata import version
 
     from biovfm_core.data.shards.format import INDEX, LITDATA_INDEX, MANIFEST, Manifest
 
@@ -576,7 +576,7 @@ def write_metadata_set(folder: str, index, chunks: int, chunk_bytes: int) -> Non
         images=n,
         sources=index.counts("source"),
         options={"simulated": True, "max_side": 512},
-        litdata_version=litdata.__version__,
+        litdata_version=version("litdata"),
     )
     with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(manifest.to_json(), f)
