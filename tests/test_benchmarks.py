@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import itertools
+import json
 import sys
 from pathlib import Path
 
