@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -108,3 +109,77 @@ def test_step_profile_splits_the_step_into_phases(capsys):
     for row in op_rows:
         name, calls, ms = (cell.strip() for cell in row.strip("|").split("|"))
         assert name and int(calls) >= 1 and float(ms) >= 0
+
+
+def test_shard_counts_follow_sizes_ratios_chunks_and_parts():
+    bench = _load("bench_shards")
+    ratios = {"xray8": bench.Ratio("xray8", "", native=2.0, capped=4.0)}
+    sources = [bench.Source("ChestXray-14", 1000, ("xray",))]  # 1024x1024 8-bit, 1 channel
+    rows = bench.estimate(ratios, 512, 1_000_000, sources, part_size=4096)
+    row, total = rows
+    per_image = 1024 * 1024 / 2.0 + bench.ITEM_OVERHEAD_BYTES
+    per_image_cap = 512 * 512 / 4.0 + bench.ITEM_OVERHEAD_BYTES
+    assert row.raw_gb == 1000 * 1024 * 1024 / 1e9
+    assert row.png_gb == 1000 * per_image / 1e9 and row.png_gb_cap == 1000 * per_image_cap / 1e9
+    assert (row.chunks, row.chunks_cap) == (525, 66)  # ceil(524.448 MB), ceil(65.696 MB)
+    assert total.images == 1000 and total.chunks == 525
+    # Each part of 3 images ends its own chunk: 1000 images = 333 parts + 1 image.
+    assert bench._chunks(1000, 100.0, 250, part_size=3) == 333 * 2 + 1
+    # Every source of the study has an assumed size whose kind has measured images.
+    from biovfm_core.data.catalog import load_catalog, shipped_catalog_path
+
+    catalog = load_catalog(shipped_catalog_path("biovfm21m"), check_paths=False)
+    names = {s.name for s in catalog.sources}
+    assert names == set(bench.SIZES)
+    assert {s.kind for s in bench.SIZES.values()} <= set(bench.KIND_SAMPLES)
+
+
+def test_shard_png_ratio_is_measured_on_real_ct():
+    bench = _load("bench_shards")
+    ct = bench.measure_ratios(512, kinds=["ct16"])["ct16"]
+    # 16-bit CT compresses losslessly by ~2-3x; its slices are 512 px or less, so the
+    # cap changes nothing.
+    assert 1.5 < ct.native < 5 and ct.capped == ct.native
+
+
+def test_shard_open_simulation_builds_the_mix_and_subsets_it(tmp_path):
+    bench = _load("bench_shards")
+    sources = [
+        bench.Source("HCP", 300, ("mr",)),  # NIfTI volumes of 260 slices, one per case
+        bench.Source("RadImageNet", 700, ("ct", "mr", "us")),  # shares 0.5 / 0.35 / 0.15
+    ]
+    index = bench.synthetic_index(1000, sources)
+    assert len(index) == 1000
+    assert index.counts("modality") == {"mr": 300 + 245, "ct": 350, "us": 105}
+    assert index.uri(0) == "/data/biovfm21m/HCP/case_000000/vol_0000000.nii.gz#axis=2&slice=000"
+    assert index.uri(261) == "/data/biovfm21m/HCP/case_000001/vol_0000001.nii.gz#axis=2&slice=001"
+    assert index.uri(300) == "/data/biovfm21m/RadImageNet/images_00000/00000000_000.png"
+    assert index.uri(999) == "/data/biovfm21m/RadImageNet/images_00000/00000699_000.png"
+    bench.write_metadata_set(str(tmp_path), index, chunks=7, chunk_bytes=1 << 20)
+    out = bench.child_open(str(tmp_path), 0.1, "ct", order=False)
+    assert out["n"] == 1000 and out["subset_n"] == 35  # round(0.1 * 350)
+    with open(tmp_path / "index.json", encoding="utf-8") as f:
+        chunks = json.load(f)["chunks"]
+    assert [c["chunk_size"] for c in chunks] == [143] * 6 + [142]
+
+
+@pytest.mark.slow
+def test_shard_pack_and_loader_parts_run_on_tiny_sources(tmp_path, capsys):
+    pytest.importorskip("biovfm_core.data.shards.pack")
+    bench = _load("bench_shards")
+    common = ["--dir", str(tmp_path), "--images", "4", "--sources", "dicom", "nifti"]
+    packed = bench.main(["pack", *common, "--pack-workers", "1", "2"])
+    assert [(r.source, r.workers, r.images) for r in packed] == [
+        ("dicom", 1, 4), ("dicom", 2, 4), ("dicom (raw)", 2, 4), ("nifti", 1, 4), ("nifti", 2, 4),
+    ]  # fmt: skip
+    rows = bench.main(
+        ["loader", *common, "--loader-images", "6", "--batch-size", "2", "--workers", "0", "1",
+         "--global-size", "32", "--local-size", "16", "--local-crops", "2",
+         "--decode-seconds", "0.01"]
+    )  # fmt: skip
+    assert {(r.source, r.read_from, r.stage, r.workers) for r in rows} >= {
+        ("dicom", "original", "loader", 1), ("dicom", "shards", "loader", 1),
+        ("dicom", "shards (raw)", "loader", 0), ("nifti", "shards", "decode", 0),
+    }  # fmt: skip
+    assert all(r.images_s > 0 for r in rows)
+    assert [r.images for r in rows if r.stage == "loader"] == [4] * 10
