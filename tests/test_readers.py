@@ -281,3 +281,34 @@ def test_max_pixels_defaults_come_from_one_constant():
     assert DataConfig().max_image_pixels == DEFAULT_MAX_PIXELS
     for reader in (FolderReader, DicomReader, NiftiReader):
         assert inspect.signature(reader).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS
+
+
+def test_nifti_gz_slices_come_from_one_decoded_volume_with_the_values_of_a_slice_read(
+    tmp_path, monkeypatch
+):
+    import nibabel as nib
+    from biovfm_readers import nifti
+
+    rng = np.random.default_rng(3)
+    scaled = nib.Nifti1Image(rng.integers(0, 3000, (7, 6, 5)).astype(np.int16), np.eye(4))
+    scaled.header.set_slope_inter(0.5, -1024)  # stored codes → HU, as scanners write them
+    nib.save(scaled, str(tmp_path / "ct.nii.gz"))
+    four_d = rng.normal(size=(5, 4, 3, 2)).astype(">f4")  # big-endian, 2 volumes
+    nib.save(nib.Nifti1Image(four_d, np.eye(4)), str(tmp_path / "fmri.nii.gz"))
+    reads = []
+    real = nifti._read_volume
+    monkeypatch.setattr(nifti, "_read_volume", lambda p, v: reads.append(p) or real(p, v))
+    for name, volume in (("ct.nii.gz", 0), ("fmri.nii.gz", 1)):
+        path = str(tmp_path / name)
+        for axis in (0, 1, 2):
+            reader = NiftiReader(path, SourceTags("s", "mr"), axis=axis, volume=volume)
+            records = [r for r in reader.scan() if isinstance(r, SampleRecord)]
+            assert len(records) > 1
+            reads.clear()  # the scan reads the volume too
+            for record in records:
+                got = reader.load(record)
+                k = int(record.uri.rsplit("slice=", 1)[1])
+                want = nifti.load_nifti_slice(path, axis, k, volume)
+                assert got.dtype == want.dtype and got.dtype.isnative
+                np.testing.assert_array_equal(got, want)
+            assert reads == [path]  # one decode for all the slices, not one per slice

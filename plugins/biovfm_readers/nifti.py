@@ -58,6 +58,13 @@ class NiftiReader:
         self.max_pixels = max_pixels
         self._modality = ModalityGuess("nifti", self.location, tags)
         self.allowed = self._modality.allowed
+        # The last gzipped volume decoded: ((path, volume), array). gzip cannot seek,
+        # so reading one slice decompresses the file up to it; keeping the volume makes
+        # the next slices of the same file (a pack, a scan-ordered read) free.
+        self._cached: tuple[tuple[str, int], np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cached": None}
 
     @property
     def notes(self) -> list[str]:
@@ -107,7 +114,32 @@ class NiftiReader:
         axis = int(frag.get("axis", self.axis))
         k = int(frag.get("slice", 0))
         vol_idx = int(frag.get("volume", self.volume))
+        if path.lower().endswith(".gz"):
+            vol = self._gz_volume(path, vol_idx)
+            if vol is not None and 0 <= k < vol.shape[axis]:
+                return _native_slice(np.take(vol, k, axis=axis))
         return load_nifti_slice(path, axis, k, vol_idx)
+
+    def _gz_volume(self, path: str, volume: int) -> np.ndarray | None:
+        """The whole volume, decoded once while its slices are asked for in turn;
+        ``None`` (read the slice alone) for a volume too large to hold or unreadable."""
+        if self._cached is not None and self._cached[0] == (path, volume):
+            return self._cached[1]
+        self._cached = None
+        try:
+            import nibabel as nib
+
+            if int(np.prod(nib.load(path).shape[:3])) > _MAX_CACHED_VOXELS:
+                return None
+            vol = _read_volume(path, volume)
+        except Exception:  # the slice read below names the file and the reason
+            return None
+        self._cached = ((path, volume), vol)
+        return vol
+
+
+# 128M voxels: 512 MB as float32, one volume per reader (per loader worker).
+_MAX_CACHED_VOXELS = 1 << 27
 
 
 def _why_empty(vol: np.ndarray) -> str:
@@ -151,6 +183,10 @@ def load_nifti_slice(path: str, axis: int, k: int, volume: int = 0) -> np.ndarra
         ) from exc
     if arr.ndim != 2:
         raise BadImageError(path, f"slice has shape {arr.shape}, expected 2D")
+    return _native_slice(arr)
+
+
+def _native_slice(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
     if not arr.dtype.isnative:  # big-endian files; torch and cv2 want native order

@@ -178,7 +178,10 @@ class ShardReader:
             from litdata import StreamingDataset
 
             cache = os.path.join(cache_folder(self.folder), "chunks") if self._url else None
-            self._dataset = StreamingDataset(self.folder, cache_dir=cache)
+            # batch_decode off: ShardOrder reads a chunk's items shuffled, and litdata's
+            # window decoding re-decoded a window per out-of-order read (raw 512² uint16
+            # items: 2.5 ms each shuffled against 0.23 ms without it, measured).
+            self._dataset = StreamingDataset(self.folder, cache_dir=cache, batch_decode=False)
             self._pid = os.getpid()
         return self._dataset
 
