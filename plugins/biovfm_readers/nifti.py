@@ -117,7 +117,7 @@ class NiftiReader:
         if path.lower().endswith(".gz"):
             vol = self._gz_volume(path, vol_idx)
             if vol is not None and 0 <= k < vol.shape[axis]:
-                return _native_slice(np.take(vol, k, axis=axis))
+                return _native_slice(vol[(slice(None),) * axis + (k,)])
         return load_nifti_slice(path, axis, k, vol_idx)
 
     def _gz_volume(self, path: str, volume: int) -> np.ndarray | None:
