@@ -474,3 +474,14 @@ def test_two_gloo_ranks_see_every_shard_image_exactly_once_per_epoch(tmp_path, s
     assert sorted(first_epoch) == sorted(everything)  # each image once, by one rank
     second = [uri for r in per_rank for uri in r[20:28]]
     assert len(set(second)) == len(second) == 16
+
+
+def test_dry_run_reads_the_shard_manifest_and_says_when_a_folder_is_not_a_set(tmp_path, shards):
+    from biovfm_core.cli.main import cli
+
+    (tmp_path / "empty").mkdir()
+    for folder, note in ((shards, "[shard set: 40 images, png]"), (tmp_path / "empty", "no biovfm-shards.json")):  # fmt: skip
+        result = CliRunner().invoke(cli, ["train", "--data", f"shards:{folder}", "--dry-run"])
+        assert result.exit_code == 0, result.output
+        (line,) = [x for x in result.output.splitlines() if x.startswith("# data:")]
+        assert note in line

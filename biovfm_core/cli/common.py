@@ -80,6 +80,17 @@ def _saved_config(path: Path) -> Path:
     raise ConfigError(f"--resume {path}: no config.yaml of a biovfm run found there")
 
 
+def _shard_note(folder: str) -> str:
+    """A local shard set's manifest, read without touching its index or chunks."""
+    from biovfm_core.data.shards.format import read_manifest
+
+    try:
+        m = read_manifest(folder)
+    except ConfigError as exc:
+        return f"  [{exc}]"
+    return f"  [shard set: {m.images} images, {m.encoding}]"
+
+
 def check_data(config: RunConfig, registry: Any) -> list[str]:
     """What ``--dry-run`` can check of ``--data`` without scanning: each source's reader
     is registered and imports, and its options (``?key=value``, catalog ``options:``
@@ -104,6 +115,7 @@ def check_data(config: RunConfig, registry: Any) -> list[str]:
             f"# data: {spec.name} = {spec.reader}:{spec.path} (plugin {registration.plugin})"
             + (f" {shown}" if shown else "")
             + ("" if spec.exists else "  [path does not exist]")
+            + (_shard_note(spec.path) if spec.reader == "shards" and spec.exists else "")
         )
         modalities.update(MODALITIES if spec.modality == "auto" else spec.modality.split(","))
     if config.augmentation == "auto":
