@@ -5,6 +5,7 @@ A sweep file::
     name: scaling
     output: sweeps/scaling          # everything the sweep writes goes here
     data: [catalogs/my.yaml]        # scanned once into index.npz; every cell reads it
+                                    # (one shards:DIR is read directly: it is an index)
     base:                           # a run config applied to every cell
       train: {max_steps: 20000, batch_size: 1024}
     grid:                           # dotted config keys -> values; the cells are the product
@@ -82,6 +83,12 @@ class Sweep:
     def index_path(self) -> Path:
         return self.output / "index.npz"
 
+    @property
+    def shards(self) -> bool:
+        """The data is one shard set: it is its own index (opened in seconds, read in
+        its chunk-local order), so cells read it directly instead of a scanned copy."""
+        return len(self.data) == 1 and self.data[0].startswith("shards:")
+
     def cells(self) -> list[Cell]:
         keys = list(self.grid)
         cells = []
@@ -93,7 +100,7 @@ class Sweep:
             cell_id = cell_name(overrides)
             config.name = cell_id
             config.output = str(self.output / "cells")
-            config.data.index = str(self.index_path)
+            config.data.index = None if self.shards else str(self.index_path)
             config.data.sources = list(self.data)
             config.resume = "auto"
             cells.append(Cell(cell_id, overrides, config))
@@ -290,6 +297,11 @@ def prepare(sweep: Sweep, *, echo=print) -> None:
     (sweep.output / "configs").mkdir(parents=True, exist_ok=True)
     for cell in sweep.cells():
         cell.config.save(sweep.output / "configs" / f"{cell.id}.yaml")
+    if sweep.shards:
+        from biovfm_core.data.shards.reader import open_shards
+
+        open_shards(sweep.data[0].removeprefix("shards:"))  # fails here, not in every cell
+        return
     if sweep.index_path.exists():
         return
     echo(f"indexing {', '.join(sweep.data) or 'the demo data'} once for all cells")

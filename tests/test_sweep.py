@@ -194,6 +194,22 @@ def test_a_failing_source_stops_the_sweep_before_any_cell(tmp_path):
     assert not sweep.index_path.exists()
 
 
+def test_a_sweep_over_one_shard_set_reads_it_directly_without_a_scanned_copy(tmp_path):
+    from shards_fixture import synthetic_items, write_shards
+
+    shards = write_shards(tmp_path / "set", synthetic_items(8))
+    text = SWEEP.format(output=tmp_path / "out") + "data: ['shards:set']\n"
+    sweep = S.load_sweep(write_sweep(tmp_path, text))
+    S.prepare(sweep, echo=lambda _: None)
+    assert not sweep.index_path.exists()  # a scan of 21M packed records would take minutes
+    for cell in sweep.cells():
+        assert cell.config.data.index is None
+        assert cell.config.data.sources == [f"shards:{shards}"]
+    (shards / "biovfm-shards.json").unlink()
+    with pytest.raises(ConfigError, match="biovfm-shards.json"):
+        S.prepare(sweep, echo=lambda _: None)
+
+
 # ------------------------------------------------------- issue 16, item 8 (cheap, no training)
 
 FAKE = """
