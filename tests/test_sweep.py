@@ -206,7 +206,7 @@ def test_a_sweep_over_one_shard_set_reads_it_directly_without_a_scanned_copy(tmp
         assert cell.config.data.index is None
         assert cell.config.data.sources == [f"shards:{shards}"]
     (shards / "biovfm-shards.json").unlink()
-    with pytest.raises(ConfigError, match="biovfm-shards.json"):
+    with pytest.raises(ConfigError, match=r"biovfm-shards\.json"):
         S.prepare(sweep, echo=lambda _: None)
 
 
