@@ -143,27 +143,56 @@ def make_plan(
     stop_on_error: bool,
     say: Callable[[str], None] | None,
 ) -> tuple[Any, dict[str, Any]]:
-    from biovfm_core.data.index import IndexBuilder
-    from biovfm_core.data.scan import describe, scan_sources
+    """Scan ``units`` and save the plan in ``work``; ``(index, plan)``."""
+    from biovfm_core.data.scan import scan_sources
 
     index, report = scan_sources(units, progress=say, stop_on_error=stop_on_error)
     if any(u.name not in {s.name for s in sources} for u in units):
-        # Rows of NAME@PLANE units go back under NAME (same order, rows contiguous).
-        builder = IndexBuilder()
-        for spec in sources:
-            builder.add_source(spec.name)
-        for unit in units:
-            meta = dict(index.sources_meta.get(unit.name, {}))
-            meta.pop("label_width", None)
-            builder.sources_meta[_source_of(unit.name)].update(meta)
-        for i in range(len(index)):
-            rec = index.record(i)
-            builder.add(replace(rec, source=_source_of(rec.source)))
-        index = builder.build()
-        for st in report.sources:
-            st.name = _source_of(st.name)
-        report.problems = [(_source_of(a), b, c) for a, b, c in report.problems]
-    # Provenance keeps each source as the user gave it (not one plane's axis).
+        index = _under_source_names(index, report, sources, units)
+    _keep_provenance(index, sources, units, settings["planes"])
+    starts = np.cumsum([0] + [s.found for s in report.sources]).tolist()
+    statuses = _merge_statuses(report.sources)
+    plan = {
+        "fingerprint": fingerprint,
+        "settings": settings,
+        "units": [unit_dict(u) for u in units],
+        "unit_starts": starts,
+        "rows": len(index),
+        "statuses": statuses,
+        "scan_problems": _scan_problems(report, statuses),
+    }
+    os.makedirs(work, exist_ok=True)
+    index.save(os.path.join(work, PLAN_INDEX))
+    write_atomic(Path(work) / PLAN, json.dumps(plan, indent=1).encode("utf-8"))
+    return index, plan
+
+
+def _under_source_names(
+    index: Any, report: Any, sources: Sequence[Any], units: Sequence[Any]
+) -> Any:
+    """Rows of NAME@PLANE units go back under NAME (same order, rows contiguous)."""
+    from biovfm_core.data.index import IndexBuilder
+
+    builder = IndexBuilder()
+    for spec in sources:
+        builder.add_source(spec.name)
+    for unit in units:
+        meta = dict(index.sources_meta.get(unit.name, {}))
+        meta.pop("label_width", None)
+        builder.sources_meta[_source_of(unit.name)].update(meta)
+    for i in range(len(index)):
+        rec = index.record(i)
+        builder.add(replace(rec, source=_source_of(rec.source)))
+    for st in report.sources:
+        st.name = _source_of(st.name)
+    report.problems = [(_source_of(a), b, c) for a, b, c in report.problems]
+    return builder.build()
+
+
+def _keep_provenance(
+    index: Any, sources: Sequence[Any], units: Sequence[Any], planes: Sequence[str]
+) -> None:
+    """Provenance keeps each source as the user gave it (not one plane's axis)."""
     for spec in sources:
         meta = index.sources_meta.get(spec.name)
         if meta is not None:
@@ -173,29 +202,20 @@ def make_plan(
                 for u in units
                 if _source_of(u.name) == spec.name
             ):
-                meta["planes"] = list(settings["planes"])
-    starts = np.cumsum([0] + [s.found for s in report.sources]).tolist()
-    statuses = _merge_statuses(report.sources)
-    # Missing and failed sources are listed with the bad files, so the problem list
-    # names everything the shards lack.
+                meta["planes"] = list(planes)
+
+
+def _scan_problems(report: Any, statuses: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The scan's bad files, then each missing or failed source, so the problem list
+    names everything the shards lack."""
+    from biovfm_core.data.scan import describe
+
     problems = list(dict.fromkeys(tuple(p) for p in report.problems))
     by_name = {s.name: s for s in report.sources}
     for st in statuses:
         if st["status"] in ("missing", "error"):
             problems.append((st["name"], st["path"], describe(by_name[st["name"]])))
-    plan = {
-        "fingerprint": fingerprint,
-        "settings": settings,
-        "units": [unit_dict(u) for u in units],
-        "unit_starts": starts,
-        "rows": len(index),
-        "statuses": statuses,
-        "scan_problems": [list(p) for p in problems],
-    }
-    os.makedirs(work, exist_ok=True)
-    index.save(os.path.join(work, PLAN_INDEX))
-    write_atomic(Path(work) / PLAN, json.dumps(plan, indent=1).encode("utf-8"))
-    return index, plan
+    return [list(p) for p in problems]
 
 
 def load_plan(work: str) -> tuple[Any, dict[str, Any]]:
