@@ -24,6 +24,7 @@ from biovfm_core.errors import BiovfmError, ConfigError
 # Planes of a volume and the `axis` option value that cuts it, for RAS-oriented
 # data (NIfTI's convention): axis 0 runs left-right, 1 back-front, 2 foot-head.
 PLANE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+# An unfinished pack's work folder inside the shard folder: the plan and the parts.
 WORK = ".pack"
 PLAN_INDEX = "plan.npz"
 PLAN = "plan.json"
