@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import random
 import statistics
 import time
 
@@ -75,9 +76,17 @@ class RefDINOv2(nn.Module):
         x = torch.cat(views)
         grid = x.shape[-1] // self.patch
         # DINOv2's blocks have >= 4 patches; tiny CPU grids cannot fit that at 10%.
-        min_block = 4 if grid * grid * 0.1 >= 4 else 1
+        tiny = grid * grid * 0.1 < 4
+        min_block = 1 if tiny else 4
+        # lightly draws each image's masked share from (min, max) ratio; on a tiny grid a
+        # draw under one patch (int(9 * 0.105) = 0) raises ValueError in its block search
+        # (in ~6% of random states on a 3x3 grid), so the least share is one patch there.
+        min_ratio = max(0.1, 1.0 / (grid * grid) + 1e-6) if tiny else 0.1
         mask = random_block_mask(
-            (x.shape[0], grid, grid), min_num_masks_per_block=min_block, device=x.device
+            (x.shape[0], grid, grid),
+            min_image_mask_ratio=min_ratio,
+            min_num_masks_per_block=min_block,
+            device=x.device,
         )
         flat = mask.flatten(1)
         prefix = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
@@ -139,6 +148,7 @@ class RefMAE(nn.Module):
 def build_pair(args, objective: str, device: torch.device):
     registry = get_registry()
     torch.manual_seed(0)
+    random.seed(0)  # lightly's block masking draws from Python's random module
     backbone = registry.build(
         "backbones", args.backbone, options={"image_size": args.size, "patch_size": 16}
     )
