@@ -79,34 +79,60 @@ def test_shard_order_gives_ranks_contiguous_blocks_covering_each_selected_row_on
     assert other_seed.epoch_order(0).tolist() != orders[0].epoch_order(0).tolist()
 
 
-def test_shard_order_resumes_at_epoch_and_batch_and_ignores_worker_count():
+def test_shard_order_resumes_at_epoch_and_batch():
     sizes, rows = np.full(6, 8), np.arange(3, 45)
-    kw = dict(batch=3, seed=2, rank=1, world_size=2)
-    full = iter(ShardOrder(rows, sizes, **kw))
-    per_epoch = ShardOrder(rows, sizes, **kw).batches_per_epoch * 3
-    stream = [next(full) for _ in range(per_epoch + 2 * 3 + 12)]
-    resumed = iter(ShardOrder(rows, sizes, epoch=1, start_batch=2, **kw))
-    assert [next(resumed) for _ in range(12)] == stream[per_epoch + 6 :]
+    for workers in (0, 2, 3):
+        kw = dict(batch=3, seed=2, rank=1, world_size=2, workers=workers)
+        full = iter(ShardOrder(rows, sizes, **kw))
+        per_epoch = ShardOrder(rows, sizes, **kw).batches_per_epoch * 3
+        stream = [next(full) for _ in range(per_epoch + 2 * 3 + 12)]
+        resumed = iter(ShardOrder(rows, sizes, epoch=1, start_batch=2, **kw))
+        assert [next(resumed) for _ in range(12)] == stream[per_epoch + 6 :]
 
-    class Keys(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(rows)
 
-        def __getitem__(self, key):
-            return torch.tensor(key)
+class _Keys(torch.utils.data.Dataset):
+    """Each position with the id of the loader worker that fetched it."""
 
-    def batches(workers: int) -> list[list[int]]:
-        order = ShardOrder(rows, sizes, **kw)
-        loader = torch.utils.data.DataLoader(
-            Keys(), batch_size=3, sampler=order, num_workers=workers
-        )
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        return torch.tensor([key[0], torch.utils.data.get_worker_info().id])
+
+
+def test_loader_workers_read_disjoint_runs_of_chunks_also_after_a_resume():
+    sizes = np.full(12, 6)  # 72 rows in 12 chunks
+    rows = np.arange(72)
+    kw = dict(batch=3, seed=4, rank=0, world_size=1, workers=2)
+    per_epoch = (72 // 3) * 3
+
+    def fetched(epoch: int, start_batch: int, n: int) -> np.ndarray:
+        order = ShardOrder(rows, sizes, epoch=epoch, start_batch=start_batch, **kw)
+        loader = torch.utils.data.DataLoader(_Keys(72), batch_size=3, sampler=order, num_workers=2)
         got = []
         for b in loader:
-            got.append(b.tolist())
-            if len(got) == 9:
-                return got
+            got.append(b)
+            if len(got) * 3 >= n:
+                return torch.cat(got)[:n].numpy()
 
-    assert batches(0) == batches(2)
+    whole = fetched(0, 0, 2 * per_epoch)
+    chunk = ShardOrder(rows, sizes, **kw).chunk_of
+    for epoch in (0, 1):
+        part = whole[epoch * per_epoch : (epoch + 1) * per_epoch]
+        assert sorted(part[:, 0].tolist()) == list(range(72))  # every row once per epoch
+        mine = [set(chunk[part[part[:, 1] == w, 0]].tolist()) for w in (0, 1)]
+        # Each worker its own chunks; the two pieces meet inside at most one chunk.
+        assert len(mine[0] & mine[1]) <= 1 and len(mine[0] | mine[1]) == 12
+    # Resumed at batch 5 of epoch 1: the loader's round robin starts elsewhere, so the
+    # workers swap roles, but the positions are the same and each worker's still form
+    # its own run of chunks.
+    resumed = fetched(1, 5, per_epoch - 15)
+    assert resumed[:, 0].tolist() == whole[per_epoch + 15 :, 0].tolist()
+    mine = [set(chunk[resumed[resumed[:, 1] == w, 0]].tolist()) for w in (0, 1)]
+    assert len(mine[0] & mine[1]) <= 1
 
 
 # ---------------------------------------------------------------------- reads
@@ -366,6 +392,11 @@ def test_resuming_mid_epoch_checks_the_order_the_position_refers_to():
             check_order("ck", held, wanted, 3, (1, 1))
         assert check_order("ck", held, wanted, 0, (1, 1)) is None  # at an epoch boundary
     assert "split anew" in check_order("ck", shards, shards, 3, (4, 2))
+    # Another loader worker count reorders the rest of the epoch: a warning, not a refusal.
+    two, three = {**shards, "workers": 2}, {**shards, "workers": 3}
+    assert "data.num_workers back" in check_order("ck", two, three, 3, (1, 1))
+    assert check_order("ck", two, three, 0, (1, 1)) is None
+    assert check_order("ck", two, two, 3, (1, 1)) is None
 
 
 # ----------------------------------------------------------------- two ranks

@@ -226,8 +226,10 @@ def make_order(
     world_size: int,
     epoch: int = 0,
     start_batch: int = 0,
+    workers: int = 0,
 ) -> torch.utils.data.Sampler:
-    """``RunOrder`` over files, ``ShardOrder`` over a shard set (same interface)."""
+    """``RunOrder`` over files, ``ShardOrder`` over a shard set (same interface; its
+    order gives each of the loader's ``workers`` its own run of chunks)."""
     where = dict(
         batch=batch,
         seed=seed,
@@ -240,10 +242,10 @@ def make_order(
         return RunOrder(data.num_images, **where)
     from biovfm_core.data.shards.order import ShardOrder
 
-    return ShardOrder(data.dataset.index.base_rows(), data.shard_chunks, **where)
+    return ShardOrder(data.dataset.index.base_rows(), data.shard_chunks, workers=workers, **where)
 
 
-def order_record(data: TrainData) -> dict:
+def order_record(data: TrainData, workers: int = 0) -> dict:
     """What a checkpoint records about the data order its position refers to."""
     if data.shard_chunks is None:
         return {"kind": "run", "images": data.num_images}
@@ -256,6 +258,8 @@ def order_record(data: TrainData) -> dict:
         "chunks": len(data.shard_chunks),
         # Which rows of the set: another subset or another shard set is another order.
         "rows_crc32": zlib.crc32(np.ascontiguousarray(rows, dtype=np.int64).tobytes()),
+        # The loader's worker count shapes the order (each worker its own chunks).
+        "workers": max(1, workers),
     }
 
 
@@ -275,7 +279,10 @@ def check_order(
     held = held or {"kind": "run"}
     if batch_in_epoch == 0:
         return None
-    if held.get("kind") != wanted["kind"] or (wanted["kind"] == "shards" and held != wanted):
+    same_set = {k: v for k, v in held.items() if k != "workers"} == {
+        k: v for k, v in wanted.items() if k != "workers"
+    }
+    if held.get("kind") != wanted["kind"] or (wanted["kind"] == "shards" and not same_set):
 
         def says(r: dict) -> str:
             kind = "a shard set" if r.get("kind") == "shards" else "image files"
@@ -291,6 +298,13 @@ def check_order(
             f"checkpoint {path} stopped mid-epoch with {worlds[0]} processes; with {worlds[1]} "
             "the rest of that epoch is split anew, so some of its images may be seen twice or "
             "not at all (from the next epoch on, each once)"
+        )
+    if held.get("workers", wanted.get("workers")) != wanted.get("workers"):
+        return (
+            f"checkpoint {path} stopped mid-epoch with {held['workers']} loader worker(s) over "
+            f"a shard set; with {wanted['workers']} the rest of that epoch is ordered anew, so "
+            "some of its images may be seen twice or not at all (from the next epoch on, each "
+            "once); set data.num_workers back to resume it exactly"
         )
     return None
 

@@ -310,7 +310,7 @@ class _Trainer:
                     cfg.save(self.run_dir / "config.yaml")
             self._say(f"starting from {source.kind} weights {cfg.init}")
         data = training_data(index, objective.views, cfg, self.registry)
-        self.data_order = order_record(data)
+        self.data_order = order_record(data, workers=cfg.data.num_workers)
         self._accelerate(objective)
         objective.to(rt.device)
 
@@ -614,6 +614,7 @@ class _Trainer:
             world_size=rt.world_size,
             epoch=epoch,
             start_batch=batch_in_epoch,
+            workers=cfg.data.num_workers,
         )
         loader = make_loader(
             data, order, num_workers=cfg.data.num_workers, pin_memory=rt.device.type == "cuda"
