@@ -916,13 +916,19 @@ def _views(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
-def _keys(n: int, count: int, seed: int, shard_chunks: np.ndarray | None, batch: int) -> list:
+def _keys(
+    n: int, count: int, seed: int, shard_chunks: np.ndarray | None, batch: int, workers: int = 0
+) -> list:
     """``(position, seed)`` pairs as training draws them: a seeded permutation of the
-    files (RunOrder's kind), or chunk-local order over shards (ShardOrder)."""
+    files (RunOrder's kind), or chunk-local order over shards (ShardOrder, which gives
+    each of the loader's workers its own chunks)."""
     if shard_chunks is not None:
         from biovfm_core.data.shards.order import ShardOrder
 
-        order = ShardOrder(np.arange(n), shard_chunks, batch=batch, seed=seed, rank=0, world_size=1)
+        order = ShardOrder(
+            np.arange(n), shard_chunks, batch=batch, seed=seed, rank=0, world_size=1,
+            workers=workers,
+        )  # fmt: skip
         it = iter(order)
         return [next(it) for _ in range(count)]
     rng = np.random.default_rng(seed)
@@ -1010,6 +1016,7 @@ def cmd_loader(args: argparse.Namespace) -> list[LoaderRow]:
                 warm = False
             for workers in args.workers:
                 dataset = ImageDataset(idx, recipe)
+                keys = _keys(len(idx), args.loader_images, 0, chunks, args.batch_size, workers)
                 rate, n = _loader_rate(dataset, keys, args.batch_size, workers)
                 rows.append(LoaderRow(name, read_from, "loader", workers, n, rate))
                 print(
