@@ -206,6 +206,14 @@ def test_a_shard_set_at_a_url_streams_through_litdata(tmp_path, shards):
     reader = ShardReader(url)
     for row in (0, 17, 39):
         assert np.array_equal(reader.load_row(row), items[row][1])
+    # Training's data side finds the chunk layout in the cached metadata, not at the URL.
+    from biovfm_core.config import RunConfig
+    from biovfm_core.protocols import ViewSpec
+    from biovfm_core.train.data import training_data
+
+    views = ViewSpec(global_crops=1, global_size=16, local_crops=0)
+    data = training_data(index, views, RunConfig(), get_registry())
+    assert data.shard_chunks.tolist() == [8] * 5
     with pytest.raises(ConfigError, match=r"cannot read its biovfm-shards\.json"):
         open_shards(f"local:{tmp_path / 'nothing'}")
 

@@ -184,9 +184,11 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
             f"(sources: {', '.join(index.sources)})"
         )
     recipes = _recipes(config, views, registry, index.counts("modality"))
-    from biovfm_core.data.shards.reader import chunk_sizes, shard_folder
+    from biovfm_core.data.shards.reader import chunk_sizes, metadata_folder, shard_folder
 
     folder = shard_folder(index)
+    if folder:
+        folder = metadata_folder(folder)  # a URL's index.json is in the local cache
     return TrainData(
         dataset=ImageDataset(index, recipes),
         batch_recipe=recipes["default"],
