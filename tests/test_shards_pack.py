@@ -428,3 +428,9 @@ def test_a_pack_stopped_while_finishing_finishes_on_the_rerun(tmp_path, monkeypa
     assert report.parts_resumed == report.parts == 4 and report.packed_now == 0
     uris = [it["uri"] for it in _items(out)]
     assert uris == sorted(str(p) for p in folder.iterdir() if p.name != "zz_corrupt.png")
+
+
+def test_packing_to_an_object_store_url_is_refused_with_the_way_to_do_it(tmp_path):
+    with pytest.raises(ConfigError, match="pack locally, then upload"):
+        pack(["demo:"], "s3://bucket/set")
+    assert not os.path.exists("s3:")  # nothing written beside the caller either

@@ -519,7 +519,7 @@ def test_dry_run_reads_the_shard_manifest_and_says_when_a_folder_is_not_a_set(tm
     from biovfm_core.cli.main import cli
 
     (tmp_path / "empty").mkdir()
-    for folder, note in ((shards, "[shard set: 40 images, png]"), (tmp_path / "empty", "no biovfm-shards.json")):  # fmt: skip
+    for folder, note in ((shards, "[shard set: 40 images, png]"), (tmp_path / "empty", "no biovfm-shards.json"), ("s3://bucket/set", "[a URL: its manifest is read when")):  # fmt: skip
         result = CliRunner().invoke(cli, ["train", "--data", f"shards:{folder}", "--dry-run"])
         assert result.exit_code == 0, result.output
         (line,) = [x for x in result.output.splitlines() if x.startswith("# data:")]

@@ -82,7 +82,11 @@ def _saved_config(path: Path) -> Path:
 
 def _shard_note(folder: str) -> str:
     """A local shard set's manifest, read without touching its index or chunks."""
+    from biovfm_core.data.catalog import is_url
     from biovfm_core.data.shards.format import read_manifest
+
+    if is_url(folder):  # a dry run downloads nothing; training fetches the metadata
+        return "  [a URL: its manifest is read when training starts]"
 
     try:
         m = read_manifest(folder)

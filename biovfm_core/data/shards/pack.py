@@ -148,6 +148,14 @@ def pack(
     _check_options(encoding, max_side, workers, part_size, chunk_bytes)
     planes = parse_planes(planes)
     workers = workers or default_workers()
+    from biovfm_core.data.catalog import is_url
+
+    if is_url(out):
+        raise ConfigError(
+            f"-o {out}: pack writes to a local folder (parts are renamed into place, which "
+            "object stores cannot do atomically); pack locally, then upload the folder "
+            "(e.g. `aws s3 sync`) and train with --data shards:URL"
+        )
     out = os.path.abspath(os.path.expanduser(out))
 
     sources, _ = resolve_data(data, root=root, options=dataset_options)
