@@ -5,7 +5,7 @@ A sweep file::
     name: scaling
     output: sweeps/scaling          # everything the sweep writes goes here
     data: [catalogs/my.yaml]        # scanned once into index.npz; every cell reads it
-                                    # (one shards:DIR is read directly: it is an index)
+                                    # (shards:DIR sets are read directly: each is an index)
     base:                           # a run config applied to every cell
       train: {max_steps: 20000, batch_size: 1024}
     grid:                           # dotted config keys -> values; the cells are the product
@@ -85,9 +85,9 @@ class Sweep:
 
     @property
     def shards(self) -> bool:
-        """The data is one shard set: it is its own index (opened in seconds, read in
-        its chunk-local order), so cells read it directly instead of a scanned copy."""
-        return len(self.data) == 1 and self.data[0].startswith("shards:")
+        """The data is shard sets: they are their own index (opened in seconds, read
+        in their chunk-local order), so cells read them directly, not a scanned copy."""
+        return bool(self.data) and all(d.startswith("shards:") for d in self.data)
 
     def cells(self) -> list[Cell]:
         keys = list(self.grid)
@@ -298,9 +298,10 @@ def prepare(sweep: Sweep, *, echo=print) -> None:
     for cell in sweep.cells():
         cell.config.save(sweep.output / "configs" / f"{cell.id}.yaml")
     if sweep.shards:
-        from biovfm_core.data.shards.reader import open_shards
+        from biovfm_core.data.shards.reader import open_shard_sets
 
-        open_shards(sweep.data[0].removeprefix("shards:"))  # fails here, not in every cell
+        # Fails here, not in every cell.
+        open_shard_sets([d.removeprefix("shards:") for d in sweep.data])
         return
     if sweep.index_path.exists():
         return

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from biovfm_core.data.index import IndexBuilder, SampleIndex
+from biovfm_core.data.index import IndexBuilder, SampleIndex, build_index
 from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import SampleRecord
 
@@ -55,3 +55,28 @@ def test_hundred_thousand_entries_fast(tmp_path):
     assert index.nbytes() <= 100_000 * 41  # ~17 bytes of name + 24 of columns
     loaded = SampleIndex.load(index.save(tmp_path / "big.npz"))
     assert loaded.uri(99_999) == "/data/s4/img_0099999.png"
+
+
+def test_concatenated_indexes_keep_every_record_in_order_with_merged_tables():
+    from biovfm_core.data.index import concat_indexes
+
+    first = build_index(
+        [
+            SampleRecord("/a/x1.png", "s1", "ct", "chest", 1),
+            SampleRecord("/b/x2.png", "s1", "mr", "head", None),
+            SampleRecord("/b/x3.png", "s1", "mr", "knee", 2),
+        ]
+    )
+    second = build_index(
+        [
+            SampleRecord("/b/y1.png", "s2", "xray", "chest", 0),
+            SampleRecord("/c/y\udcff.png", "s3", "ct", "liver", 1),  # a non-UTF-8 name
+        ]
+    )
+    second.sources_meta["s2"]["path"] = "/b"
+    view = first.select(np.array([2, 0]))  # a subset view is taken as it stands
+    joined = concat_indexes([view, second])
+    assert list(joined) == list(view) + list(second)
+    assert joined.sources == ["s1", "s2", "s3"] and joined.sources_meta["s2"]["path"] == "/b"
+    assert joined.counts("anatomy") == {"chest": 2, "knee": 1, "liver": 1}
+    assert joined.counts("modality") == {"ct": 2, "mr": 1, "xray": 1}

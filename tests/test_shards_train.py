@@ -201,7 +201,7 @@ def test_a_shard_set_at_a_url_streams_through_litdata(tmp_path, shards):
     items = synthetic_items(40)
     url = f"local:{shards}"
     index, report = _open([f"shards:{url}"])
-    assert len(index) == 40 and report["shards"] == url
+    assert len(index) == 40 and report["shards"] == [url]
     assert index.sources_meta["alpha"]["path"] == url
     reader = ShardReader(url)
     for row in (0, 17, 39):
@@ -266,7 +266,7 @@ def test_fraction_and_modality_subsets_of_shards_equal_those_of_the_scanned_file
         assert [r.uri for r in from_shards] == [r.uri for r in from_files], subset
         assert shards_report["by_source"] == files_report["by_source"]
         assert shards_report["by_modality"] == files_report["by_modality"]
-    assert shards_report["shards"] == str(tmp_path / "shards")
+    assert shards_report["shards"] == [str(tmp_path / "shards")]
     assert from_shards.sources_meta["derm"]["packed_from"]["reader"] == "folder"
     # Nested: the 10% subset is inside the 50% one, as for files.
     small, _ = _open(shards, fraction=0.1)
@@ -276,8 +276,54 @@ def test_fraction_and_modality_subsets_of_shards_equal_those_of_the_scanned_file
 
 def test_shards_mixed_with_other_sources_are_refused(tmp_path, shards):
     (tmp_path / "f").mkdir()
-    with pytest.raises(ConfigError, match=r"must be the run's only data source.*folder:"):
+    with pytest.raises(ConfigError, match=r"cannot be mixed with other sources \(folder:"):
         _open([f"shards:{shards}", f"folder:{tmp_path / 'f'}"])
+    # A source packed into two sets would be read twice.
+    twin = write_shards(tmp_path / "twin", synthetic_items(4, sources=("alpha",)))
+    with pytest.raises(ConfigError, match=r"'alpha' is in shards:.* and in shards:"):
+        _open([f"shards:{shards}", f"shards:{twin}"])
+
+
+def test_several_shard_sets_train_as_one_each_image_once_per_epoch(tmp_path, shards, monkeypatch):
+    from biovfm_core.data.dataset import ImageDataset
+
+    other_items = synthetic_items(12, sources=("gamma",))
+    other = write_shards(tmp_path / "other", other_items, chunk_size=5)
+    index, report = _open([f"shards:{shards}", f"shards:{other}"])
+    assert len(index) == 52 and report["shards"] == [str(shards), str(other)]
+    assert report["by_source"] == {"alpha": 20, "beta": 20, "gamma": 12}
+    registry = get_registry()
+    config = _shards_config(tmp_path, shards)
+    config.data.sources = [f"shards:{shards}", f"shards:{other}"]
+    from biovfm_core.protocols import ViewSpec
+    from biovfm_core.train.data import make_order, training_data
+
+    data = training_data(
+        index, ViewSpec(global_crops=1, global_size=16, local_crops=0), config, registry
+    )
+    assert data.shard_chunks.tolist() == [8] * 5 + [5, 5, 2]  # the sets' chunks in row order
+    read: list[tuple[str, int]] = []
+    real = ShardReader.load_row
+    monkeypatch.setattr(
+        ShardReader,
+        "load_row",
+        lambda self, row: read.append((self.folder, row)) or real(self, row),
+    )
+    order = make_order(data, batch=4, seed=1, rank=0, world_size=1)
+    dataset: ImageDataset = data.dataset
+    epoch = [pair for pair, _ in zip(order, range(52), strict=False)]
+    for key in epoch:
+        sample = dataset[key]
+        assert not hasattr(sample, "reason"), sample
+    # Every image of both sets once, each read from its own folder at its own row.
+    assert sorted(read) == sorted(
+        [(str(shards), r) for r in range(40)] + [(str(other), r) for r in range(12)]
+    )
+    # ... and the pixels are that image's: the last set's rows are not shifted.
+    position = next(p for p, _ in epoch if index.record(p).source == "gamma")
+    row = index.base_row(position) - 40
+    want = other_items[row][1]
+    assert np.array_equal(ShardReader(str(other)).load_row(row), want)
 
 
 # ------------------------------------------------------------------ training
@@ -309,7 +355,7 @@ def test_biovfm_train_on_shards_reads_each_image_once_per_epoch(tmp_path, shards
     assert sorted(seen) == list(range(40))  # 5 steps of 8 = one epoch, every image once
     report = json.loads((tmp_path / "cli" / "data_report.json").read_text())
     assert report["data"]["by_source"] == {"alpha": 20, "beta": 20}
-    assert report["data"]["shards"] == str(shards)
+    assert report["data"]["shards"] == [str(shards)]
     _, state = final_state(tmp_path / "cli")
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 0)
     assert state["data_order"]["kind"] == "shards" and state["data_order"]["images"] == 40

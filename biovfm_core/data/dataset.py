@@ -22,7 +22,7 @@ from biovfm_core.errors import BadImageError, BiovfmError
 from biovfm_core.protocols import AugmentationRecipe, Batch
 
 from .index import SampleIndex
-from .shards.reader import ROWS_KEY
+from .shards.reader import OFFSET_KEY, ROWS_KEY
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ class ImageDataset:
             r = self._readers[source] = self._open_reader(self.index, source)
         return r
 
-    def _shard_reader(self, source: str) -> Any | None:
+    def _shard_reader(self, source: str) -> tuple[Any, int] | None:
         """The reader of the shard folder ``source`` was packed into, if it reads by
-        row; one per folder, however many sources were packed into it."""
+        row (one per folder, however many sources were packed into it), and the row
+        of this index where that folder's item 0 sits."""
         meta = self.index.sources_meta.get(source, {})
         if not meta.get(ROWS_KEY):
             return None
@@ -81,7 +82,7 @@ class ImageDataset:
         r = self._readers.get(key)
         if r is None:
             r = self._readers[key] = self._open_reader(self.index, source)
-        return r
+        return r, int(meta.get(OFFSET_KEY, 0))
 
     def recipe_for(self, modality: str) -> AugmentationRecipe:
         return self.recipes.get(modality, self.recipes["default"])
@@ -99,7 +100,8 @@ class ImageDataset:
         try:
             shards = self._shard_reader(record.source)
             if shards is not None:
-                image = shards.load_row(self.index.base_row(int(i)))
+                reader, first_row = shards
+                image = reader.load_row(self.index.base_row(int(i)) - first_row)
             else:
                 image = self.reader(record.source).load(record)
             if (

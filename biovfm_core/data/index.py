@@ -406,3 +406,54 @@ def build_index(records: Iterator[SampleRecord] | Sequence[SampleRecord]) -> Sam
     for r in records:
         builder.add(r)
     return builder.build()
+
+
+def concat_indexes(indexes: Sequence[SampleIndex]) -> SampleIndex:
+    """One index of several, rows in order (the first's, then the second's, ...).
+
+    String tables are merged and ids remapped. Two indexes naming the same source are
+    refused by the caller, which knows where they came from; here their metadata would
+    merge silently.
+    """
+    if len(indexes) == 1:
+        return indexes[0]
+    prefixes: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    anatomies: dict[str, int] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("prefix", "source", "anatomy")}
+    fixed: dict[str, list[np.ndarray]] = {k: [] for k in ("modality", "label", "names")}
+    ends: list[np.ndarray] = []
+    names_so_far = 0
+
+    def ids(table: list[str], into: dict[str, int]) -> np.ndarray:
+        return np.array([into.setdefault(name, len(into)) for name in table], dtype=np.int64)
+
+    for index in indexes:
+        cols = index._materialised()
+        parts["prefix"].append(ids(index.prefixes, prefixes)[cols["prefix"]].astype(np.int32))
+        parts["source"].append(ids(index.sources, sources)[cols["source"]].astype(np.int16))
+        parts["anatomy"].append(ids(index.anatomies, anatomies)[cols["anatomy"]].astype(np.int16))
+        fixed["modality"].append(cols["modality"])
+        fixed["label"].append(cols["label"])
+        fixed["names"].append(cols["names"])
+        ends.append(cols["name_offsets"][1:] + names_so_far)
+        names_so_far += int(cols["name_offsets"][-1])
+        meta.update(index.sources_meta)
+
+    def table(into: dict[str, int]) -> list[str]:
+        return sorted(into, key=into.__getitem__)
+
+    return SampleIndex(
+        prefix=np.concatenate(parts["prefix"]),
+        source=np.concatenate(parts["source"]),
+        modality=np.concatenate(fixed["modality"]),
+        anatomy=np.concatenate(parts["anatomy"]),
+        label=np.concatenate(fixed["label"]),
+        name_offsets=np.concatenate([np.zeros(1, np.int64), *ends]),
+        names=np.concatenate(fixed["names"]),
+        prefixes=table(prefixes),
+        sources=table(sources),
+        anatomies=table(anatomies),
+        sources_meta=meta,
+    )

@@ -140,24 +140,24 @@ def open_index(config: RunConfig, run_dir: Path | None = None):
 
 
 def _open_shards(sources, report: dict):
-    """The index of a shard set, read whole from its folder: no scan of 21M files."""
-    from biovfm_core.data.shards.reader import open_shards
+    """The index of the shard sets, read whole from their folders: no scan of 21M files."""
+    from biovfm_core.data.shards.reader import open_shard_sets
 
-    if len(sources) > 1:
-        others = ", ".join(f"{s.reader}:{s.path}" for s in sources if s.reader != "shards")
+    others = [f"{s.reader}:{s.path}" for s in sources if s.reader != "shards"]
+    if others:
         raise ConfigError(
-            "--data shards:FOLDER must be the run's only data source (this run also names "
-            f"{others or 'another shard set'}); pack every source into one shard set "
-            "with `biovfm data pack`"
+            f"--data shards: cannot be mixed with other sources ({', '.join(others)}): a run "
+            "reads shards chunk by chunk, files one by one; pack them too with "
+            "`biovfm data pack` and give both shard sets"
         )
-    spec = sources[0]
-    shards = open_shards(spec.path)
-    spec.build_reader()  # checks the source's options as every other reader's are
-    report["shards"] = shards.folder
-    report["total"] = shards.manifest.images
-    report["packed_sources"] = shards.manifest.sources
-    report["pack_options"] = shards.manifest.options
-    return shards.index
+    index, sets = open_shard_sets([spec.path for spec in sources])
+    for spec in sources:
+        spec.build_reader()  # checks the source's options as every other reader's are
+    report["shards"] = [s.folder for s in sets]
+    report["total"] = sum(s.manifest.images for s in sets)
+    report["packed_sources"] = {k: v for s in sets for k, v in s.manifest.sources.items()}
+    report["pack_options"] = {s.folder: s.manifest.options for s in sets}
+    return index
 
 
 def _with_pixel_limit(spec, limit: int):
@@ -184,16 +184,21 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
             f"(sources: {', '.join(index.sources)})"
         )
     recipes = _recipes(config, views, registry, index.counts("modality"))
-    from biovfm_core.data.shards.reader import chunk_sizes, metadata_folder, shard_folder
+    from biovfm_core.data.shards.reader import chunk_sizes, metadata_folder, shard_layout
 
-    folder = shard_folder(index)
-    if folder:
-        folder = metadata_folder(folder)  # a URL's index.json is in the local cache
+    layout = shard_layout(index)
+    # A URL's index.json is in the local cache; several sets' chunks follow each other
+    # as their rows do.
+    chunks = (
+        np.concatenate([chunk_sizes(metadata_folder(folder)) for folder, _ in layout])
+        if layout
+        else None
+    )
     return TrainData(
         dataset=ImageDataset(index, recipes),
         batch_recipe=recipes["default"],
         num_images=len(index),
-        shard_chunks=chunk_sizes(folder) if folder else None,
+        shard_chunks=chunks,
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ from .format import INDEX, LITDATA_INDEX, MANIFEST, Manifest, decode, from_store
 # sources_meta key saying that row i of this index is litdata item i of the folder,
 # so the dataset may read by row; an index built by scanning shards lacks it.
 ROWS_KEY = "shard_rows"
+# ... and the row of the run's index where that folder's item 0 sits (several sets).
+OFFSET_KEY = "shard_row_offset"
 
 
 @dataclass
@@ -131,19 +133,43 @@ def open_shards(folder: str) -> ShardSet:
             "anatomy": original.get("anatomy", "unknown"),
             **kept,
             ROWS_KEY: True,
+            OFFSET_KEY: 0,
             "packed_from": original,
         }
     index.sources_meta = meta
     return ShardSet(folder=folder, manifest=manifest, index=index, chunk_sizes=sizes)
 
 
-def shard_folder(index: Any) -> str | None:
-    """The shard folder every source of ``index`` is read by row from, else ``None``."""
+def open_shard_sets(locations: Sequence[str]) -> tuple[Any, list[ShardSet]]:
+    """Several shard sets as one index (the first set's rows, then the second's, ...);
+    each source records the row its set starts at. Sources are named once across the
+    sets: the same name twice (or one set given twice) is refused."""
+    from biovfm_core.data.index import concat_indexes
+
+    sets = [open_shards(location) for location in locations]
+    where: dict[str, str] = {}
+    offset = 0
+    for s in sets:
+        for name in s.index.sources:
+            if name in where:
+                raise ConfigError(
+                    f"source {name!r} is in shards:{where[name]} and in shards:{s.folder}; "
+                    "a run reads each source once (pack a source into one set only)"
+                )
+            where[name] = s.folder
+        for meta in s.index.sources_meta.values():
+            meta[OFFSET_KEY] = offset
+        offset += len(s.index)
+    return concat_indexes([s.index for s in sets]), sets
+
+
+def shard_layout(index: Any) -> list[tuple[str, int]] | None:
+    """``(folder, first row)`` of each shard set the rows of ``index`` come from, in
+    row order; ``None`` unless every source of ``index`` is read by row from shards."""
     metas = [index.sources_meta.get(s, {}) for s in index.sources]
-    folders = {m.get("path") for m in metas if m.get(ROWS_KEY)}
-    if len(folders) == 1 and all(m.get(ROWS_KEY) for m in metas):
-        return folders.pop()
-    return None
+    if not metas or not all(m.get(ROWS_KEY) for m in metas):
+        return None
+    return sorted({(m["path"], int(m.get(OFFSET_KEY, 0))) for m in metas}, key=lambda x: x[1])
 
 
 class ShardReader:
@@ -221,7 +247,7 @@ class ShardReader:
     def sources_meta(self) -> dict[str, dict[str, Any]]:
         """What an index built by scanning needs to reopen each packed source here."""
         return {
-            name: {k: v for k, v in meta.items() if k != ROWS_KEY}
+            name: {k: v for k, v in meta.items() if k not in (ROWS_KEY, OFFSET_KEY)}
             for name, meta in open_shards(self.folder).index.sources_meta.items()
         }
 
