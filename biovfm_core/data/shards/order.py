@@ -16,24 +16,22 @@ on, so the loop resumes a run the same way; the order depends on the worker coun
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import torch
 
-from biovfm_core.train.data import sample_seeds
+from biovfm_core.train.data import RunOrder, sample_seeds
 
 # Keeps the shards permutation stream apart from RunOrder's for the same seed.
 _STREAM = 0x5348
 
 
-class ShardOrder(torch.utils.data.Sampler):
+class ShardOrder(RunOrder):
     """This rank's ``(position, seed)`` pairs over a subset of a shard set.
 
     ``rows`` are the litdata items of the subset's positions (ascending, as a
     subset view keeps them) and ``chunk_sizes`` the items per chunk. Positions are
     what the dataset is indexed by; augmentation seeds depend on ``(seed, epoch,
-    position in the epoch)`` only, as in ``RunOrder``.
+    position in the epoch)`` only, as in ``RunOrder``, whose resumable iteration this
+    keeps: only an epoch's pairs differ.
     """
 
     def __init__(
@@ -53,15 +51,19 @@ class ShardOrder(torch.utils.data.Sampler):
         ends = np.cumsum(np.asarray(chunk_sizes, dtype=np.int64))
         if len(rows) and (rows.min() < 0 or rows.max() >= (ends[-1] if len(ends) else 0)):
             raise ValueError("shard rows out of the chunks' range")
-        self.size = len(rows)
+        super().__init__(
+            len(rows),
+            batch=batch,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            epoch=epoch,
+            start_batch=start_batch,
+        )
         self.num_chunks = len(ends)
         # Chunk of each position; contiguous in rows, so per-chunk runs stay together.
         self.chunk_of = np.searchsorted(ends, rows, side="right")
-        self.batch, self.seed = batch, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.start_batch = epoch, start_batch
         self.streams = max(1, workers)  # 0 workers: the main process reads everything
-        self.batches_per_epoch = (self.size // world_size) // batch
         self._cached: tuple[int, np.ndarray] | None = None
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -85,16 +87,13 @@ class ShardOrder(torch.utils.data.Sampler):
         Slot ``k`` is the run's ``epoch * batches_per_epoch + k``-th batch, so the
         loader worker that fetches it is that number mod ``W`` (up to one rotation
         fixed by where the loader started). Worker ``j``'s slots take, in turn, the
-        batches of the ``j``-th contiguous piece of the block.
+        batches of the ``j``-th contiguous piece of the block: sorting the slots by
+        worker (stably) lists them in exactly the block's order.
         """
-        nb, w = self.batches_per_epoch, self.streams
-        stream = (epoch * nb + np.arange(nb, dtype=np.int64)) % w
-        counts = np.bincount(stream, minlength=w)
-        piece_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        nb = self.batches_per_epoch
+        worker = (epoch * nb + np.arange(nb, dtype=np.int64)) % self.streams
         taken = np.empty(nb, dtype=np.int64)
-        for j in range(w):
-            slots = np.flatnonzero(stream == j)
-            taken[slots] = piece_start[j] + np.arange(len(slots))
+        taken[np.argsort(worker, kind="stable")] = np.arange(nb)
         return taken
 
     def epoch_pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,10 +101,3 @@ class ShardOrder(torch.utils.data.Sampler):
         within = (self.batch_pieces(epoch)[:, None] * self.batch + np.arange(self.batch)).ravel()
         positions = self.rank * used + within
         return self.epoch_order(epoch)[positions], sample_seeds(self.seed, epoch, positions)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, skip = self.epoch, self.start_batch * self.batch
-        while True:
-            indices, seeds = self.epoch_pairs(epoch)
-            yield from zip(indices[skip:].tolist(), seeds[skip:].tolist(), strict=True)
-            epoch, skip = epoch + 1, 0
