@@ -35,30 +35,15 @@ def write_shards(
     builder = IndexBuilder()
     for name, meta in (sources_meta or {}).items():
         builder.add_source(name, **meta)
-    counts: dict[str, int] = {}
-    for i, (record, image) in enumerate(items):
-        stored, scale, offset = fmt.to_stored(image)
-        label = record.label
-        if isinstance(label, tuple):
-            label = sum(int(v) << b for b, v in enumerate(label))
-        writer.add_item(
-            i,
-            {
-                "image": fmt.encode(stored, encoding),
-                "scale": float(scale),
-                "offset": float(offset),
-                "uri": record.uri,
-                "source": record.source,
-                "modality": record.modality,
-                "anatomy": record.anatomy,
-                "label": -1 if label is None else int(label),
-            },
-        )
+    for record, _ in items:
         builder.add(record)
-        counts[record.source] = counts.get(record.source, 0) + 1
+    index = builder.build()  # its label codes are what the items store
+    for i, (record, image) in enumerate(items):
+        writer.add_item(i, fmt.make_item(record, int(index.labels[i]), image, encoding))
+    counts = index.counts("source")
     writer.done()
     writer.merge()
-    builder.build().save(folder / fmt.INDEX)
+    index.save(folder / fmt.INDEX)
     manifest = fmt.Manifest(
         encoding=encoding,
         images=len(items),

@@ -78,6 +78,39 @@ def from_stored(stored: np.ndarray, scale: float, offset: float) -> np.ndarray:
     return stored.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
+def resize_stored(stored: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Shrink so the longer side is ``max_side`` (area averaging), keeping the dtype."""
+    h, w = stored.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return stored
+    import cv2
+
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    out = cv2.resize(stored, size, interpolation=cv2.INTER_AREA)
+    if stored.ndim == 3 and out.ndim == 2:  # cv2 drops a single channel axis
+        out = out[..., None]
+    return out
+
+
+def make_item(
+    record: Any, label: int, image: np.ndarray, encoding: str, max_side: int | None = None
+) -> dict[str, Any]:
+    """The litdata item of one image: stored (depth kept, optionally shrunk) and
+    encoded, with its metadata. ``label`` is the index's code (-1, class, bitmask)."""
+    stored, scale, offset = to_stored(image)
+    return {
+        "image": encode(resize_stored(stored, max_side), encoding),
+        "scale": float(scale),
+        "offset": float(offset),
+        "uri": record.uri,
+        "source": record.source,
+        "modality": record.modality,
+        "anatomy": record.anatomy,
+        "label": int(label),
+    }
+
+
 def encode(stored: np.ndarray, encoding: str) -> bytes | np.ndarray:
     if encoding == "raw":
         return np.ascontiguousarray(stored)

@@ -38,7 +38,8 @@ from biovfm_core.errors import BiovfmError, ConfigError
 from . import format as fmt
 from .finish import finish
 from .folder_state import prepare, previous_fingerprint, refuse_conflicts
-from .part_writer import PART_META, fresh_readers, init_worker, pack_part, resize_stored
+from .format import resize_stored
+from .part_writer import PART_META, fresh_readers, init_worker, pack_part
 from .plan import (
     PARTS,
     PLAN,

@@ -40,36 +40,6 @@ def _reader(unit: dict[str, Any]) -> Any:
     return reader
 
 
-def resize_stored(stored: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Shrink so the longer side is ``max_side`` (area averaging), keeping the dtype."""
-    h, w = stored.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return stored
-    import cv2
-
-    f = max_side / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    out = cv2.resize(stored, size, interpolation=cv2.INTER_AREA)
-    if stored.ndim == 3 and out.ndim == 2:  # cv2 drops a single channel axis
-        out = out[..., None]
-    return out
-
-
-def _item(record: Any, label: int, image: np.ndarray, encoding: str, max_side: int | None):
-    stored, scale, offset = fmt.to_stored(image)
-    stored = resize_stored(stored, max_side)
-    return {
-        "image": fmt.encode(stored, encoding),
-        "scale": float(scale),
-        "offset": float(offset),
-        "uri": record.uri,
-        "source": record.source,
-        "modality": record.modality,
-        "anatomy": record.anatomy,
-        "label": int(label),
-    }
-
-
 def init_worker(counter: Any) -> None:
     global _COUNTER
     _COUNTER = counter
@@ -124,7 +94,9 @@ def _write_rows(
         for row, record, label, unit in job["rows"]:
             try:
                 image = _reader(job["units"][unit]).load(record)
-                item = _item(record, label, np.asarray(image), job["encoding"], job["max_side"])
+                item = fmt.make_item(
+                    record, label, np.asarray(image), job["encoding"], job["max_side"]
+                )
             except BadImageError as exc:
                 failed.append(row)
                 problems.append([record.source, exc.path, exc.reason])
