@@ -56,6 +56,12 @@ class ImageDataset:
             open_reader = _open
         self._open_reader = open_reader
         self._readers: dict[str, Any] = {}
+        # Sources packed into shards are read by row: (folder, row of its item 0).
+        self._by_row = {
+            name: (meta["path"], int(meta.get(OFFSET_KEY, 0)))
+            for name, meta in index.sources_meta.items()
+            if meta.get(ROWS_KEY)
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -75,14 +81,15 @@ class ImageDataset:
         """The reader of the shard folder ``source`` was packed into, if it reads by
         row (one per folder, however many sources were packed into it), and the row
         of this index where that folder's item 0 sits."""
-        meta = self.index.sources_meta.get(source, {})
-        if not meta.get(ROWS_KEY):
+        packed = self._by_row.get(source)
+        if packed is None:
             return None
-        key = f"shards:{meta['path']}"
+        folder, first_row = packed
+        key = f"shards:{folder}"  # beside the per-source readers, never one of them
         r = self._readers.get(key)
         if r is None:
             r = self._readers[key] = self._open_reader(self.index, source)
-        return r, int(meta.get(OFFSET_KEY, 0))
+        return r, first_row
 
     def recipe_for(self, modality: str) -> AugmentationRecipe:
         return self.recipes.get(modality, self.recipes["default"])
