@@ -56,9 +56,10 @@ class ImageDataset:
             open_reader = _open
         self._open_reader = open_reader
         self._readers: dict[str, Any] = {}
-        # Sources packed into shards are read by row: (folder, row of its item 0).
+        # Sources packed into shards are read by row: (reader key of their folder, the
+        # row of its item 0); the key sits beside the per-source readers, never one.
         self._by_row = {
-            name: (meta["path"], int(meta.get(OFFSET_KEY, 0)))
+            name: (f"shards:{meta['path']}", int(meta.get(OFFSET_KEY, 0)))
             for name, meta in index.sources_meta.items()
             if meta.get(ROWS_KEY)
         }
@@ -84,8 +85,7 @@ class ImageDataset:
         packed = self._by_row.get(source)
         if packed is None:
             return None
-        folder, first_row = packed
-        key = f"shards:{folder}"  # beside the per-source readers, never one of them
+        key, first_row = packed
         r = self._readers.get(key)
         if r is None:
             r = self._readers[key] = self._open_reader(self.index, source)
