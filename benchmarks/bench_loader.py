@@ -77,7 +77,14 @@ def loader_rate(
 ) -> tuple[float, int]:
     """Images per second after the first batch, and how many images were timed."""
     n = len(dataset)
-    keys = [(k % n, seed + k) for k in range(images)]
+    return keyed_loader_rate(dataset, [(k % n, seed + k) for k in range(images)], batch, workers)
+
+
+def keyed_loader_rate(
+    dataset: ImageDataset, keys: list[tuple[int, int]], batch: int, workers: int
+) -> tuple[float, int]:
+    """Images per second through a loader fed ``(position, seed)`` keys, timed from the
+    second batch on, and how many images were timed."""
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch,
@@ -94,7 +101,7 @@ def loader_rate(
             continue
         timed += b.size if isinstance(b, Batch) else 0
     if start is None or timed == 0:
-        raise SystemExit(f"--images {images} gives fewer than 2 batches of {batch}")
+        raise SystemExit(f"{len(keys)} images give fewer than 2 batches of {batch}")
     return timed / (time.perf_counter() - start), timed
 
 

@@ -937,24 +937,13 @@ def _keys(
 
 
 def _loader_rate(dataset, keys: list, batch: int, workers: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    import torch
-
-    from biovfm_core.data.dataset import collate
-    from biovfm_core.protocols import Batch
-
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, sampler=keys, collate_fn=collate,
-        num_workers=workers, drop_last=True,
-    )  # fmt: skip
-    timed, start = 0, None
-    for b in loader:
-        if start is None:
-            start = time.perf_counter()  # workers are up and the pipeline is full
-            continue
-        timed += b.size if isinstance(b, Batch) else 0
-    if start is None or timed == 0:
-        raise SystemExit(f"--loader-images {len(keys)} gives fewer than 2 batches of {batch}")
-    return timed / (time.perf_counter() - start), timed
+    """``bench_loader``'s timed loader over these keys (its folder is this file's)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from bench_loader import keyed_loader_rate
+    finally:
+        sys.path.pop(0)
+    return keyed_loader_rate(dataset, keys, batch, workers)
 
 
 def _decode_rate(

@@ -165,7 +165,6 @@ def test_shard_open_simulation_builds_the_mix_and_subsets_it(tmp_path):
 
 @pytest.mark.slow
 def test_shard_pack_and_loader_parts_run_on_tiny_sources(tmp_path, capsys):
-    pytest.importorskip("biovfm_core.data.shards.pack")
     bench = _load("bench_shards")
     common = ["--dir", str(tmp_path), "--images", "4", "--sources", "dicom", "nifti"]
     packed = bench.main(["pack", *common, "--pack-workers", "1", "2"])
