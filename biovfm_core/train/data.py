@@ -224,32 +224,15 @@ def _recipes(config: RunConfig, views: ViewSpec, registry, modalities) -> dict:
     return recipes
 
 
-def make_order(
-    data: TrainData,
-    *,
-    batch: int,
-    seed: int,
-    rank: int,
-    world_size: int,
-    epoch: int = 0,
-    start_batch: int = 0,
-    workers: int = 0,
-) -> torch.utils.data.Sampler:
-    """``RunOrder`` over files, ``ShardOrder`` over a shard set (same interface; its
-    order gives each of the loader's ``workers`` its own run of chunks)."""
-    where = dict(
-        batch=batch,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        epoch=epoch,
-        start_batch=start_batch,
-    )
+def make_order(data: TrainData, *, workers: int = 0, **order: int) -> torch.utils.data.Sampler:
+    """``RunOrder`` over files, ``ShardOrder`` over shard sets, from ``RunOrder``'s
+    keywords (``order``); the shards order gives each of the loader's ``workers`` its
+    own run of chunks."""
     if data.shard_chunks is None:
-        return RunOrder(data.num_images, **where)
+        return RunOrder(data.num_images, **order)
     from biovfm_core.data.shards.order import ShardOrder
 
-    return ShardOrder(data.dataset.index.base_rows(), data.shard_chunks, workers=workers, **where)
+    return ShardOrder(data.dataset.index.base_rows(), data.shard_chunks, workers=workers, **order)
 
 
 def order_record(data: TrainData, workers: int = 0) -> dict:

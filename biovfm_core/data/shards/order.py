@@ -35,31 +35,15 @@ class ShardOrder(RunOrder):
     """
 
     def __init__(
-        self,
-        rows: np.ndarray,
-        chunk_sizes: np.ndarray,
-        *,
-        batch: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        workers: int = 0,
+        self, rows: np.ndarray, chunk_sizes: np.ndarray, *, workers: int = 0, **order: int
     ) -> None:
+        """``order``: ``RunOrder``'s keywords (batch, seed, rank, world_size, epoch,
+        start_batch); ``workers``: the loader's worker count, which shapes the order."""
         rows = np.asarray(rows, dtype=np.int64)
         ends = np.cumsum(np.asarray(chunk_sizes, dtype=np.int64))
         if len(rows) and (rows.min() < 0 or rows.max() >= (ends[-1] if len(ends) else 0)):
             raise ValueError("shard rows out of the chunks' range")
-        super().__init__(
-            len(rows),
-            batch=batch,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            epoch=epoch,
-            start_batch=start_batch,
-        )
+        super().__init__(len(rows), **order)
         self.num_chunks = len(ends)
         # Chunk of each position; contiguous in rows, so per-chunk runs stay together.
         self.chunk_of = np.searchsorted(ends, rows, side="right")
