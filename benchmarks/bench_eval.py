@@ -21,7 +21,7 @@ import torch
 
 from biovfm_core.eval.data import MEDMNIST_2D
 from biovfm_core.eval.features import extract
-from biovfm_core.eval.models import load_model
+from biovfm_core.models.specs import load_model
 from biovfm_core.registry import get_registry
 
 # Channels and train + val + test images per benchmark (MedMNIST v2).

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
-from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import write_atomic
 from biovfm_core.options import coerce, parse_assignment
+from biovfm_core.protocols import DEFAULT_MAX_PIXELS
 
 PLUGIN_KINDS = ("backbone", "objective", "augmentation", "dataset")
 
@@ -288,29 +288,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def chmod_as_open(fd: int) -> None:
-    """Give a ``mkstemp`` file (0600) the mode a plain ``open()`` would (0666 less the
-    umask), so a team can read the configs, results, indexes and exports one member
-    wrote."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        chmod_as_open(fd)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

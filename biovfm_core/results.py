@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import write_atomic
 
 REQUIRED = ("model", "benchmark", "protocol", "metric", "value")
 METRICS = (

@@ -44,14 +44,16 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from biovfm_core.config import RunConfig, write_atomic
+from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import write_atomic
 
 
 @dataclass
@@ -204,13 +206,14 @@ def _data_path(spec: str, root: Path) -> str:
     return f"{kind}:{location}{query_sep}{query}"
 
 
-def check_sweep(sweep: Sweep, registry: Any = None) -> None:
+def check_sweep(
+    sweep: Sweep,
+    registry: Any = None,
+    check_eval_args: Callable[[list[str]], str | None] | None = None,
+) -> None:
     """What a dry run checks before any cell runs: every cell's plugin names (with
-    did-you-mean) and options, and that ``eval.args`` are valid `biovfm eval` arguments."""
-    import click
-
-    from biovfm_core.cli.eval_cmd import eval_
-
+    did-you-mean) and options, and ``eval.args`` through ``check_eval_args`` (the CLI
+    passes `biovfm eval`'s own parser; it returns what is wrong, or None)."""
     if registry is None:
         from biovfm_core.registry import get_registry
 
@@ -220,14 +223,12 @@ def check_sweep(sweep: Sweep, registry: Any = None) -> None:
             cell.config.validate(registry)  # cells() builds fresh configs each call
         except ConfigError as exc:
             raise ConfigError(f"{sweep.source}: cell {cell.id}: {exc}") from None
-    if sweep.eval_args:
-        try:
-            eval_.make_context("eval", ["CELL", *sweep.eval_args, "--output", "OUT"])
-        except click.ClickException as exc:
+    if sweep.eval_args and check_eval_args is not None:
+        problem = check_eval_args(["CELL", *sweep.eval_args, "--output", "OUT"])
+        if problem:
             raise ConfigError(
-                f"{sweep.source}: eval.args are not valid `biovfm eval` arguments: "
-                f"{exc.format_message()}"
-            ) from None
+                f"{sweep.source}: eval.args are not valid `biovfm eval` arguments: {problem}"
+            )
 
 
 # Keys that change how a cell runs, not what it computes: a change leaves it done.

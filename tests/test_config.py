@@ -275,7 +275,7 @@ def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
     # to the rest of a team.
     import os
 
-    from biovfm_core.config import write_atomic
+    from biovfm_core.files import write_atomic
 
     old = os.umask(0o022)
     try:

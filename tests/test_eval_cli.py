@@ -17,8 +17,8 @@ from biovfm_core.cli.main import cli
 from biovfm_core.eval.conventions import evaluate_study
 from biovfm_core.eval.data import load_benchmark
 from biovfm_core.eval.features import FeatureCache, split_features
-from biovfm_core.eval.models import load_model
 from biovfm_core.eval.synthetic import write_medmnist_npz
+from biovfm_core.models.specs import load_model
 from biovfm_core.registry import get_registry
 from biovfm_core.results import read_results
 
@@ -168,7 +168,7 @@ def test_results_csv_columns_are_the_schema(tmp_path):
 
 
 def test_trained_input_maps_the_studys_normalisation_to_the_trained_one():
-    from biovfm_core.eval.models import TrainedInput
+    from biovfm_core.models.normalisation import TrainedInput
 
     class Probe(torch.nn.Module):
         embed_dim, patch_size, image_size, in_chans = 4, 16, 32, 3

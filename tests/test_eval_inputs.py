@@ -12,11 +12,11 @@ from safetensors.torch import load_file, save_file
 from biovfm_core.cli.main import cli
 from biovfm_core.errors import ConfigError
 from biovfm_core.eval.data import load_benchmark
-from biovfm_core.eval.models import load_model
 from biovfm_core.eval.synthetic import write_medmnist_npz
-from biovfm_core.eval.weights import describe_mismatch
+from biovfm_core.models.export import export_backbone
+from biovfm_core.models.specs import load_model
+from biovfm_core.models.weights import describe_mismatch
 from biovfm_core.registry import get_registry
-from biovfm_core.train.export import export_backbone
 
 
 def _with_test_labels(src, dst, values):

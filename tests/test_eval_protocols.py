@@ -12,8 +12,8 @@ from biovfm_core.eval import protocols as P
 from biovfm_core.eval.data import load_benchmark, preprocess
 from biovfm_core.eval.features import FeatureCache, split_features
 from biovfm_core.eval.metrics import compute_metrics
-from biovfm_core.eval.models import load_model
 from biovfm_core.eval.synthetic import write_medmnist_npz
+from biovfm_core.models.specs import load_model
 from biovfm_core.registry import get_registry
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import timm
 import torch
 
+from biovfm_core.models.export import export_backbone
 from biovfm_core.registry import get_registry
-from biovfm_core.train.export import export_backbone
 
 NORM = {"mean": [0.25, 0.25, 0.25], "std": [0.5, 0.4, 0.3]}
 

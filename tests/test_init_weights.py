@@ -24,9 +24,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
+from biovfm_core.models import published
+from biovfm_core.models.normalisation import IMAGENET_NORM
+from biovfm_core.models.published import load_init, read_init
 from biovfm_core.registry import get_registry
-from biovfm_core.train import init_weights
-from biovfm_core.train.init_weights import load_init, read_init
 
 DIM, DEPTH, HEADS = 64, 2, 2
 
@@ -231,7 +232,7 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
     source = timm_vit(img=112, patch=16, dim=192, depth=12)
     path = dinov2_hub_file(source, tmp_path / "dinov2_vitt16_pretrain.pth")
     seen = {}
-    real = init_weights.init_objective
+    real = published.init_objective
 
     def spy(objective, backbone, init, target_name):
         record = real(objective, backbone, init, target_name)
@@ -240,7 +241,7 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
         seen["same_object"] = objective.eval_backbone() is backbone
         return record
 
-    monkeypatch.setattr(init_weights, "init_objective", spy)
+    monkeypatch.setattr(published, "init_objective", spy)
     result = train(_dinov2_run_config(tmp_path, str(path)), get_registry(), progress=False)
     assert result.steps == 1 and not seen["same_object"]
     # Step 0: the EMA teacher (what is evaluated and exported) holds the init's weights.
@@ -263,13 +264,13 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
     for key, value in fresh.vit.state_dict().items():
         torch.testing.assert_close(value, weights[key])
     # A config naming other weights' checksum refuses them (the set-up calls this check).
-    init_weights.check_recorded_sha(read_init(str(path)), digest)
+    published.check_recorded_sha(read_init(str(path)), digest)
     with pytest.raises(ConfigError, match="differs from init_sha256"):
-        init_weights.check_recorded_sha(read_init(str(path)), "0" * 64)
+        published.check_recorded_sha(read_init(str(path)), "0" * 64)
 
 
 def test_eval_takes_published_checkpoints_by_spec(tmp_path):
-    from biovfm_core.eval.models import load_model
+    from biovfm_core.models.specs import load_model
 
     # vit_tiny's widths (192, 12 blocks, 3 heads) in DINOv2's hub layout, 4 registers.
     source = timm_vit(img=56, dim=192, depth=12, regs=4)
@@ -279,8 +280,8 @@ def test_eval_takes_published_checkpoints_by_spec(tmp_path):
     assert model.backbone.inner.vit.pos_embed.shape[1] == 1 + 4 + 16  # 56 px kept, no resampling
     # Evaluation feeds (u - 0.5) / 0.5; the checkpoint gets ImageNet normalisation instead.
     u = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))
-    mean = torch.tensor(init_weights.IMAGENET_NORM["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(init_weights.IMAGENET_NORM["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_NORM["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_NORM["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         got = model.backbone.forward_tokens((u - 0.5) / 0.5)
         want = source.forward_features((u - mean) / std)

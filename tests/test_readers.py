@@ -275,7 +275,7 @@ def test_max_pixels_defaults_come_from_one_constant():
     from biovfm_readers.nifti import NiftiReader
 
     from biovfm_core.config import DataConfig
-    from biovfm_core.data import DEFAULT_MAX_PIXELS
+    from biovfm_core.protocols import DEFAULT_MAX_PIXELS
 
     assert DEFAULT_MAX_PIXELS == 200_000_000
     assert DataConfig().max_image_pixels == DEFAULT_MAX_PIXELS

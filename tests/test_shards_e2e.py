@@ -93,7 +93,7 @@ def test_pack_train_kill_resume_export_on_dicom_nifti_and_demo(tmp_path, monkeyp
     _, state = final_state(tmp_path / "run")
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 0, 6)
 
-    from biovfm_core.eval.models import load_export
+    from biovfm_core.models.runs import load_export
     from biovfm_core.registry import get_registry
 
     assert load_export(tmp_path / "run" / "export", get_registry()).extra["step"] == 6

@@ -66,7 +66,7 @@ def test_shard_order_gives_ranks_contiguous_blocks_covering_each_selected_row_on
         seen = np.concatenate(blocks)
         assert len(set(seen.tolist())) == len(seen) == world * used
         # Seeds are RunOrder's: one per (seed, epoch, position in the epoch).
-        from biovfm_core.train.data import sample_seeds
+        from biovfm_core.data.order import sample_seeds
 
         assert (
             orders[2].epoch_pairs(epoch)[1].tolist()
@@ -361,7 +361,7 @@ def test_biovfm_train_on_shards_reads_each_image_once_per_epoch(tmp_path, shards
     assert state["data_order"]["kind"] == "shards" and state["data_order"]["images"] == 40
     # The export of a shards-trained run is an ordinary one: evaluation loads it, with
     # the weights the run ended with.
-    from biovfm_core.eval.models import load_export
+    from biovfm_core.models.runs import load_export
 
     loaded = load_export(tmp_path / "cli" / "export", get_registry())
     assert loaded.extra["step"] == 5
@@ -431,7 +431,7 @@ def test_a_run_resumed_mid_epoch_on_shards_equals_the_uninterrupted_one(
 
 
 def test_resuming_mid_epoch_checks_the_order_the_position_refers_to():
-    from biovfm_core.train.data import check_order
+    from biovfm_core.data.order import check_order
 
     shards = {"kind": "shards", "images": 40, "chunks": 5, "rows_crc32": 1}
     subset = {**shards, "images": 20, "rows_crc32": 2}

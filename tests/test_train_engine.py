@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
+from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.protocols import ObjectiveBase, ViewSpec
 from biovfm_core.registry import get_registry
-from biovfm_core.train import checkpoint as ckpt
 from biovfm_core.train.loop import TrainingDiverged, train
 
 # Small enough for seconds per run on 2 cores, big enough to exercise every part
@@ -164,7 +164,7 @@ def test_two_gloo_processes_end_with_identical_weights_under_ddp_and_fsdp(tmp_pa
 
 
 def test_rank_shards_are_disjoint_and_cover_an_epoch():
-    from biovfm_core.train.data import RunOrder
+    from biovfm_core.data.order import RunOrder
 
     orders = [RunOrder(103, batch=5, seed=3, rank=r, world_size=3) for r in range(3)]
     firsts = [o.epoch_pairs(0)[0] for o in orders]

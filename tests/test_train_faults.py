@@ -24,11 +24,11 @@ from test_train_engine import _NaNAfter, _NaNPlugin, _tiny_config, read_metrics
 from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import BiovfmError, ConfigError
+from biovfm_core.locks import LOCK_NAME, RunFolderBusy, RunLock
+from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.registry import get_registry
-from biovfm_core.train import checkpoint as ckpt
-from biovfm_core.train import loop
+from biovfm_core.train import loop, run_state
 from biovfm_core.train.loop import BadDataError, train
-from biovfm_core.train.runlock import LOCK_NAME, RunFolderBusy, RunLock
 
 
 def _micro_vit():
@@ -87,7 +87,7 @@ def _fake_run(run: Path, steps=(2,), weights=None) -> RunConfig:
     config.name = run.name
     run.mkdir(parents=True)
     config.save(run / "config.yaml")
-    identity = ckpt.Identity("nan_after", "vit_tiny", {"nan_at": 100}, {}).to_dict()
+    identity = run_state.Identity("nan_after", "vit_tiny", {"nan_at": 100}, {}).to_dict()
     for step in steps:
         state = {"step": step, "identity": identity}
         ckpt.save_checkpoint(run, step, weights or {"w": torch.ones(3)}, state, keep_last=5)
@@ -129,7 +129,7 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_host_is_not(tmp_path):
 
 
 def test_a_killed_but_unreaped_holder_counts_as_dead():
-    from biovfm_core.train.runlock import pid_alive
+    from biovfm_core.locks import pid_alive
 
     child = subprocess.Popen(["sleep", "30"])
     try:

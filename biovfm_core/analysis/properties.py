@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import write_atomic
 
 PROPERTIES = ("n_classes", "n_train", "compressibility", "dbi")
 CACHE_VERSION = 1

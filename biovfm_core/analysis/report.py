@@ -31,8 +31,8 @@ from biovfm_core.analysis.properties import (
     read_properties,
     write_properties,
 )
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import write_atomic
 from biovfm_core.results import ResultRow, one_convention, read_results
 
 REFERENCE_CSV = Path(__file__).with_name("reference") / "biovfm21m_reported.csv"

@@ -37,7 +37,8 @@ def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: 
     plan = S.load_sweep(sweep_file)
     cells = plan.cells()
     if not finish:
-        S.check_sweep(plan)  # unknown plugins, options or eval arguments: before any cell
+        # Unknown plugins, options or eval arguments: before any cell.
+        S.check_sweep(plan, check_eval_args=eval_args_problem)
     if finish:
         match = [c for c in cells if c.id == finish]
         if not match:
@@ -68,3 +69,14 @@ def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: 
     ran = S.run_local(plan, echo=lambda m: click.echo(m, err=True))
     table = S.collect_results(plan)
     click.echo(f"ran {len(ran)} cell(s); results: {table or 'none yet (no eval configured?)'}")
+
+
+def eval_args_problem(args: list[str]) -> str | None:
+    """What `biovfm eval` would say about ``args`` (None: they parse)."""
+    from biovfm_core.cli.eval_cmd import eval_
+
+    try:
+        eval_.make_context("eval", args)
+    except click.ClickException as exc:
+        return exc.format_message()
+    return None

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from biovfm_core.config import chmod_as_open
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import chmod_as_open
 from biovfm_core.protocols import MODALITIES, SampleRecord
 
 FORMAT_VERSION = 1

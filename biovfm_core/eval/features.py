@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biovfm_core.config import chmod_as_open
 from biovfm_core.eval.data import SPLITS, Benchmark, preprocess
+from biovfm_core.files import chmod_as_open
 
 FEATURE_KINDS = ("cls", "mean", "both")
 _STORED = ("cls", "mean")

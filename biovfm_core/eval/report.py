@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import ConfigError
+from biovfm_core.files import write_atomic
 from biovfm_core.results import (
     METRICS,
     UNRECORDED,

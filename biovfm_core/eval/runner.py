@@ -16,13 +16,13 @@ from biovfm_core.eval.conventions import THRESHOLD_RULES, thresholds_for
 from biovfm_core.eval.conventions import evaluate as evaluate_metrics
 from biovfm_core.eval.data import Benchmark, expand_benchmarks, load_benchmark
 from biovfm_core.eval.features import FEATURE_KINDS, FeatureCache, extract, split_features
-from biovfm_core.eval.models import LoadedModel, load_model
 from biovfm_core.eval.report import (
     check_folder_convention,
     headline_tables,
     write_result,
     write_tables,
 )
+from biovfm_core.models.specs import LoadedModel, load_model
 from biovfm_core.results import CONVENTIONS, PROTOCOLS
 
 

@@ -26,7 +26,7 @@ SECTIONS = {
 
 
 def write_page(path: Path, shown, results, settings, size: int) -> Path:
-    from biovfm_core.config import write_atomic
+    from biovfm_core.files import write_atomic
 
     e = html.escape
     parts = [

@@ -61,6 +61,6 @@ def grid_png(rows: list[list[np.ndarray | None]], tile: int) -> bytes:
 
 
 def write_png(path: Path, rows: list[list[np.ndarray | None]], tile: int) -> Path:
-    from biovfm_core.config import write_atomic
+    from biovfm_core.files import write_atomic
 
     return write_atomic(path, grid_png(rows, tile))

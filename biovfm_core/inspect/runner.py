@@ -123,8 +123,8 @@ def run_inspect(
     log: Callable[[str], None] = print,
 ) -> list[ModelPictures]:
     """Draw every model's pictures on the same images into ``out_dir`` with index.html."""
-    from biovfm_core.eval.models import load_model
     from biovfm_core.inspect.page import write_page
+    from biovfm_core.models.specs import load_model
     from biovfm_core.registry import get_registry
 
     registry = registry or get_registry()
@@ -165,7 +165,7 @@ def run_inspect(
         "seed": settings.seed,
         "models": [r.__dict__ for r in results],
     }
-    from biovfm_core.config import write_atomic
+    from biovfm_core.files import write_atomic
 
     write_atomic(out / "inspect.json", json.dumps(summary, indent=2).encode())
     write_page(out / "index.html", shown, results, settings, size)

@@ -25,26 +25,28 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from biovfm_core.config import RunConfig, write_atomic
+from biovfm_core.config import RunConfig
+from biovfm_core.data.order import batches_per_epoch, check_order
 from biovfm_core.durations import format_duration
 from biovfm_core.errors import BiovfmError, ConfigError
+from biovfm_core.files import write_atomic
+from biovfm_core.locks import RunLock
+from biovfm_core.models import checkpoint as ckpt
+from biovfm_core.models.export import export_backbone
+from biovfm_core.models.normalisation import input_normalisation
 from biovfm_core.protocols import Batch, OptimRecipe, StepInfo, TaskInfo
-from biovfm_core.train import checkpoint as ckpt
 from biovfm_core.train import distributed as D
+from biovfm_core.train import run_state
 from biovfm_core.train.data import (
-    batches_per_epoch,
-    check_order,
     make_loader,
     make_order,
     open_index,
     order_record,
     training_data,
 )
-from biovfm_core.train.export import export_backbone
 from biovfm_core.train.metrics import MetricsLog
 from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
 from biovfm_core.train.profiling import StepProfiler
-from biovfm_core.train.runlock import RunLock
 
 DEFAULT_EPOCHS = 100  # DINOv2's and a common MAE schedule length, when none is given
 
@@ -190,7 +192,7 @@ class _Parts:
     optimizer: torch.optim.Optimizer
     scaler: Any
     plan: Any
-    identity: ckpt.Identity
+    identity: run_state.Identity
     micro: int
     steps_per_epoch: int
     total_steps: int
@@ -297,7 +299,7 @@ class _Trainer:
             options=cfg.options["objective"],
         )
         if cfg.init and resumed is None:  # a resumed run's checkpoint already holds them
-            from biovfm_core.train import init_weights
+            from biovfm_core.models import published as init_weights
 
             source = init_weights.read_init(cfg.init, self.registry)
             init_weights.check_recorded_sha(source, cfg.init_sha256)
@@ -335,7 +337,7 @@ class _Trainer:
             optimizer=build_optimizer(objective, backbone, plan, rt.device),
             scaler=torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None,
             plan=plan,
-            identity=ckpt.Identity(
+            identity=run_state.Identity(
                 cfg.objective, cfg.backbone, cfg.options["objective"], cfg.options["backbone"]
             ),
             micro=micro,
@@ -784,10 +786,10 @@ class _Trainer:
     def _save(self, step: int, p: _Parts) -> None:
         model, objective, optimizer, scaler = p.model, p.objective, p.optimizer, p.scaler
         rt = self.rt
-        rngs = [ckpt.rng_state()]
+        rngs = [run_state.rng_state()]
         if rt.distributed:
             rngs = [None] * rt.world_size
-            dist.all_gather_object(rngs, ckpt.rng_state())
+            dist.all_gather_object(rngs, run_state.rng_state())
         model_state = self._full_model_state(model, objective)
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -834,7 +836,7 @@ class _Trainer:
     def _restore(self, resumed, p: _Parts) -> tuple[int, int, int]:
         path, weights, state = resumed
         model, objective, optimizer, scaler = p.model, p.objective, p.optimizer, p.scaler
-        ckpt.check_identity(path, state["identity"], p.identity)
+        run_state.check_identity(path, state["identity"], p.identity)
         worlds = (int(state.get("world_size", self.rt.world_size)), self.rt.world_size)
         held_order, at = state.get("data_order"), int(state["batch_in_epoch"])
         note = check_order(path, held_order, self.data_order, at, worlds)
@@ -875,7 +877,7 @@ class _Trainer:
             scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         if len(rngs) == self.rt.world_size:
-            ckpt.set_rng_state(rngs[self.rt.rank])
+            run_state.set_rng_state(rngs[self.rt.rank])
         else:
             torch.manual_seed(self.config.train.seed + self.rt.rank + state["step"])
             self._say(
@@ -967,14 +969,6 @@ def wants_progress_bar() -> bool:
 
 def _step_of(path: Path) -> int:
     return int(path.name.removeprefix("step_"))
-
-
-def input_normalisation(recipe) -> dict[str, list[float]] | None:
-    """The ``mean``/``std`` a recipe's views end with, if it says (see protocols)."""
-    mean, std = getattr(recipe, "mean", None), getattr(recipe, "std", None)
-    if mean is None or std is None:
-        return None
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def _checksum(state: dict[str, torch.Tensor]) -> float:

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from biovfm_core.config import write_atomic
+from biovfm_core.files import write_atomic
 
 
 class MetricsLog:

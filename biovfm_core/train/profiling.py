@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biovfm_core.config import write_atomic
+from biovfm_core.files import write_atomic
 
 # Kineto's own log lines ("ERROR:2026-11-29 23:04:00 4763:4763 DeviceProperties.cpp:56]
 # gpuGetDeviceCount failed ..."), written by C++ straight to file descriptor 2.

@@ -516,7 +516,7 @@ def benchmark_file(task: str, side: int = 64, root: str | os.PathLike[str] | Non
     """The task's ``.npz``, built (atomically) on first use and reused after."""
     import io
 
-    from biovfm_core.config import write_atomic
+    from biovfm_core.files import write_atomic
 
     path = Path(root or default_root()) / f"demo_{task}_{side}_{build_version()}.npz"
     if not path.is_file():

@@ -16,9 +16,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
-from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags, normalise_modality
+from biovfm_core.protocols import (
+    DEFAULT_MAX_PIXELS,
+    SampleRecord,
+    ScanProblem,
+    SourceTags,
+    normalise_modality,
+)
 
 from ._common import (
     SIDECAR_EXTENSIONS,

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
-from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
+from biovfm_core.protocols import DEFAULT_MAX_PIXELS, SampleRecord, ScanProblem, SourceTags
 
 from ._common import SIDECAR_EXTENSIONS, ModalityGuess, require_location
 

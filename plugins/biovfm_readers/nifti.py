@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from biovfm_core.data import DEFAULT_MAX_PIXELS
 from biovfm_core.errors import BadImageError
-from biovfm_core.protocols import SampleRecord, ScanProblem, SourceTags
+from biovfm_core.protocols import DEFAULT_MAX_PIXELS, SampleRecord, ScanProblem, SourceTags
 
 from ._common import ModalityGuess, join_uri, require_location, split_uri, walk_files
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import BiovfmError, ConfigError
+from biovfm_core.files import write_atomic
 
 from . import format as fmt
 from .part_writer import PART_META

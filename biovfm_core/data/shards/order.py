@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from biovfm_core.train.data import RunOrder, sample_seeds
+from biovfm_core.data.order import RunOrder, sample_seeds
 
 # Keeps the shards permutation stream apart from RunOrder's for the same seed.
 _STREAM = 0x5348

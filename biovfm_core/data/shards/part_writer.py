@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import BadImageError
+from biovfm_core.files import write_atomic
 
 from . import format as fmt
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from biovfm_core.config import write_atomic
 from biovfm_core.errors import BiovfmError, ConfigError
+from biovfm_core.files import write_atomic
 
 # Planes of a volume and the `axis` option value that cuts it, for RAS-oriented
 # data (NIfTI's convention): axis 0 runs left-right, 1 back-front, 2 foot-head.

@@ -25,7 +25,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from biovfm_core.config import write_atomic
+from biovfm_core.files import write_atomic
 
 
 def export_backbone(

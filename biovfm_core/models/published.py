@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from biovfm_core.errors import ConfigError
-
-# DINOv2 and MAE both train on ImageNet-normalised views.
-IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+from biovfm_core.models.normalisation import IMAGENET_NORM, unwrapped
+from biovfm_core.models.runs import load_biovfm
+from biovfm_core.models.weights import load_checked, read_safetensors
+from biovfm_core.registry import get_registry
 
 SPEC_HELP = (
     "a DINOv2 hub .pth, an MAE .pth, a timm/Hugging Face folder (config.json + "
@@ -81,8 +82,6 @@ def read_init(spec: str, registry=None) -> InitSource:
     if path.suffix == ".safetensors":
         if (path.parent / "backbone.json").is_file():
             return _read_biovfm(str(path.parent), registry)
-        from biovfm_core.eval.weights import read_safetensors
-
         state = _check_layout(spec, read_safetensors(path))
         return InitSource(spec, "safetensors", state, file_sha256(path))
     return _read_torch_file(spec, path)
@@ -126,8 +125,6 @@ def _read_torch_file(spec: str, path: Path) -> InitSource:
 
 
 def _read_timm_folder(spec: str, folder: Path) -> InitSource:
-    from biovfm_core.eval.weights import read_safetensors
-
     weights = folder / "model.safetensors"
     if not weights.is_file():
         found = sorted(folder.glob("*.safetensors"))
@@ -211,13 +208,9 @@ def _read_timm(spec: str) -> InitSource:
 
 
 def _read_biovfm(spec: str, registry) -> InitSource:
-    from biovfm_core.eval.models import TrainedInput, load_model
-    from biovfm_core.registry import get_registry
-
-    model = load_model(spec, registry or get_registry())
-    backbone = model.backbone
-    if isinstance(backbone, TrainedInput):
-        backbone = backbone.inner
+    path = Path(spec).expanduser()
+    model = load_biovfm(path.parent if path.is_file() else path, registry or get_registry())
+    backbone = unwrapped(model.backbone)
     export = getattr(backbone, "export_state", None)
     if not callable(export):
         raise ConfigError(
@@ -359,8 +352,6 @@ def vit_state_for(source: InitSource, vit, target: str) -> dict[str, torch.Tenso
 
 def load_init(source: InitSource, backbone, target: str | None = None) -> None:
     """Load ``source`` into ``backbone`` (a biovfm ViT backbone with ``.vit``)."""
-    from biovfm_core.eval.weights import load_checked
-
     vit = getattr(backbone, "vit", None)
     name = target or f"backbone {getattr(backbone, 'name', type(backbone).__name__)!r}"
     if vit is None:
