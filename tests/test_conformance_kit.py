@@ -266,34 +266,3 @@ def test_a_broken_file_can_be_given(tmp_path):
 def test_an_unregistered_name_says_how_to_register_it():
     with pytest.raises(ConformanceError, match=r"did you mean 'mae'\?.*pip install -e \."):
         check_objective("mea")
-
-
-def test_the_kit_imports_only_the_lower_layers():
-    """Plugin authors import the kit; it stays off train/eval/inspect/cli/sweep, and its
-    modules import one another without a cycle."""
-    import ast
-
-    import biovfm_core.testing
-
-    package = Path(biovfm_core.testing.__file__).parent
-    upper = ("train", "eval", "inspect", "cli", "sweep")
-    graph: dict[str, set[str]] = {}
-    for path in sorted(package.glob("*.py")):
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module)
-            elif isinstance(node, ast.Import):
-                imported.update(alias.name for alias in node.names)
-        wrong = [m for m in imported if m.split(".")[:2] in [["biovfm_core", u] for u in upper]]
-        assert not wrong, f"{path.name} imports {wrong}"
-        kit = "biovfm_core.testing."
-        graph[path.stem] = {m.removeprefix(kit) for m in imported if m.startswith(kit)}
-
-    def reaches(start: str, target: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, ()):
-            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
-                return True
-        return False
-
-    assert not [m for m in graph if reaches(m, m, set())], graph
