@@ -154,7 +154,7 @@ def test_data_scan_stops_on_a_failing_source_unless_allowed(tmp_path):
 
 # ------------------------------------------------------------- issue 13 section 3
 def test_readme_data_scan_command_reports_a_catalog_without_output(tmp_path, monkeypatch):
-    """`biovfm data scan --data biovfm21m --root /data`, exactly as README.md writes it."""
+    """`biovfm data scan --data biovfm21m --root /data`, exactly as docs/data.md writes it."""
     root = tmp_path / "data"
     _pngs(root / "BUS-B", 4)  # one of the 61 sources downloaded (catalog expects 163: short)
     monkeypatch.chdir(tmp_path)

@@ -19,7 +19,7 @@ from biovfm_core.errors import ConfigError
 from biovfm_core.eval.data import DEMO_TASKS, expand_benchmarks, load_benchmark
 from biovfm_core.registry import get_registry
 
-# The documented sizes (module docstring and README): per class 60 / 20 / 40.
+# The documented sizes (module docstring and docs/evaluation.md): per class 60 / 20 / 40.
 DOCUMENTED = {
     "modality": {"classes": 6, "train": 360, "val": 120, "test": 240},
     "texture": {"classes": 4, "train": 240, "val": 80, "test": 160},
@@ -99,7 +99,7 @@ def test_splits_are_cut_from_disjoint_regions(task):
 
 def _raw_pixel_logreg(a):
     # Pixels averaged 4 x 4 (16 x 16 inputs) keep the fit well under a second; the
-    # full 64 x 64 fit gives the same picture (README: texture 0.24, modality 0.49).
+    # full 64 x 64 fit gives the same picture (docs/evaluation.md: texture 0.24, modality 0.49).
     flat = {
         s: a[f"{s}_images"].reshape(-1, 16, 4, 16, 4).mean(axis=(2, 4)).reshape(-1, 256) / 255.0
         for s in D.SPLITS

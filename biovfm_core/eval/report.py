@@ -161,7 +161,7 @@ def write_tables(out_dir: Path) -> tuple[Path, Path]:
     md = (
         "# biovfm eval results\n\n"
         + f"Metric convention: **{convention}** (`biovfm eval --metrics {convention}`; "
-        + "definitions in the README's Evaluation section).\n\n"
+        + "definitions in biovfm's docs/evaluation.md).\n\n"
         + markdown_table(rows)
     )
     md_path = write_atomic(out_dir / "results.md", md.encode())

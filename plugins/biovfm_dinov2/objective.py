@@ -1,7 +1,7 @@
 """DINOv2: DINO CLS-token loss + iBOT masked-patch loss + KoLeo, with an EMA teacher.
 
 Defaults are DINOv2's ``ssl_default_config`` for ViT-L (with the Sinkhorn-Knopp
-centering of its ViT-L/g recipes); the README's "matches the official recipe" table
+centering of its ViT-L/g recipes); docs/training.md's "matches the official recipe" table
 lists each value with its source. The backbone half of the recipe (drop-path 0.3 in
 every block, LayerScale 1e-5) is this plugin's ``"backbone"`` preset, which
 ``biovfm train`` applies to the ViT options the user did not set. For a CPU demo use
