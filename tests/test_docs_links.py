@@ -17,9 +17,6 @@ PAGES = [
     "CONTRIBUTING.md",
     *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")),
 ]
-# Written on another branch; until it lands, a link to it is not checked. Once the
-# file exists it is checked like any other (anchors too).
-PENDING = {"docs/architecture.md"}
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -80,8 +77,6 @@ def test_every_relative_link_resolves(page, target):
     source = REPO / page
     resolved = (source.parent / path_part).resolve() if path_part else source
     relative = resolved.relative_to(REPO).as_posix() if resolved.is_relative_to(REPO) else None
-    if relative in PENDING and not resolved.exists():
-        return
     assert resolved.exists(), f"{page}: {target} -> {resolved} does not exist"
     if anchor:
         assert resolved.suffix == ".md", f"{page}: {target}: an anchor into a non-Markdown file"
