@@ -47,7 +47,13 @@ def pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """Ownership of ``run_dir`` by this process until :meth:`release`."""
+    """Ownership of ``run_dir`` by this process until :meth:`release`.
+
+    ``what`` names the folder in messages; a subclass for another kind of folder
+    overrides it and :meth:`_busy_message` (what two writers there would spoil).
+    """
+
+    what = "run folder"
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -65,7 +71,7 @@ class RunLock:
                 if not self._is_stale(holder):
                     raise RunFolderBusy(self._busy_message(holder)) from None
                 say(
-                    f"run folder {self.run_dir}: taking over the lock of pid "
+                    f"{self.what} {self.run_dir}: taking over the lock of pid "
                     f"{holder.get('pid', '?')} on {holder.get('host', '?')}, which is no "
                     "longer running"
                 )
@@ -75,7 +81,7 @@ class RunLock:
                 json.dump({"pid": self.pid, "host": self.host, "started": time.time()}, handle)
             self.held = True
             return self
-        raise RunFolderBusy(f"run folder {self.run_dir}: could not take its lock {self.path}")
+        raise RunFolderBusy(f"{self.what} {self.run_dir}: could not take its lock {self.path}")
 
     def release(self) -> None:
         if not self.held:
@@ -103,12 +109,16 @@ class RunLock:
         pid = holder.get("pid")
         return isinstance(pid, int) and pid != self.pid and not pid_alive(pid)
 
-    def _busy_message(self, holder: dict) -> str:
-        who = (
+    @staticmethod
+    def holder_text(holder: dict) -> str:
+        return (
             f"pid {holder.get('pid')} on host {holder.get('host')}"
             if holder
             else "a process that is still writing the lock"
         )
+
+    def _busy_message(self, holder: dict) -> str:
+        who = self.holder_text(holder)
         return (
             f"run folder {self.run_dir} is in use by {who} (lock file {self.path}); two runs "
             "in one folder would mix their checkpoints and metrics. Choose another --name or "

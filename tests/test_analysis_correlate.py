@@ -113,8 +113,13 @@ def test_loo_needs_enough_benchmarks():
 
 
 def test_ten_times_larger_model_gain():
-    assert gain_10x(0.01, 0.9) == pytest.approx(90 * (10**0.01 - 1))
-    assert gain_10x(0.2, 0.95) == pytest.approx(5.0)  # capped at 100
+    # Worked by hand: a slope of log10(2) doubles 100·m per decade of x, so 40 → 80
+    # points (+40); from 60 it would reach 120 but stops at 100 (+40).
+    assert gain_10x(0.30103, 0.4) == pytest.approx(40.0, abs=1e-3)
+    assert gain_10x(0.30103, 0.6) == pytest.approx(40.0)
+    # Slope 0.01 at 90: 10^0.01 = 1.0232930 (log tables), so 90 × 0.0232930 = 2.09637.
+    assert gain_10x(0.01, 0.9) == pytest.approx(2.09637, abs=1e-5)
+    assert gain_10x(0.2, 0.95) == pytest.approx(5.0)  # 95 × 1.585 capped at 100
     assert gain_10x(0.0, 0.9) == 0.0
 
 

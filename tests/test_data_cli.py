@@ -113,3 +113,26 @@ def test_stats_scans_kind_path_directly(tmp_path):
         "xray" in res.output and "7 images" in res.output
     )  # the truncated PNG has an intact header
     assert "1 unusable files" in res.output
+
+
+def test_scan_of_a_shard_set_breaks_it_down_by_original_source(tmp_path):
+    from biovfm_core.data.shards.pack import pack
+
+    for name, n in (("a", 3), ("b", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((6, 5), i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    catalog = tmp_path / "cat.yaml"
+    catalog.write_text(
+        f"root: {tmp_path}\nsources:\n"
+        "  - {name: alpha, reader: folder, path: a, modality: xray}\n"
+        "  - {name: beta, reader: folder, path: b, modality: ct}\n"
+    )
+    pack([str(catalog)], str(tmp_path / "set"), workers=1)
+    res = CliRunner().invoke(cli, ["data", "scan", "--data", f"shards:{tmp_path / 'set'}", "-q"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[1].split() == ["set", "shards", "present", "5", "0"]
+    assert lines[2].split() == ["packed", "from", "alpha", "3", "images", "(xray", "3)"]
+    assert lines[3].split() == ["packed", "from", "beta", "2", "images", "(ct", "2)"]
+    assert lines[4].startswith("5 images from 1 sources")

@@ -65,7 +65,9 @@ def test_pack_train_kill_resume_export_on_dicom_nifti_and_demo(tmp_path, monkeyp
     seen: list[int] = []
     real_load = ShardReader.load_row
     monkeypatch.setattr(
-        ShardReader, "load_row", lambda self, row: seen.append(row) or real_load(self, row)
+        ShardReader,
+        "load_row",
+        lambda self, row, uri=None: seen.append(row) or real_load(self, row, uri),
     )
     real_save = loop._Trainer._save
 

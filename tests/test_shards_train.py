@@ -307,7 +307,7 @@ def test_several_shard_sets_train_as_one_each_image_once_per_epoch(tmp_path, sha
     monkeypatch.setattr(
         ShardReader,
         "load_row",
-        lambda self, row: read.append((self.folder, row)) or real(self, row),
+        lambda self, row, uri=None: read.append((self.folder, row)) or real(self, row, uri),
     )
     order = make_order(data, batch=4, seed=1, rank=0, world_size=1)
     dataset: ImageDataset = data.dataset
@@ -342,7 +342,9 @@ def test_biovfm_train_on_shards_reads_each_image_once_per_epoch(tmp_path, shards
     seen: list[int] = []
     real = ShardReader.load_row
     monkeypatch.setattr(
-        ShardReader, "load_row", lambda self, row: seen.append(row) or real(self, row)
+        ShardReader,
+        "load_row",
+        lambda self, row, uri=None: seen.append(row) or real(self, row, uri),
     )
     args = [
         "train", "--data", f"shards:{shards}", "--objective", "nan_after",
@@ -570,3 +572,96 @@ def test_dry_run_reads_the_shard_manifest_and_says_when_a_folder_is_not_a_set(tm
         assert result.exit_code == 0, result.output
         (line,) = [x for x in result.output.splitlines() if x.startswith("# data:")]
         assert note in line
+
+
+# ------------------------------------------------------ issue 24: the item's uri check
+
+
+def test_an_item_that_is_not_its_rows_image_is_skipped_naming_the_set_and_the_row(tmp_path):
+    """A set whose index came from another pack (rows 3-5 name other files) reads
+    rows 0-2 and refuses rows 3-5, through the reader and through the training dataset."""
+    import shutil
+
+    from biovfm_augment.recipes import MultiCropRecipe
+
+    from biovfm_core.data.dataset import ImageDataset, Skipped
+    from biovfm_core.protocols import ViewSpec
+
+    items = synthetic_items(6)
+    folder = write_shards(tmp_path / "s", items, chunk_size=4)
+    other = [
+        (SampleRecord(f"/other/{i}.png", r.source, r.modality, r.anatomy), im)
+        if i >= 3
+        else (r, im)
+        for i, (r, im) in enumerate(items)
+    ]
+    shutil.copy(write_shards(tmp_path / "o", other) / "biovfm-index.npz", folder)
+
+    reader = ShardReader(str(folder))
+    assert np.array_equal(reader.load_row(2, items[2][0].uri), items[2][1])
+    with pytest.raises(BadImageError) as excinfo:
+        reader.load_row(4, "/other/4.png")
+    assert excinfo.value.path == "/other/4.png"
+    assert excinfo.value.reason.startswith(
+        f"shards:{folder} row 4 holds {items[4][0].uri}, not this image"
+    )
+
+    index = open_shards(str(folder)).index
+    ds = ImageDataset(index, MultiCropRecipe(ViewSpec(global_size=16, local_size=8, local_crops=1)))
+    got = [ds[(i, 0)] for i in range(6)]
+    assert [isinstance(g, Skipped) for g in got] == [False] * 3 + [True] * 3
+    assert [g.uri for g in got[3:]] == ["/other/3.png", "/other/4.png", "/other/5.png"]
+    assert all(f"row {i} holds /orig/" in g.reason for i, g in zip((3, 4, 5), got[3:], strict=True))
+
+
+def test_items_without_a_uri_are_read_unchecked_and_it_is_said_once(tmp_path, capsys):
+    import shutil
+
+    from litdata.streaming.writer import BinaryWriter
+
+    from biovfm_core.data.shards import format as fmt
+
+    items = synthetic_items(3)
+    packed = write_shards(tmp_path / "s", items)
+    # The same images, written as items without the uri field, beside that set's index.
+    folder = tmp_path / "no_uri"
+    folder.mkdir()
+    for name in (fmt.INDEX, fmt.MANIFEST):
+        shutil.copy(packed / name, folder)
+    writer = BinaryWriter(str(folder), chunk_size=8, serializers=fmt.writer_serializers())
+    for i, (record, image) in enumerate(items):
+        item = fmt.make_item(record, -1, image, "png")
+        del item["uri"]
+        writer.add_item(i, item)
+    writer.done()
+    writer.merge()
+    reader = ShardReader(str(folder))
+    for i, (record, image) in enumerate(items):
+        assert np.array_equal(reader.load_row(i, record.uri), image)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"warning: shards:{folder}: its items carry no uri, so they are read without checking"
+    )
+
+
+def test_a_truncated_shard_index_is_one_line_naming_it_and_what_to_do(tmp_path, shards):
+    import shutil
+
+    from biovfm_core.cli.main import cli
+
+    cut = tmp_path / "cut"
+    shutil.copytree(shards, cut)
+    index = cut / "biovfm-index.npz"
+    index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
+    with pytest.raises(ConfigError) as excinfo:
+        open_shards(str(cut))
+    message = str(excinfo.value)
+    assert message.startswith(f"shards:{cut}: {index}: not a biovfm index (")
+    assert "restore the folder from a copy, or repack it" in message
+    result = CliRunner().invoke(
+        cli, ["train", "--data", f"shards:{cut}", "--output", str(tmp_path / "runs"), "--name", "r"]
+    )
+    assert result.exit_code == 2
+    assert result.output.count("\n") == result.output.count("# ") + 1, result.output
+    assert f"error: shards:{cut}: {index}: not a biovfm index" in result.output
+    assert "Traceback" not in result.output and "BadZipFile" not in result.output.split(":")[0]

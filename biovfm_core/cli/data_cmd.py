@@ -46,10 +46,25 @@ def data() -> None:
     """Index and inspect pretraining data (catalogs, folders, DICOM, NIfTI, MedMNIST)."""
 
 
-def _status_table(report: Any) -> list[str]:
+def _packed_sources(index: Any, lo: int, hi: int) -> list[str]:
+    """Rows ``lo:hi`` of a shard set's scan by the source they were packed from, with
+    their modalities: the set's one row in the table holds many sources."""
+    import numpy as np
+
+    rows = index.select(np.arange(lo, hi))
+    lines = []
+    for name, n in sorted(rows.counts("source").items()):
+        mods = rows.select(np.flatnonzero(rows.source_ids == index.sources.index(name)))
+        kinds = ", ".join(f"{m} {k}" for m, k in mods.counts("modality").items())
+        lines.append(f"    packed from {name[:24]:<24} {n:>10} images ({kinds})")
+    return lines
+
+
+def _status_table(report: Any, index: Any = None) -> list[str]:
     lines = [
         f"{'source':<24} {'reader':<8} {'status':<8} {'found':>10} {'expected':>10} {'problems':>8}"
     ]
+    start = 0  # a source's rows follow the rows of the sources before it
     for s in report.sources:
         exp = "" if s.expected is None else str(s.expected)
         lines.append(
@@ -60,6 +75,9 @@ def _status_table(report: Any) -> list[str]:
         if s.status == "missing" and s.url:
             lines.append(f"    download: {s.url}")
         lines.extend(f"    note: {n}" for n in s.notes)
+        if index is not None and s.reader == "shards" and s.found:
+            lines.extend(_packed_sources(index, start, start + s.found))
+        start += s.found
     return lines
 
 
@@ -122,7 +140,7 @@ def scan(
         out.pop("problems")
         click.echo(json.dumps(out, indent=2))
         return
-    for line in _status_table(report):
+    for line in _status_table(report, index):
         click.echo(line)
     counts = {
         st: len(report.by_status(st)) for st in ("present", "short", "missing", "empty", "error")

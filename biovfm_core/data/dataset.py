@@ -108,7 +108,8 @@ class ImageDataset:
             shards = self._shard_reader(record.source)
             if shards is not None:
                 reader, first_row = shards
-                image = reader.load_row(self.index.base_row(int(i)) - first_row)
+                # The record's uri lets the reader check the item is this row's image.
+                image = reader.load_row(self.index.base_row(int(i)) - first_row, record.uri)
             else:
                 image = self.reader(record.source).load(record)
             if (

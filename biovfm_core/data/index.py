@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -368,7 +370,9 @@ class SampleIndex:
                         "names",
                     )
                 }
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            # A truncated .npz is a zip without its directory (BadZipFile) or with a cut
+            # member (EOFError, zlib.error).
             raise ConfigError(f"{path}: not a biovfm index ({exc})") from exc
         if meta.get("format") != "biovfm-index" or meta.get("version") != FORMAT_VERSION:
             raise ConfigError(

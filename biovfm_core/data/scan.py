@@ -220,6 +220,14 @@ def check_sources(
         for note in (n for s in report.sources for n in s.notes):
             warn(note)
     dropped = [describe(s) for s in dropped_sources(report)]
+    if dropped and report.total == 0:
+        # Going on without them would leave nothing to train on: allow_missing_sources
+        # only moves the error, so it is not the advice here.
+        only = "it is the only source" if len(report.sources) == 1 else "no source gave one"
+        raise SourceError(
+            f"no images to train on: {_listing(dropped)}; {only}. Check the path and the "
+            "reader options (`biovfm data scan --data ...` lists unusable files)"
+        )
     if dropped and not allow_missing:
         raise SourceError(
             f"{len(dropped)} data source(s) gave no images: {_listing(dropped)} "

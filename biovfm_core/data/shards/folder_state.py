@@ -13,6 +13,7 @@ import shutil
 from typing import Any
 
 from biovfm_core.errors import ConfigError
+from biovfm_core.locks import LOCK_NAME
 
 from . import format as fmt
 from .plan import PLAN, WORK
@@ -20,7 +21,7 @@ from .plan import PLAN, WORK
 
 def _ours(name: str) -> bool:
     return (
-        name in (fmt.MANIFEST, fmt.INDEX, fmt.LITDATA_INDEX, fmt.PROBLEMS, WORK)
+        name in (fmt.MANIFEST, fmt.INDEX, fmt.LITDATA_INDEX, fmt.PROBLEMS, WORK, LOCK_NAME)
         or (name.startswith("chunk-") and name.endswith(".bin"))
         or name.startswith((f".{fmt.MANIFEST}.", f".{fmt.LITDATA_INDEX}.", ".index-"))
         or name.startswith(f".{fmt.PROBLEMS}.")
@@ -35,7 +36,7 @@ def clear(out: str) -> None:
             f"{out}: --overwrite removes only a shard set, and this folder also holds "
             f"{', '.join(sorted(foreign)[:5])}; choose an empty or new folder"
         )
-    for name in os.listdir(out):
+    for name in _entries(out):
         path = os.path.join(out, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -43,10 +44,15 @@ def clear(out: str) -> None:
             os.unlink(path)
 
 
+def _entries(out: str) -> list[str]:
+    """What ``out`` holds besides the lock of the pack now writing it (this one's)."""
+    return [n for n in os.listdir(out) if n != LOCK_NAME]
+
+
 def previous_fingerprint(out: str) -> tuple[str, str | None]:
     """``(state, fingerprint)``: state is ``new``, ``complete``, ``unfinished``,
     ``unplanned`` (killed while scanning) or ``foreign``."""
-    if not os.path.isdir(out) or not os.listdir(out):
+    if not os.path.isdir(out) or not _entries(out):
         return "new", None
     if os.path.exists(os.path.join(out, fmt.MANIFEST)):
         return "complete", fmt.read_manifest(out).options.get("fingerprint")
@@ -54,7 +60,7 @@ def previous_fingerprint(out: str) -> tuple[str, str | None]:
     if os.path.exists(plan):
         with open(plan, encoding="utf-8") as f:
             return "unfinished", json.load(f)["fingerprint"]
-    if all(_ours(n) for n in os.listdir(out)) and os.path.isdir(os.path.join(out, WORK)):
+    if all(_ours(n) for n in _entries(out)) and os.path.isdir(os.path.join(out, WORK)):
         return "unplanned", None  # killed while scanning: nothing decoded yet
     return "foreign", None
 

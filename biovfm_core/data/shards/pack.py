@@ -17,10 +17,17 @@ list and the manifest last.
 This module runs those steps and reports; ``plan`` scans, ``folder_state`` judges
 what the output folder already holds, ``part_writer`` is the worker side and
 ``finish`` merges the parts.
+
+One pack at a time writes a folder: the first takes its lock (``.lock``, the lock a
+run folder has), and a second is refused before it reads or writes anything there;
+two at once lost one set, mixed rows of both, or crashed on each other's parts.
+A folder that cannot be written (read-only, disk full) stops the pack with one line
+naming it; what was finished stays, and the same command resumes after the fix.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -28,12 +35,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from biovfm_core.durations import format_duration
 from biovfm_core.errors import BiovfmError, ConfigError
+from biovfm_core.locks import RunLock
 
 from . import format as fmt
 from .finish import finish
@@ -114,6 +123,46 @@ class _Progress:
             self.say(self.line())
 
 
+class PackLock(RunLock):
+    """One ``biovfm data pack`` per output folder: the run folder's lock, its own words."""
+
+    what = "shard folder"
+
+    def _busy_message(self, holder: dict) -> str:
+        return (
+            f"shard folder {self.run_dir} is being packed by {self.holder_text(holder)} (lock "
+            f"file {self.path}); this pack stops without reading or writing there, since two "
+            "packs in one folder would lose or mix images. Wait for that pack to end and run "
+            "this command again (it finds the set complete or resumes it), or pack into "
+            "another -o. If that process is gone (another host cannot be checked from here), "
+            "delete the lock file."
+        )
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _raise_write_error(out: str, exc: OSError) -> None:
+    """The one-line error for a folder that cannot take the pack's files; returns for
+    an ``OSError`` that is not about writing ``out`` (the caller re-raises it)."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else None
+    where = os.path.abspath(name) if name else out
+    inside = where == out or where.startswith(out + os.sep)
+    what = f"{exc.strerror or exc}" + (f": {name}" if name else "")
+    if exc.errno in _FULL:
+        raise BiovfmError(
+            f"-o {out}: the disk is full ({what}). The parts finished so far are kept and "
+            "the unfinished one is redone: free space there (or choose another -o) and run "
+            "the same command again; it resumes after the last finished part"
+        ) from exc
+    if exc.errno in _READ_ONLY and inside:
+        raise ConfigError(
+            f"-o {out}: cannot write there ({what}); the folder or its file system is "
+            "read-only or not yours. Choose a writable folder for -o"
+        ) from exc
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -160,6 +209,56 @@ def pack(
     out = os.path.abspath(os.path.expanduser(out))
 
     sources, _ = resolve_data(data, root=root, options=dataset_options)
+    try:
+        os.makedirs(out, exist_ok=True)  # the lock lives in it
+        lock = PackLock(Path(out)).acquire(say or (lambda _: None))
+    except OSError as exc:
+        _raise_write_error(out, exc)
+        raise
+    try:
+        return _pack_locked(
+            data,
+            out,
+            sources,
+            workers=workers,
+            encoding=encoding,
+            max_side=max_side,
+            planes=planes,
+            chunk_bytes=chunk_bytes,
+            part_size=part_size,
+            overwrite=overwrite,
+            allow_failed_sources=allow_failed_sources,
+            say=say,
+            progress_every=progress_every,
+            clock=clock,
+            t0=t0,
+        )
+    except OSError as exc:
+        _raise_write_error(out, exc)
+        raise
+    finally:
+        lock.release()
+
+
+def _pack_locked(
+    data: Sequence[str],
+    out: str,
+    sources: Sequence[Any],
+    *,
+    workers: int,
+    encoding: str,
+    max_side: int | None,
+    planes: tuple[str, ...],
+    chunk_bytes: int,
+    part_size: int,
+    overwrite: bool,
+    allow_failed_sources: bool,
+    say: Callable[[str], None] | None,
+    progress_every: float,
+    clock: Callable[[], float],
+    t0: float,
+) -> PackReport:
+    """The pack itself, run while this process holds ``out``'s lock."""
     units = plan_units(sources, planes)
     settings = {
         "data": list(data),
@@ -177,7 +276,6 @@ def pack(
         return _already_complete(out, clock, t0)
     refuse_conflicts(out, state, previous, fingerprint, settings, overwrite)
     prepare(out, state, overwrite)
-    os.makedirs(out, exist_ok=True)
 
     plan_index, plan = _plan_or_resume(
         out, sources, units, settings, fingerprint, not allow_failed_sources, say
@@ -192,7 +290,7 @@ def pack(
     job = _part_jobs(plan, plan_index, parts_dir, part_size, encoding, max_side, chunk_bytes)
 
     t_parts = clock()
-    _run_parts(todo, job, workers, bar, done_rows, len(finished))
+    _run_parts(todo, job, workers, bar, done_rows, len(finished), part_size)
     decode_seconds = clock() - t_parts
     totals = finish(out, plan_index, plan, n_parts)
     return PackReport(
@@ -319,12 +417,21 @@ def _run_parts(
     bar: _Progress,
     done_rows: int,
     n_finished: int,
+    part_size: int,
 ) -> None:
     """Write the ``todo`` parts, in this process when one worker would do."""
+    used = min(workers, len(todo))
     if bar.say and todo:
+        # A part is written by one worker, so fewer parts than workers leave some idle.
+        fewer = (
+            f" (of {workers} asked: only {len(todo)} part(s) of up to {part_size} images "
+            "to write, one worker each; a smaller --part-size spreads the work)"
+            if used < workers
+            else ""
+        )
         bar.say(
-            f"packing {bar.total - done_rows} images in {len(todo)} part(s) with "
-            f"{min(workers, len(todo))} worker(s)"
+            f"packing {bar.total - done_rows} images in {len(todo)} part(s) with {used} "
+            f"worker{'s' if used != 1 else ''}{fewer}"
             + (f" ({n_finished} parts already done)" if n_finished else "")
         )
     if workers == 1 or len(todo) <= 1:
@@ -338,7 +445,7 @@ def _run_parts(
         for part in todo:
             pack_part(job(part), tick)
     else:
-        _run_pool(todo, job, min(workers, len(todo)), bar, done_rows)
+        _run_pool(todo, job, used, bar, done_rows)
     if todo:
         bar.update(bar.total, force=True)
 

@@ -60,10 +60,16 @@ def pack_part(job: dict[str, Any], tick: Callable[[int], None] | None = None) ->
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    n, failed, problems = _write_rows(job, tmp, tick)
-    info = {"part": part, "images": n, "failed": failed, "problems": problems}
-    info.update(_written_chunks(tmp))
-    write_atomic(Path(tmp) / PART_META, json.dumps(info).encode("utf-8"))
+    try:
+        n, failed, problems = _write_rows(job, tmp, tick)
+        info = {"part": part, "images": n, "failed": failed, "problems": problems}
+        info.update(_written_chunks(tmp))
+        write_atomic(Path(tmp) / PART_META, json.dumps(info).encode("utf-8"))
+    except BaseException:
+        # A disk that filled up (or a stop) leaves no half-written chunk behind; a
+        # killed worker's leftovers are removed by the next run instead.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.rename(tmp, final)
     except OSError:

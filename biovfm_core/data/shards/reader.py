@@ -9,12 +9,17 @@ the original reader, path and options stay under ``packed_from``.
 ``ShardReader`` is the ``shards`` dataset reader. Training reads by row
 (``load_row``: row ``i`` of the index is litdata item ``i``); ``scan`` lists the
 packed images from the index, so ``biovfm data scan --data shards:X`` reports them.
+
+Every item carries its original uri, and a read by row checks it against the uri
+its index row names (one string comparison): an item that is not its row's image
+(a set whose chunks and index came from two packs) is refused, never trained on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,28 @@ from .format import INDEX, LITDATA_INDEX, MANIFEST, Manifest, decode, from_store
 ROWS_KEY = "shard_rows"
 # ... and the row of the run's index where that folder's item 0 sits (several sets).
 OFFSET_KEY = "shard_row_offset"
+
+# Folders whose items carry no uri, already reported by this process.
+_UNCHECKED: set[str] = set()
+
+
+def load_index(folder: str, local: str) -> Any:
+    """The set's ``biovfm-index.npz``, or a ``ConfigError`` saying how to get it back."""
+    from biovfm_core.data.index import SampleIndex
+
+    try:
+        return SampleIndex.load(os.path.join(local, INDEX))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"shards:{folder}: {exc}; the index is truncated or damaged, so its rows cannot "
+            "be matched to the chunks: restore the folder from a copy, or repack it (the "
+            "same `biovfm data pack` command with --overwrite)"
+        ) from exc
+
+
+def stored_uri(uri: str) -> str:
+    """``uri`` as an item stores it (a name that is not UTF-8 with backslash escapes)."""
+    return uri.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -111,12 +138,10 @@ def chunk_sizes(folder: str) -> np.ndarray:
 
 def open_shards(folder: str) -> ShardSet:
     """The shard set at ``folder``, or a ``ConfigError`` naming what is wrong with it."""
-    from biovfm_core.data.index import SampleIndex
-
     folder = folder if is_url(folder) else os.path.abspath(os.path.expanduser(folder))
     local = metadata_folder(folder, refresh=True)
     manifest = read_manifest(local)
-    index = SampleIndex.load(os.path.join(local, INDEX))
+    index = load_index(folder, local)
     sizes = chunk_sizes(local)
     if not len(index) == manifest.images == int(sizes.sum()):
         raise ConfigError(
@@ -211,8 +236,9 @@ class ShardReader:
             self._pid = os.getpid()
         return self._dataset
 
-    def load_row(self, row: int) -> np.ndarray:
-        """Litdata item ``row`` as the original reader gave it (values, not stored codes)."""
+    def load_row(self, row: int, uri: str | None = None) -> np.ndarray:
+        """Litdata item ``row`` as the original reader gave it (values, not stored codes);
+        with ``uri`` (what the index row names), an item holding another image is refused."""
         where = f"{self.folder} item {row}"
         try:
             item = self._items()[int(row)]
@@ -223,6 +249,8 @@ class ShardReader:
             raise BadImageError(where, reason) from exc
         if not isinstance(item, dict) or "image" not in item:
             raise BadImageError(where, "shard item has no image")
+        if uri is not None:
+            self._check_uri(item.get("uri"), uri, row)
         where = str(item.get("uri") or where)
         try:
             stored = decode(item["image"], self.manifest.encoding, where)
@@ -234,10 +262,30 @@ class ShardReader:
         except (TypeError, ValueError) as exc:
             raise BadImageError(where, f"shard item does not decode: {exc}") from exc
 
-    def _index(self) -> Any:
-        from biovfm_core.data.index import SampleIndex
+    def _check_uri(self, held: Any, uri: str, row: int) -> None:
+        # The plain comparison decides for every UTF-8 name; only a mismatch pays for
+        # the escaped form a non-UTF-8 name is stored in.
+        if held == uri or (isinstance(held, str) and held == stored_uri(uri)):
+            return
+        if held is None:
+            if self.folder not in _UNCHECKED:
+                _UNCHECKED.add(self.folder)
+                print(
+                    f"warning: shards:{self.folder}: its items carry no uri, so they are read "
+                    "without checking each is the image its index row names; repack the set "
+                    "with `biovfm data pack` to have them checked",
+                    file=sys.stderr,
+                )
+            return
+        raise BadImageError(
+            uri,
+            f"shards:{self.folder} row {row} holds {held}, not this image: the set's chunks "
+            "and biovfm-index.npz disagree (written by two packs at once, or files replaced); "
+            "not trained on. Repack the set (`biovfm data pack` with --overwrite)",
+        )
 
-        return SampleIndex.load(os.path.join(metadata_folder(self.folder), INDEX))
+    def _index(self) -> Any:
+        return load_index(self.folder, metadata_folder(self.folder))
 
     def scan(self) -> Iterator[SampleRecord]:
         """The packed images, with their original uris, sources, modalities and labels."""
@@ -260,4 +308,4 @@ class ShardReader:
         row = self._rows_by_uri.get(record.uri)
         if row is None:
             raise BadImageError(record.uri, f"not among the images packed in {self.folder}")
-        return self.load_row(row)
+        return self.load_row(row, record.uri)
