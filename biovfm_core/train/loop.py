@@ -6,6 +6,9 @@ step under autocast and backpropagate (gradient all-reduce only on the last
 micro-batch); average the logged losses over ranks — a non-finite value on any rank
 stops every rank before the optimizer step, leaving the last checkpoint as it was;
 clip, call the objective's hooks around ``optimizer.step`` (last-layer freeze, EMA).
+
+The run folder, checkpoints, the batch stream, progress output and skipped images
+each have a module of their own; this one sets a run up, steps it and finishes it.
 """
 
 from __future__ import annotations
@@ -87,17 +90,16 @@ class _Parts:
     scaler: Any
     plan: Any
     identity: ckpt.Identity
-    micro: int
     steps_per_epoch: int
     total_steps: int
     step: int
-    epoch: int
-    batch_in_epoch: int
     metrics: MetricsLog | None = None
     stream: BatchStream | None = None
 
 
 class _Trainer:
+    """One run as this process takes part in it (every rank has one)."""
+
     def __init__(self, config: RunConfig, registry, runtime: D.Runtime, progress: bool) -> None:
         self.config = config
         self.registry = registry
@@ -208,16 +210,14 @@ class _Trainer:
             identity=ckpt.Identity(
                 cfg.objective, cfg.backbone, cfg.options["objective"], cfg.options["backbone"]
             ),
-            micro=micro,
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
             step=0,
-            epoch=0,
-            batch_in_epoch=0,
         )
+        epoch, batch_in_epoch = 0, 0
         if resumed is not None:
-            parts.step, parts.epoch, parts.batch_in_epoch, self.bad.count = (
-                self.checkpoints.restore(resumed, parts, self.data_order)
+            parts.step, epoch, batch_in_epoch, self.bad.count = self.checkpoints.restore(
+                resumed, parts, self.data_order
             )
             if rt.is_main:
                 self.checkpoints.set_aside_newer(resumed)
@@ -226,13 +226,7 @@ class _Trainer:
 
         parts.metrics = MetricsLog(self.run_dir, resume_step=parts.step, enabled=rt.is_main)
         parts.stream = BatchStream(
-            data,
-            cfg,
-            rt,
-            micro=micro,
-            epoch=parts.epoch,
-            batch_in_epoch=parts.batch_in_epoch,
-            bad=self.bad,
+            data, cfg, rt, micro=micro, epoch=epoch, batch_in_epoch=batch_in_epoch, bad=self.bad
         )
         if rt.is_main:
             summary = {

@@ -37,6 +37,7 @@ def resolve_auto_resume(config: RunConfig) -> None:
 
 
 def run_folder(config: RunConfig) -> Path:
+    """A resumed run continues in its own folder; a new one gets ``output/name``."""
     if config.resume:
         path = Path(config.resume)
         # A checkpoint folder's run is two levels up: RUN/checkpoints/step_N.
