@@ -22,7 +22,8 @@ from biovfm_core.errors import ConfigError
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.protocols import ObjectiveBase, ViewSpec
 from biovfm_core.registry import get_registry
-from biovfm_core.train.loop import TrainingDiverged, train
+from biovfm_core.train.checkpoints import TrainingDiverged
+from biovfm_core.train.loop import train
 
 # Small enough for seconds per run on 2 cores, big enough to exercise every part
 # of DINOv2 (teacher, Sinkhorn, iBOT masks, KoLeo, multi-crop, last-layer freeze).
@@ -410,13 +411,13 @@ def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
 
 
 def test_a_slow_loader_is_measured_and_named(tmp_path, monkeypatch, capsys):
-    from biovfm_core.train import loop
+    from biovfm_core.train import batching, loop
 
     # A fake clock, so the measured shares do not depend on how busy the machine is:
     # each batch costs 0.4 s of waiting, the rest of each step 0.1 s.
     now = [0.0]
     monkeypatch.setattr(loop, "_clock", lambda: now[0])
-    real_make_loader, real_schedule = loop.make_loader, loop.apply_schedule
+    real_make_loader, real_schedule = batching.make_loader, loop.apply_schedule
 
     def slow_loader(*args, **kwargs):
         for batch in real_make_loader(*args, **kwargs):
@@ -427,7 +428,7 @@ def test_a_slow_loader_is_measured_and_named(tmp_path, monkeypatch, capsys):
         now[0] += 0.1
         return real_schedule(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "make_loader", slow_loader)
+    monkeypatch.setattr(batching, "make_loader", slow_loader)
     monkeypatch.setattr(loop, "apply_schedule", timed_schedule)
     registry = get_registry()
     registry.add_plugin(_NaNPlugin(), name="nan_plugin")
@@ -449,7 +450,7 @@ def test_a_slow_loader_is_measured_and_named(tmp_path, monkeypatch, capsys):
 
 
 def test_loader_wait_leaves_out_the_first_step():
-    from biovfm_core.train.loop import LoaderWait
+    from biovfm_core.train.progress import LoaderWait
 
     feed = LoaderWait()
     assert feed.fraction is None

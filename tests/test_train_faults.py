@@ -23,12 +23,15 @@ from test_train_engine import _NaNAfter, _NaNPlugin, _tiny_config, read_metrics
 
 from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
+from biovfm_core.durations import format_duration
 from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.locks import LOCK_NAME, RunFolderBusy, RunLock
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.registry import get_registry
-from biovfm_core.train import loop, run_state
-from biovfm_core.train.loop import BadDataError, train
+from biovfm_core.train import checkpoints, run_folder, run_state
+from biovfm_core.train.bad_images import BadDataError
+from biovfm_core.train.loop import train
+from biovfm_core.train.progress import progress_line, wants_progress_bar
 
 
 def _micro_vit():
@@ -142,9 +145,9 @@ def test_a_killed_but_unreaped_holder_counts_as_dead():
 
 
 def test_default_run_names_differ_within_one_second(monkeypatch):
-    monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20260101-120000")
+    monkeypatch.setattr(run_folder.time, "strftime", lambda fmt: "20260101-120000")
     config = RunConfig(objective="dinov2", backbone="vit_tiny")
-    names = {loop.run_folder(config).name for _ in range(20)}
+    names = {run_folder.run_folder(config).name for _ in range(20)}
     assert len(names) == 20
     assert all(n.startswith("dinov2-vit_tiny-20260101-120000-") for n in names)
 
@@ -180,7 +183,7 @@ def test_non_finite_weights_are_never_written(tmp_path):
 def test_a_run_whose_weights_turn_non_finite_writes_no_checkpoint_of_them(tmp_path):
     config = _micro_config(tmp_path, **{"train.max_steps": 4})
     config.objective = "poisoned"
-    with pytest.raises(loop.TrainingDiverged, match="weights are not finite after step 2"):
+    with pytest.raises(checkpoints.TrainingDiverged, match="weights are not finite after step 2"):
         train(config, _registry(), progress=False)
     assert ckpt.list_checkpoints(tmp_path / "run") == []
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*"))
@@ -217,14 +220,14 @@ def test_wrong_shapes_name_the_keys_and_the_stored_config(tmp_path):
         return state
 
     with pytest.raises(ckpt.CheckpointError) as excinfo:
-        loop.check_fits(tmp_path, vit(192, 2), vit(384, 2))
+        checkpoints.check_fits(tmp_path, vit(192, 2), vit(384, 2))
     message = str(excinfo.value)
     assert str(tmp_path / "model.safetensors") in message
     assert "student.backbone.patch_embed.proj.weight [384, 3, 16, 16] (model [192, 3, 16, 16])" in (
         message
     )
     assert "embed dim 384, depth 2, patch size 16" in message and "vit_small" in message
-    loop.check_fits(tmp_path, vit(192, 2), vit(192, 2))  # a fit passes
+    checkpoints.check_fits(tmp_path, vit(192, 2), vit(192, 2))  # a fit passes
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(tmp_path, monkeypatch):
@@ -394,13 +397,13 @@ def test_a_source_whose_every_image_fails_stops_instead_of_hanging(tmp_path):
 
 def test_progress_line_shows_the_loss_parts_and_an_eta():
     values = {"loss": 10.3, "dino_loss": 6.93, "koleo_loss": -0.25, "ibot_loss": 3.62}
-    line = loop.progress_line(20, 60, values, 1e-4, 12.34, 0.05, 125.0)
+    line = progress_line(20, 60, values, 1e-4, 12.34, 0.05, 125.0)
     assert line == (
         "step 20/60 (33%) loss 10.3000 (dino 6.9300, koleo -0.2500, ibot 3.6200) lr 0.0001 "
         "12.3 img/s, 5% waiting for data, ETA 2m05s"
     )
-    assert "loss 1.0000 lr 0.001" in loop.progress_line(1, 2, {"loss": 1.0}, 1e-3, 1.0, 0.0, 0.4)
-    assert [loop.format_duration(s) for s in (0.4, 59, 3600 * 2 + 61)] == ["0s", "59s", "2h01m"]
+    assert "loss 1.0000 lr 0.001" in progress_line(1, 2, {"loss": 1.0}, 1e-3, 1.0, 0.0, 0.4)
+    assert [format_duration(s) for s in (0.4, 59, 3600 * 2 + 61)] == ["0s", "59s", "2h01m"]
 
 
 def test_a_terminal_with_zero_columns_gets_plain_lines(monkeypatch):
@@ -413,9 +416,9 @@ def test_a_terminal_with_zero_columns_gets_plain_lines(monkeypatch):
 
     monkeypatch.setattr(sys, "stderr", Tty())
     monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
-    assert loop.wants_progress_bar() is False
+    assert wants_progress_bar() is False
     monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((80, 24)))
-    assert loop.wants_progress_bar() is True
+    assert wants_progress_bar() is True
 
 
 def test_cpu_profiling_prints_no_cuda_probe_and_keeps_other_output(tmp_path, capfd):

@@ -68,7 +68,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         "train.compile": compile_,
     }
     config = resolve_config(config_path, sets, opts, named, resume_from_run=True)
-    from biovfm_core.train.loop import check_resume_names, resolve_auto_resume
+    from biovfm_core.train.run_folder import check_resume_names, resolve_auto_resume
 
     resolve_auto_resume(config)
     if config.resume:

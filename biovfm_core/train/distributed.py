@@ -162,6 +162,24 @@ def for_each_block(model: nn.Module, fn: Callable[[nn.Module], None]) -> int:
     return count
 
 
+def accelerate(
+    objective: nn.Module, *, activation_checkpointing: bool, compile_blocks: bool
+) -> None:
+    """Trade compute for memory (recomputed activations) or start-up for speed (compiled
+    blocks), one transformer block at a time: the blocks hold the activations and FLOPs."""
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            apply_activation_checkpointing,
+        )
+
+        blocks = {id(b) for b in _repeated_blocks(objective)}
+        apply_activation_checkpointing(objective, check_fn=lambda m: id(m) in blocks)
+    if compile_blocks:
+        # Whole-step compilation would break on data-dependent masking; the
+        # transformer blocks carry the FLOPs and compile cleanly one by one.
+        for_each_block(objective, lambda block: block.compile())
+
+
 def all_equal_across_ranks(value: float, runtime: Runtime) -> list[float]:
     """Every rank's ``value`` (e.g. a weight checksum), gathered on all ranks."""
     if not runtime.distributed:
