@@ -376,7 +376,7 @@ def test_compiled_blocks_train_like_eager(tmp_path):
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
 
 
-def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
+def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path, capsys):
     from PIL import Image
     from skimage import data as skdata
 
@@ -399,8 +399,14 @@ def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
             "data.sources": [f"folder:{folder}?modality=fundus&anatomy=eye"],
         },
     )
-    result = train(config, registry, progress=False)
+    result = train(config, registry, progress=True)
     assert result.steps == 8
+    # The console says so twice: once when it happens, once at the end with the list.
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped an image") == 1
+    assert "truncated.png" in err.split("warning: skipped an image")[1].splitlines()[0]
+    summary = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(summary) == 1 and str(tmp_path / "run" / "bad_images.csv") in summary[0]
     with open(tmp_path / "run" / "bad_images.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and rows[0]["uri"].endswith("truncated.png")
@@ -408,6 +414,9 @@ def test_a_truncated_image_is_skipped_and_reported_not_fatal(tmp_path):
     # Met once per epoch; the metrics column counts every skip.
     assert int(read_metrics(tmp_path / "run")[-1]["bad_images"]) == int(rows[0]["times_skipped"])
     assert int(rows[0]["times_skipped"]) >= 2
+    assert f"skipped {rows[0]['times_skipped']} unusable image reads (1 distinct" in summary[0]
+    summary_json = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary_json["bad_images"] == int(rows[0]["times_skipped"])
 
 
 def test_a_slow_loader_is_measured_and_named(tmp_path, monkeypatch, capsys):

@@ -9,11 +9,14 @@ different matter: the run would wait forever for a usable batch, so it stops.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from biovfm_core.errors import BiovfmError
+from biovfm_core.files import write_atomic
 
 if TYPE_CHECKING:
     from biovfm_core.train.data import TrainData
@@ -31,14 +34,33 @@ class BadDataError(BiovfmError):
 class BadImages:
     """The skipped images of a run: how many, which, and how many since a usable one."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] = lambda _: None) -> None:
         self.count = 0  # every skip, across resumes: a checkpoint carries it on
         self.entries: list[tuple[str, str]] = []  # (uri, reason), by this process
         self.failed_in_a_row: list[tuple[str, str]] = []
+        self.say = say
 
     def add(self, skipped: list[tuple[str, str]]) -> None:
+        if skipped and not self.entries:
+            # Said once, as it happens: a skipped image is easy to miss in a long run,
+            # and a reader that rejects every image of one kind looks just like it.
+            uri, reason = skipped[0]
+            self.say(
+                f"warning: skipped an image that could not be used: {uri}: {reason} "
+                "(further skips are counted in metrics.csv and listed in bad_images.csv)"
+            )
         self.count += len(skipped)
         self.entries.extend(skipped)
+
+    def summary(self, run_dir: Path) -> str | None:
+        """The end-of-run line about skipped images, or None when there were none."""
+        if not self.count:
+            return None
+        distinct = len(set(self.entries))
+        return (
+            f"skipped {self.count} unusable image reads ({distinct} distinct images in this "
+            f"process; each is met once per epoch): see {run_dir / 'bad_images.csv'}"
+        )
 
     def usable(self) -> None:
         """A usable batch arrived: the images that failed before it were not in a row."""
@@ -61,7 +83,8 @@ class BadImages:
     def write(self, run_dir: Path) -> None:
         """One row per unusable image, with how often the run met it (once per epoch)."""
         counts = Counter(self.entries)
-        with open(run_dir / "bad_images.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["uri", "reason", "times_skipped"])
-            writer.writerows((uri, reason, n) for (uri, reason), n in sorted(counts.items()))
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["uri", "reason", "times_skipped"])
+        writer.writerows((uri, reason, n) for (uri, reason), n in sorted(counts.items()))
+        write_atomic(run_dir / "bad_images.csv", text.getvalue().encode("utf-8"))

@@ -111,7 +111,7 @@ class _Trainer:
         self.run_dir = agree(run_folder(config), runtime)
         self.folder = RunFolder(self.run_dir, self._say)
         self.checkpoints: RunCheckpoints | None = None  # once set-up knows the sharding
-        self.bad = BadImages()
+        self.bad = BadImages(self._say)
         self.steps_done = 0  # by this process
         self.feed = LoaderWait()
         self.last: dict[str, float] = {}
@@ -350,6 +350,7 @@ class _Trainer:
                         "steps": p.step,
                         "last": self.last,
                         "data_wait_fraction": self.feed.fraction,
+                        "bad_images": self.bad.count,
                         "rank_weight_checksums": checksums,
                     },
                     indent=2,
@@ -357,6 +358,9 @@ class _Trainer:
             )
             if len(set(checksums)) > 1:
                 raise BiovfmError(f"ranks ended with different weights: checksums {checksums}")
+            skipped = self.bad.summary(self.run_dir)
+            if skipped:
+                self._say(skipped)
             self._say(f"done: {p.step} steps; backbone exported to {result.export}")
         rt.barrier()
         return result
