@@ -124,17 +124,21 @@ def run_inspect(
 ) -> list[ModelPictures]:
     """Draw every model's pictures on the same images into ``out_dir`` with index.html."""
     from biovfm_core.inspect.page import write_page
-    from biovfm_core.models.specs import load_model
+    from biovfm_core.models.specs import check_image_size, load_model
     from biovfm_core.registry import get_registry
 
     registry = registry or get_registry()
     out = Path(out_dir)
     device = _device(settings.device)
     models = []
+    # Every model is loaded, and fits the image size, before anything is drawn or the
+    # output folder is made: a typo in the second spec leaves nothing behind.
     for spec in specs:
         opts = settings.backbone_options if spec.startswith(("random:", "timm:")) else None
         models.append(load_model(spec, registry, options=opts, seed=settings.seed))
     size = settings.image_size or int(models[0].backbone.image_size)
+    for spec, model in zip(specs, models, strict=True):
+        check_image_size(model, spec, size, "model")
     shown = load_images(
         data, count=settings.count, seed=settings.seed, size=max(size, settings.tile)
     )
