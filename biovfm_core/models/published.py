@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from biovfm_core.errors import ConfigError
+from biovfm_core.models.export import export_weights
 from biovfm_core.models.normalisation import IMAGENET_NORM, unwrapped
 from biovfm_core.models.runs import load_biovfm
 from biovfm_core.models.weights import load_checked, read_safetensors
@@ -252,8 +253,9 @@ def _read_biovfm(spec: str, registry, what: str = "--init") -> InitSource:
     state = {k: v.detach().clone() for k, v in state.items()}
     sha = None
     for candidate in (Path(spec), Path(spec) / "export"):
-        if (candidate / "backbone.safetensors").is_file():
-            sha = file_sha256(candidate / "backbone.safetensors")
+        if (candidate / "backbone.json").is_file() and export_weights(candidate).is_file():
+            info = json.loads((candidate / "backbone.json").read_text()).get("biovfm", {})
+            sha = file_sha256(export_weights(candidate, info))
             break
     vit = getattr(backbone, "vit", None)
     return InitSource(
