@@ -296,6 +296,10 @@ class Objective(Protocol):
     checkpoints save and restore, so a resumed run repeats the uninterrupted one.
 
     ``optim_recipe`` is optional: without it the engine uses ``OptimRecipe()``.
+    ``uses_every_parameter`` is optional: ``True`` tells distributed training (DDP)
+    that every step gives every trainable parameter a gradient, so it skips its
+    per-step search for unused ones; leave it out when in doubt (a wrong ``True``
+    makes DDP fail).
     """
 
     views: ViewSpec

@@ -289,6 +289,32 @@ def cell_state(sweep: Sweep, cell: Cell) -> str:
     return "done"
 
 
+def resumable_step(sweep: Sweep, cell: Cell) -> int | None:
+    """The step of the newest checkpoint of a cell that is not done (one killed or
+    failed mid-run), which its next run resumes from; None when it has none."""
+    if (cell.folder(sweep) / "DONE.json").is_file():
+        return None
+    # Imported here: checkpoint reading needs torch, which a dry run does not otherwise.
+    from biovfm_core.models import checkpoint as ckpt
+
+    latest = ckpt.latest_checkpoint(cell.folder(sweep))
+    if latest is None:
+        return None
+    try:
+        return int(ckpt.read_meta(latest)["step"])
+    except (ConfigError, KeyError, TypeError, ValueError):
+        found = re.search(r"(\d+)$", latest.name)
+        return int(found.group(1)) if found else None
+
+
+def describe_state(sweep: Sweep, cell: Cell) -> str:
+    """``cell_state`` as a dry run shows it: a cell with a checkpoint is not "to run"
+    from the start but "resumable from step N"."""
+    state = cell_state(sweep, cell)
+    step = resumable_step(sweep, cell) if state == "to run" else None
+    return f"resumable from step {step}" if step is not None else state
+
+
 def is_done(sweep: Sweep, cell: Cell) -> bool:
     return cell_state(sweep, cell) == "done"
 
@@ -342,10 +368,39 @@ def _python_biovfm() -> list[str]:
     return [sys.executable, "-m", "biovfm_core.cli.main"]
 
 
-def run_local(sweep: Sweep, *, echo=print) -> list[str]:
-    """Run the cells that are not done, one after another; return the ids that ran."""
+@dataclass
+class CellFailure:
+    """A cell whose train or eval command exited non-zero, and where its output is."""
+
+    id: str
+    returncode: int
+    command: list[str]
+    log: Path
+
+    def describe(self) -> str:
+        return (
+            f"cell {self.id} failed (exit {self.returncode}) running: "
+            f"{shlex.join(self.command)}; its output: {self.log}"
+        )
+
+
+@dataclass
+class SweepRun:
+    ran: list[str] = field(default_factory=list)
+    failed: list[CellFailure] = field(default_factory=list)
+
+
+def log_path(sweep: Sweep, cell: Cell) -> Path:
+    """Where a cell's train and eval output goes (beside, not in, its run folder,
+    which the run owns), appended on every attempt."""
+    return sweep.output / "logs" / f"{cell.id}.log"
+
+
+def run_local(sweep: Sweep, *, echo=print, keep_going: bool = False) -> SweepRun:
+    """Run the cells that are not done, one after another. A failed cell stops the
+    sweep, or with ``keep_going`` (make -k) is recorded and the others go on."""
     prepare(sweep, echo=echo)
-    ran = []
+    outcome = SweepRun()
     cells = sweep.cells()
     for number, cell in enumerate(cells, start=1):
         state = cell_state(sweep, cell)
@@ -362,25 +417,64 @@ def run_local(sweep: Sweep, *, echo=print) -> list[str]:
         elif state == "needs eval":
             echo(f"[{number}/{len(cells)}] {cell.id}: trained; running its new eval block only")
         else:
-            echo(f"[{number}/{len(cells)}] {cell.id}")
+            step = resumable_step(sweep, cell)
+            echo(
+                f"[{number}/{len(cells)}] {cell.id}"
+                + (f": resuming from step {step}" if step is not None else "")
+            )
         if state in ("stale", "needs eval"):
             # Results of the old config or old eval arguments must not mix with new ones.
             shutil.rmtree(run_dir / "eval", ignore_errors=True)
         commands = cell_commands(
             sweep, cell, launcher=_python_biovfm(), train=state != "needs eval"
         )
+        log = log_path(sweep, cell)
+        failure = None
         for command in commands:
-            completed = subprocess.run(
-                command, check=False, cwd=sweep.root, preexec_fn=_die_with_parent
-            )
-            if completed.returncode != 0:
-                raise ConfigError(
-                    f"cell {cell.id} failed (exit {completed.returncode}) running: "
-                    f"{shlex.join(command)}; fix and re-run the sweep to continue it"
-                )
+            code = run_logged(command, cwd=sweep.root, log=log)
+            if code != 0:
+                failure = CellFailure(cell.id, code, command, log)
+                break
+        if failure is not None:
+            outcome.failed.append(failure)
+            echo(f"[{number}/{len(cells)}] {failure.describe()}")
+            if not keep_going:
+                break
+            continue
         finish_cell(run_dir, fingerprints(sweep, cell))
-        ran.append(cell.id)
-    return ran
+        outcome.ran.append(cell.id)
+    return outcome
+
+
+def run_logged(command: list[str], *, cwd: Path, log: Path) -> int:
+    """Run ``command``, its output shown here (on stderr, as the sweep's progress) and
+    appended to ``log``; returns its exit status."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"$ {shlex.join(command)}\n".encode())
+        out.flush()
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        assert process.stdout is not None
+        # Chunks, not lines: progress lines ending in \r show as they come.
+        while chunk := process.stdout.read1(1 << 16):
+            out.write(chunk)
+            _show(chunk)
+        return process.wait()
+
+
+def _show(chunk: bytes) -> None:
+    binary = getattr(sys.stderr, "buffer", None)
+    if binary is not None:
+        binary.write(chunk)
+    else:  # a text-only stream (a test harness's)
+        sys.stderr.write(chunk.decode(errors="replace"))
+    sys.stderr.flush()
 
 
 def _die_with_parent() -> None:

@@ -259,3 +259,52 @@ def test_analyze_help_stays_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_demo_benchmark_report_has_intervals_a_caveat_and_no_numpy_warnings(tmp_path):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from biovfm_core.analysis.plots import MIN_Y_SPAN, _draw_points, _x_label, _y_range
+    from biovfm_core.analysis.report import run_report
+
+    # What `biovfm sweep examples/sweeps/demo.yaml` collects: the three demo tasks,
+    # two sizes, AUCs 0.002 apart with bootstrap intervals.
+    rows = []
+    for params, bump in ((5.52902, 0.0), (21.6654, 0.002)):
+        for task, base in (("demo:modality", 0.9), ("demo:texture", 0.8), ("demo:plane", 0.85)):
+            value = base + bump
+            rows.append(
+                ResultRow(
+                    f"cell{params}", task, "linear", "auc", value, value - 0.03, value + 0.03,
+                    objective="dinov2", backbone="vit_tiny", params_m=params, seed=0,
+                    images=120, data_fraction=1.0, modalities="all", convention="study",
+                )
+            )  # fmt: skip
+    write_results(tmp_path / "results.csv", rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "Mean of empty slice"
+        report = run_report([tmp_path / "results.csv"], tmp_path / "out", permutations=10)
+    text = report.read_text()
+    assert "**Caveat:** these slopes are over modality, plane, texture, not the study's 12" in text
+    figures = sorted((tmp_path / "out" / "figures").glob("scaling_model_*.png"))
+    assert figures and all(p.read_bytes()[:8] == PNG_MAGIC for p in figures)
+
+    # The pieces the figures are drawn with: readable ticks, a y-axis of at least 10
+    # points around 0.2 points of difference, intervals drawn as error bars.
+    assert [_x_label(v) for v in (5.52902, 21.6654, 86.5, 12000)] == [
+        "5.53", "21.7", "86.5", "1.2e+04"
+    ]  # fmt: skip
+    fig, ax = plt.subplots()
+    _draw_points(ax, [5.5, 21.7], [80.0, 80.2], [(77.0, 83.0), None])
+    _y_range(ax, [80.0, 80.2, 77.0, 83.0])
+    low, high = ax.get_ylim()
+    assert high - low >= MIN_Y_SPAN and low < 77.0 and high > 83.0
+    assert len(ax.collections) == 2  # the markers and one error bar
+    _y_range(ax, [99.9, 100.0])
+    assert ax.get_ylim()[1] == 100.0 and ax.get_ylim()[0] <= 90.0  # inside the range
+    plt.close(fig)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -253,14 +254,41 @@ def test_a_reader_raising_other_errors_on_a_broken_file_is_named(tmp_path):
         check_reader(NpyReader, folder, modality="ct", options={"strict_errors": False})
 
 
+class OnlyKnowsBadNpy(NpyReader):
+    """Refuses a broken file by its name only: a truncated copy of a good file (the
+    kit's default broken file) passes as an image. Records what it loaded."""
+
+    loaded: ClassVar[list[str]] = []
+
+    def load(self, record):
+        OnlyKnowsBadNpy.loaded.append(record.uri)
+        if Path(record.uri).name == "bad.npy":
+            raise BadImageError(record.uri, "the given broken file")
+        return np.zeros((8, 8), np.float32)
+
+
 def test_a_broken_file_can_be_given(tmp_path):
     folder = _npy_folder(tmp_path)
+    written = []
+    loaded = OnlyKnowsBadNpy.loaded
+    loaded.clear()
 
     def write_broken(where: Path) -> Path:
         (where / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        written.append(where / "bad.npy")
         return where / "bad.npy"
 
-    check_reader(NpyReader, folder, modality="ct", broken=write_broken)
+    check_reader(OnlyKnowsBadNpy, folder, modality="ct", broken=write_broken)
+    assert len(written) == 1 and loaded[-1] == str(written[0])
+    # A file path works as well as a function writing one.
+    given = tmp_path / "elsewhere" / "bad.npy"
+    given.parent.mkdir()
+    given.write_bytes(b"\x93NUMPY garbage")
+    check_reader(OnlyKnowsBadNpy, folder, modality="ct", broken=given)
+    assert loaded[-1] == str(given)
+    # Without it the kit truncates a copy of a.npy, which this reader takes: it fails.
+    with pytest.raises(ConformanceError, match=r"load\(\) of a broken file \(a\.npy\) returned"):
+        check_reader(OnlyKnowsBadNpy, folder, modality="ct")
 
 
 def test_an_unregistered_name_says_how_to_register_it():

@@ -60,8 +60,8 @@ def _copy(export, tmp_path, weights: bytes | None = None):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "backbone.json").write_bytes((export / "backbone.json").read_bytes())
-    data = (export / "backbone.safetensors").read_bytes() if weights is None else weights
-    (folder / "backbone.safetensors").write_bytes(data)
+    data = (export / "model.safetensors").read_bytes() if weights is None else weights
+    (folder / "model.safetensors").write_bytes(data)
     return folder
 
 
@@ -75,29 +75,29 @@ def test_a_pickle_posing_as_safetensors_is_one_line(export, tmp_path):
         cli, ["eval", str(broken), "--benchmark", f"medmnist:{data}", "--output", str(tmp_path)]
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert f"{broken / 'backbone.safetensors'}: not a safetensors file" in result.output
+    assert f"{broken / 'model.safetensors'}: not a safetensors file" in result.output
     assert "header too large" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_a_truncated_export_is_one_line(export, tmp_path):
-    whole = (export / "backbone.safetensors").read_bytes()
+    whole = (export / "model.safetensors").read_bytes()
     broken = _copy(export, tmp_path, whole[: len(whole) // 2])
-    with pytest.raises(ConfigError, match=r"backbone\.safetensors: truncated or damaged"):
+    with pytest.raises(ConfigError, match=r"model\.safetensors: truncated or damaged"):
         load_model(str(broken), get_registry())
 
 
 def test_wrong_shapes_name_the_first_keys_and_what_the_file_holds(export, tmp_path):
-    state = load_file(str(export / "backbone.safetensors"))
+    state = load_file(str(export / "model.safetensors"))
     state["patch_embed.proj.weight"] = torch.zeros(384, 3, 16, 16)  # vit_small's width
     state["pos_embed"] = torch.zeros(1, 17, 384)
     del state["norm.bias"]
     broken = _copy(export, tmp_path)
-    save_file(state, str(broken / "backbone.safetensors"))
+    save_file(state, str(broken / "model.safetensors"))
     load_model(str(export), get_registry())  # the intact export loads
     with pytest.raises(ConfigError) as err:
         load_model(str(broken), get_registry())
     text = str(err.value)
-    assert "\n" not in text and str(broken / "backbone.safetensors") in text
+    assert "\n" not in text and str(broken / "model.safetensors") in text
     assert "does not fit backbone 'vit_tiny' with options {'image_size': 32}" in text
     assert (
         "2 shape mismatch(es): " in text and "pos_embed (file [1,17,384], model [1,5,192])" in text

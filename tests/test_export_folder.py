@@ -86,3 +86,49 @@ def test_export_folder_loads_in_a_process_with_only_timm(tmp_path):
         want = backbone.forward_tokens(images)
     torch.testing.assert_close(loaded["tokens"][:, 0], want.cls)
     torch.testing.assert_close(loaded["tokens"][:, 3:], want.patches)  # CLS + 2 registers
+
+
+def test_the_export_holds_its_weights_once_and_every_loader_reads_them(tmp_path):
+    from safetensors.torch import load_file
+
+    from biovfm_core.models.runs import load_export
+
+    torch.manual_seed(0)
+    options = {"image_size": 32}
+    backbone = get_registry().build("backbones", "vit_tiny", options=options).eval()
+    export = tmp_path / "export"
+    # A folder exported before (two names for the same bytes) is exported into again.
+    export.mkdir()
+    (export / "backbone.safetensors").write_bytes(b"an earlier export's second copy")
+    weights = export_backbone(
+        backbone, export, backbone_name="vit_tiny", backbone_options=options, step=1, source="t"
+    )
+    assert weights == export / "model.safetensors"
+    assert sorted(p.name for p in export.iterdir()) == [
+        "README.md", "backbone.json", "config.json", "model.safetensors"
+    ]  # fmt: skip
+    assert weights.stat().st_nlink == 1  # one file, not a second name for it
+    info = json.loads((export / "backbone.json").read_text())["biovfm"]
+    assert info["weights"] == "model.safetensors"
+    stored = load_file(str(weights))
+    assert len(stored) == len(backbone.export_state()[0]) and stored  # every tensor, once
+
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = backbone.forward_tokens(images).patches
+        # biovfm's loader (eval, inspect, --init) ...
+        got = load_export(export, get_registry()).backbone.forward_tokens(images).patches
+        torch.testing.assert_close(got, want)
+        # ... timm's, from the folder alone ...
+        model = timm.create_model("local-dir:" + str(export), pretrained=True).eval()
+        torch.testing.assert_close(model.forward_features(images)[:, 1:], want)
+    # ... and an export from before (backbone.safetensors, no `weights` in backbone.json).
+    old = tmp_path / "old"
+    old.mkdir()
+    weights.rename(old / "backbone.safetensors")
+    description = json.loads((export / "backbone.json").read_text())
+    del description["biovfm"]["weights"]
+    (old / "backbone.json").write_text(json.dumps(description))
+    with torch.no_grad():
+        got = load_export(old, get_registry()).backbone.forward_tokens(images).patches
+    torch.testing.assert_close(got, want)

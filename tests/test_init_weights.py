@@ -254,7 +254,7 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
     assert exported["biovfm"]["init"] == {"spec": str(path), "sha256": digest}
     # The run itself is a spec: its export, whose checksum is that of its weights file.
     again = read_init(str(tmp_path / "run"))
-    weights_file = tmp_path / "run" / "export" / "backbone.safetensors"
+    weights_file = tmp_path / "run" / "export" / "model.safetensors"
     assert again.kind == "biovfm"
     assert again.sha256 == hashlib.sha256(weights_file.read_bytes()).hexdigest()
     options = saved.options["backbone"]

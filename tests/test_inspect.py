@@ -21,13 +21,17 @@ from biovfm_core.inspect.pca import (
     foreground_split,
     patch_mask,
 )
-from biovfm_core.inspect.render import grid_size
+from biovfm_core.inspect.render import LABEL_H, LABEL_W, TITLE_H, grid_size
 from biovfm_core.inspect.retrieval import neighbours
 from biovfm_core.protocols import SampleRecord
 from biovfm_core.registry import get_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 STEPS = int(os.environ.get("BIOVFM_INSPECT_STEPS", "60"))  # the slow test's run length
+
+
+def _plus(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    return size[0] + width, size[1] + height
 
 
 def test_two_models_side_by_side_write_grids_and_page(tmp_path):
@@ -42,16 +46,24 @@ def test_two_models_side_by_side_write_grids_and_page(tmp_path):
     # 5 images, 2x2 patches; vit_tiny has 3 heads, vit_small 6.
     for model, heads in zip(summary["models"], (3, 6), strict=True):
         assert model["heads"] == heads and model["grid"] == [2, 2]
+        # Each PNG has a title line; PCA labels its columns (the modalities) and its two
+        # rows, the others label each row (an image) with its modality.
+        w, h = grid_size(2, 5, 16)
         expected = {
-            "pca": grid_size(2, 5, 16),
-            "attention": grid_size(5, 1 + heads + 1, 16),
-            "retrieval": grid_size(5, 1 + 3, 16),
+            "pca": (w + LABEL_W, h + TITLE_H + LABEL_H),
+            "attention": _plus(grid_size(5, 1 + heads + 1, 16), LABEL_W, TITLE_H),
+            "retrieval": _plus(grid_size(5, 1 + 3, 16), LABEL_W, TITLE_H),
         }
         for key, size in expected.items():
             rel = model["pictures"][key]
             data = (out / rel).read_bytes()
             assert data[:8] == PNG
-            assert Image.open(out / rel).size == size
+            picture = np.asarray(Image.open(out / rel).convert("RGB"))
+            assert picture.shape[1::-1] == size
+            title = picture[:TITLE_H, : picture.shape[1] // 2]
+            assert (title < 128).any(), f"{rel}: no title drawn"
+            labels = picture[TITLE_H:, :LABEL_W]
+            assert (labels < 200).any(), f"{rel}: no modality labels drawn"
             assert f"src='{rel}'" in page
         # Each row's neighbours are other images, as many as asked.
         assert all(len(row) == 3 and i not in row for i, row in enumerate(model["neighbours"]))
@@ -219,3 +231,28 @@ def test_a_trained_model_separates_body_from_background_better_than_random(tmp_p
     print(f"CT body IoU after {STEPS} steps at {size} px: trained {trained:.3f}, random {random}")
     assert all(s[0] == trained for s in scores)  # the CT slices and the trained model are fixed
     assert trained > max(random) + 0.05, (trained, random)
+
+
+def test_a_low_contrast_modality_keeps_its_foreground_when_split_per_modality():
+    from biovfm_core.inspect.pca import pca_maps
+
+    # Bright images whose patches differ a lot from a dark modality's (an ultrasound
+    # fan on black): one split fitted over both separates the modalities, every dark
+    # patch on one side (all black in the demo's pictures); split per modality, the
+    # fan (the centre patches) is the foreground.
+    rng = np.random.default_rng(0)
+    h = w = 4
+    centre = np.zeros((h, w), bool)
+    centre[1:3, 1:3] = True
+    bright = rng.normal(0, 1, (3, h * w, 8)) + 50.0 * np.eye(8)[0]
+    bright[:, ~centre.reshape(-1)] -= 40.0 * np.eye(8)[1]
+    dark = rng.normal(0, 0.01, (2, h * w, 8))
+    dark[:, centre.reshape(-1)] += 0.5 * np.eye(8)[2]
+    patches = np.concatenate([bright, dark]).astype(np.float32)
+    together = pca_maps(patches, (h, w))
+    dark_side = together.foreground[3:]
+    assert dark_side.all() or not dark_side.any()  # one side: no fan, all one colour
+    split = pca_maps(patches, (h, w), groups=["ct", "ct", "ct", "us", "us"])
+    for i in (3, 4):
+        assert (split.foreground[i] == centre).all()
+        assert split.rgb[i][centre].max() > 0  # coloured, not black

@@ -311,11 +311,11 @@ def run_recorded(sweep: S.Sweep, monkeypatch) -> list[tuple[list[str], Path]]:
     """run_local with the cells' commands recorded instead of run."""
     calls = []
 
-    def fake_run(command, check, cwd, **_):
+    def fake_run(command, *, cwd, log):
         calls.append((command, cwd))
-        return subprocess.CompletedProcess(command, 0)
+        return 0
 
-    monkeypatch.setattr(S.subprocess, "run", fake_run)
+    monkeypatch.setattr(S, "run_logged", fake_run)
     sweep.output.mkdir(parents=True, exist_ok=True)
     sweep.index_path.write_bytes(b"")  # the shared index exists: prepare() keeps it
     S.run_local(sweep, echo=lambda _: None)
@@ -399,3 +399,89 @@ def test_a_cell_dies_with_its_killed_sweep(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the cell outlived its killed sweep")
+
+
+KEEP_GOING = """
+name: fake
+output: out
+base: {train: {max_steps: 3, batch_size: 8, device: cpu}, data: {num_workers: 0}}
+grid:
+  backbone: [vit_tiny]
+  train.seed: [0, 1, 2]
+eval: {args: [--benchmark, demo]}
+"""
+
+# A cell's train + eval as one real process: it leaves what a finished cell leaves, or,
+# for seed 1, fails as a cell running out of memory would.
+CELL = r"""
+import json, shutil, sys
+from pathlib import Path
+from biovfm_core.results import ResultRow, write_results
+out, cell = Path(sys.argv[1]), sys.argv[2]
+if cell.endswith("seed=1"):
+    print("cell seed=1: CUDA out of memory (test)")
+    raise SystemExit(3)
+run = out / "cells" / cell
+(run / "export").mkdir(parents=True, exist_ok=True)
+shutil.copy(out / "configs" / f"{cell}.yaml", run / "config.yaml")
+(run / "summary.json").write_text(json.dumps({"steps": 3}))
+(run / "data_report.json").write_text(json.dumps({"images": 10}))
+(run / "export" / "backbone.json").write_text(json.dumps({"biovfm": {"num_parameters": 5500000}}))
+row = ResultRow("m", "demo:modality", "linear", "auc", 0.8, convention="study")
+write_results(run / "eval" / "results.csv", [row])
+"""
+
+
+def test_a_failed_cell_keeps_finished_results_and_keep_going_runs_the_rest(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+    from biovfm_core.results import read_results
+
+    path = write_sweep(tmp_path, KEEP_GOING)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.npz").write_bytes(b"")  # the shared index exists: prepare() keeps it
+    monkeypatch.setattr(
+        S, "cell_commands",
+        lambda sweep, cell, launcher, train=True: [
+            [sys.executable, "-c", CELL, str(sweep.output), cell.id]
+        ],
+    )  # fmt: skip
+    ids = ["backbone=vit_tiny,seed=0", "backbone=vit_tiny,seed=1", "backbone=vit_tiny,seed=2"]
+    log = out / "logs" / f"{ids[1]}.log"
+
+    # Without --keep-going the sweep stops at the failed cell, but the finished one's
+    # results are collected before it exits.
+    result = CliRunner().invoke(cli, ["sweep", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"failed: cell {ids[1]} failed (exit 3) running: " in result.output
+    assert f"its output: {log}" in result.output and "--keep-going runs the other" in result.output
+    assert "\ncell seed=1: CUDA out of memory (test)\n" in log.read_text()
+    assert not (out / "cells" / ids[2]).exists()  # never ran
+    assert {r.model for r in read_results(out / "results.csv")} == {ids[0]}
+
+    # With it, the cells after the failed one run; all finished ones are collected.
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--keep-going"])
+    assert result.exit_code == 1, result.output
+    assert f"[1/3] {ids[0]}: done, skipped" in result.output
+    assert f"failed: cell {ids[1]} failed (exit 3)" in result.output
+    assert "1 cell(s) failed" in result.output and "--keep-going runs" not in result.output
+    assert {r.model for r in read_results(out / "results.csv")} == {ids[0], ids[2]}
+    attempts = [line for line in log.read_text().splitlines() if line.startswith("cell seed=1")]
+    assert len(attempts) == 2  # the log is appended to on every attempt
+
+
+def test_dry_run_shows_a_killed_cell_as_resumable_from_its_step(tmp_path):
+    path = fake_sweep(tmp_path)
+    sweep = S.load_sweep(path)
+    run = sweep.cells()[0].folder(sweep)
+    assert "to run" in dry_run(path).output
+    for step in (2, 4):  # a killed cell keeps its newest checkpoints
+        folder = run / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(json.dumps({"step": step}))
+    result = dry_run(path)
+    assert result.exit_code == 0, result.output
+    assert "resumable from step 4 objective=mae,backbone=vit_tiny" in result.output
+    assert "1 cells, 1 resumable" in result.output

@@ -31,10 +31,14 @@ def slug(*parts: str) -> str:
     return text or "all"
 
 
-def _points(rows: Sequence[ResultRow], fit: ScalingFit) -> tuple[list[float], list[float]]:
+def _points(
+    rows: Sequence[ResultRow], fit: ScalingFit
+) -> tuple[list[float], list[float], list[tuple[float, float] | None]]:
+    """The points of one benchmark's fit (x, 100 × value) and each one's 95% interval
+    from the table's ``ci_low``/``ci_high`` (None where the table has none)."""
     from biovfm_core.analysis.fits import FIXED, fixed_text
 
-    xs, ys = [], []
+    xs, ys, cis = [], [], []
     for row in rows:
         if (
             row.objective == fit.objective
@@ -46,7 +50,33 @@ def _points(rows: Sequence[ResultRow], fit: ScalingFit) -> tuple[list[float], li
         ):
             xs.append(float(getattr(row, fit.x)))
             ys.append(100.0 * row.value)
-    return xs, ys
+            has_ci = row.ci_low is not None and row.ci_high is not None
+            cis.append((100.0 * row.ci_low, 100.0 * row.ci_high) if has_ci else None)
+    return xs, ys, cis
+
+
+# A y-axis spans at least this much of the metric's 0-100 range: autoscaled to the
+# data, 0.005 AUC of noise fills the panel and reads as a trend.
+MIN_Y_SPAN = 10.0
+
+
+def _y_range(ax, values: Sequence[float]) -> None:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    pad = max(MIN_Y_SPAN - (hi - lo), 0.0) / 2 + 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if hi > 100.0:  # keep the span, inside the metric's range
+        lo, hi = lo - (hi - 100.0), 100.0
+    if lo < 0.0:
+        lo, hi = 0.0, min(100.0, hi - lo)
+    ax.set_ylim(lo, hi)
+
+
+def _x_label(value: float) -> str:
+    """Tick labels people read: 5.53, 22.1, 86.6 (M parameters), 1.2e+04 images."""
+    return f"{value:.3g}"
 
 
 def _log_axes(ax, xs: Sequence[float]) -> None:
@@ -56,7 +86,7 @@ def _log_axes(ax, xs: Sequence[float]) -> None:
 
     ax.set_xscale("log")
     ticks = sorted(set(xs))
-    ax.set_xticks(ticks, [f"{v:g}" if v < 1e4 else f"{v:.2g}" for v in ticks])
+    ax.set_xticks(ticks, [_x_label(v) for v in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     # Saturated curves (AUC 100 everywhere) would get an offset label like "1e-6+1e2".
     ax.ticklabel_format(axis="y", useOffset=False)
@@ -89,11 +119,13 @@ def scaling_curves(
             if fit.aggregate == "mean_curve":
                 xs = [float(v) for v in fit.x_values.split()]
                 ys = _mean_points(rows, fit, xs)
+                cis = [None] * len(xs)
             else:
-                xs, ys = _points(rows, fit)
-            ax.scatter(xs, ys, s=16, color="C0", zorder=3)
+                xs, ys, cis = _points(rows, fit)
+            _draw_points(ax, xs, ys, cis)
             _fit_line(ax, fit, xs, "C3", f"slope {fit.slope:.4f}")
             _log_axes(ax, xs)
+            _y_range(ax, ys + [v for ci in cis if ci for v in ci])
             ax.set_title(
                 "mean over benchmarks" if fit.benchmark == "MEAN" else fit.benchmark, fontsize=9
             )
@@ -107,12 +139,35 @@ def scaling_curves(
         fig.suptitle(
             f"{kind} scaling: {objective or '-'} / {protocol} / {metric}  {fixed}", fontsize=10
         )
-        fig.tight_layout()
+        has_ci = any(
+            ci for f in panels if f.aggregate != "mean_curve" for ci in _points(rows, f)[2]
+        )
+        fig.text(
+            0.01, 0.005,
+            ("bars: 95% bootstrap intervals (results table); " if has_ci else
+             "no intervals in the results table; ")
+            + f"each y-axis spans at least {MIN_Y_SPAN:g} points (0.1 of the metric's range)",
+            fontsize=6, color="0.35", ha="left", va="bottom",
+        )  # fmt: skip
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
         path = out_dir / f"scaling_{slug(kind, objective, protocol, metric, fixed)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _draw_points(ax, xs, ys, cis) -> None:
+    """Markers, with the 95% interval as an error bar where the table has one."""
+    ax.scatter(xs, ys, s=16, color="C0", zorder=3)
+    with_ci = [(x, y, ci) for x, y, ci in zip(xs, ys, cis, strict=True) if ci is not None]
+    if with_ci:
+        x, y, ci = zip(*with_ci, strict=True)
+        below = [max(v - c[0], 0.0) for v, c in zip(y, ci, strict=True)]
+        above = [max(c[1] - v, 0.0) for v, c in zip(y, ci, strict=True)]
+        ax.errorbar(
+            x, y, yerr=[below, above], fmt="none", ecolor="C0", alpha=0.6, capsize=2, lw=0.8
+        )
 
 
 def _mean_points(rows: Sequence[ResultRow], fit: ScalingFit, xs: Sequence[float]) -> list[float]:
@@ -130,6 +185,8 @@ def _mean_points(rows: Sequence[ResultRow], fit: ScalingFit, xs: Sequence[float]
         ):
             per[float(x)][benchmark_key(row.benchmark)].append(row.value)
     common = set.intersection(*(set(per[x]) for x in xs)) if xs else set()
+    if not common:  # no benchmark at every x: no mean (and no numpy empty-mean warning)
+        return [math.nan] * len(xs)
     return [100.0 * float(np.mean([np.mean(per[x][b]) for b in common])) for x in xs]
 
 

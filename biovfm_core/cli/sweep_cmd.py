@@ -22,7 +22,15 @@ import click
 @click.option(
     "--finish-cell", "finish", metavar="CELL", help="Mark a cell done (used by the job array)."
 )
-def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: str | None) -> None:
+@click.option(
+    "--keep-going", "-k", is_flag=True,
+    help="Local cells: when one fails, run the others (as make -k), then list the failed "
+    "ones with their logs and exit non-zero.",
+)  # fmt: skip
+def sweep(
+    sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: str | None,
+    keep_going: bool,
+) -> None:  # fmt: skip
     """Run the grid in SWEEP_FILE (backbone x objective x data fraction x modality x seed).
 
     Every cell reads one shared data index, so objectives are compared on the same
@@ -30,7 +38,8 @@ def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: 
     checkpoint: re-run the same command to continue. A finished cell whose config
     changed is stale and trains again; one whose eval block was added or changed is
     only evaluated. Relative paths in SWEEP_FILE are relative to its folder. The results of all finished
-    cells are collected into OUTPUT/results.csv for `biovfm analyze`.
+    cells are collected into OUTPUT/results.csv for `biovfm analyze`, also when a cell
+    fails; each cell's output is in OUTPUT/logs/CELL.log.
     """
     from biovfm_core import sweep as S
 
@@ -48,11 +57,13 @@ def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: 
         click.echo(f"done: {S.finish_cell(match[0].folder(plan), S.fingerprints(plan, match[0]))}")
         return
     if dry_run:
-        states = [S.cell_state(plan, cell) for cell in cells]
+        states = [S.describe_state(plan, cell) for cell in cells]
         for cell, state in zip(cells, states, strict=True):
             click.echo(f"{state:10} {cell.id}")
+        resumable = sum(s.startswith("resumable") for s in states)
         counts = ", ".join(
-            f"{states.count(s)} {s}" for s in ("done", "stale", "needs eval") if s in states
+            [f"{states.count(s)} {s}" for s in ("done", "stale", "needs eval") if s in states]
+            + ([f"{resumable} resumable"] if resumable else [])
         )
         click.echo(f"{len(cells)} cells, {counts or '0 done'}; output {plan.output}")
         return
@@ -66,9 +77,20 @@ def sweep(sweep_file: str, dry_run: bool, scheduler: str, submit: bool, finish: 
                 )
             subprocess.run(["sbatch", str(script)], check=True)
         return
-    ran = S.run_local(plan, echo=lambda m: click.echo(m, err=True))
+    outcome = S.run_local(plan, echo=lambda m: click.echo(m, err=True), keep_going=keep_going)
+    # Collected also when a cell failed: the finished cells' results are not lost.
     table = S.collect_results(plan)
-    click.echo(f"ran {len(ran)} cell(s); results: {table or 'none yet (no eval configured?)'}")
+    click.echo(
+        f"ran {len(outcome.ran)} cell(s); results: {table or 'none yet (no eval configured?)'}"
+    )
+    if outcome.failed:
+        for failure in outcome.failed:
+            click.echo(f"failed: {failure.describe()}", err=True)
+        rest = "" if keep_going else "; --keep-going runs the other cells past a failure"
+        raise click.ClickException(
+            f"{len(outcome.failed)} cell(s) failed; fix and re-run the sweep to continue it "
+            f"(finished cells are skipped, interrupted ones resume){rest}"
+        )
 
 
 def eval_args_problem(args: list[str]) -> str | None:

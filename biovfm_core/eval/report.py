@@ -4,6 +4,9 @@ Markdown table with the mean over benchmarks; and the comparison of two tables."
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import math
 import os
@@ -41,21 +44,42 @@ def write_result(
     needed to recompute every metric: test labels/scores, plus validation ones and
     the thresholds chosen on them)."""
     folder = out_dir / slug(record["model"]) / slug(record["benchmark"])
-    folder.mkdir(parents=True, exist_ok=True)
     stem = folder / record["protocol"]
-    tmp = folder / f".{record['protocol']}.{os.getpid()}.npz"
     thresholds = record.get("thresholds")
+    buffer = io.BytesIO()
     np.savez(
-        tmp,
+        buffer,
         test_labels=test_labels,
         test_scores=test_scores,
         val_labels=val_labels,
         val_scores=val_scores,
         thresholds=np.asarray(thresholds if thresholds is not None else [], dtype=np.float64),
     )
-    os.replace(tmp, stem.with_suffix(".npz"))
-    write_atomic(stem.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    made = [p for p in (out_dir, folder.parent, folder) if not p.exists()]
+    try:
+        write_atomic(stem.with_suffix(".npz"), buffer.getvalue())
+        write_atomic(stem.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    except OSError as exc:
+        # write_atomic removed its temp file; an .npz without its .json (or beside an
+        # older run's .json) is no result either, so the pair goes, and any folder made
+        # for it, and the error says where, not a traceback.
+        stem.with_suffix(".npz").unlink(missing_ok=True)
+        stem.with_suffix(".json").unlink(missing_ok=True)
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise ConfigError(write_error(out_dir, exc)) from None
     return stem.with_suffix(".json")
+
+
+def write_error(out_dir: Path, exc: OSError) -> str:
+    """One line for a results write that failed (a full disk, no permission)."""
+    reason = exc.strerror or str(exc)
+    hint = "free space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check it"
+    return (
+        f"--output {out_dir}: cannot write the results: {reason}; {hint} or pass another "
+        "--output, and run the same command again (results already written are kept)"
+    )
 
 
 def _records(out_dir: Path):
@@ -157,14 +181,17 @@ def markdown_table(rows: list[ResultRow]) -> str:
 def write_tables(out_dir: Path) -> tuple[Path, Path]:
     rows = collect_rows(out_dir)
     convention = one_convention([(str(out_dir), rows)])
-    csv_path = write_results(out_dir / "results.csv", rows)
     md = (
         "# biovfm eval results\n\n"
         + f"Metric convention: **{convention}** (`biovfm eval --metrics {convention}`; "
         + "definitions in biovfm's docs/evaluation.md).\n\n"
         + markdown_table(rows)
     )
-    md_path = write_atomic(out_dir / "results.md", md.encode())
+    try:
+        csv_path = write_results(out_dir / "results.csv", rows)
+        md_path = write_atomic(out_dir / "results.md", md.encode())
+    except OSError as exc:  # each table is whole or absent (write_atomic)
+        raise ConfigError(write_error(out_dir, exc)) from None
     return csv_path, md_path
 
 

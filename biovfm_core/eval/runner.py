@@ -22,7 +22,7 @@ from biovfm_core.eval.report import (
     write_result,
     write_tables,
 )
-from biovfm_core.models.specs import LoadedModel, load_model
+from biovfm_core.models.specs import LoadedModel, check_models, load_model
 from biovfm_core.results import CONVENTIONS, PROTOCOLS
 
 
@@ -233,6 +233,16 @@ def run_eval(
     out = Path(out_dir)
     # Before any work: one results folder holds one convention (its tables mix nothing).
     check_folder_convention(out, settings.metrics)
+    # Every model spec exists, reads and fits the image size before anything is
+    # extracted: a typo in the last model must not cost the first one's evaluation
+    # and leave a partial output folder.
+    check_models(
+        model_specs,
+        registry,
+        options=settings.backbone_options,
+        seed=settings.seed,
+        image_size=settings.image_size,
+    )
     cache = FeatureCache(cache_dir)
     pairs = expand_benchmarks(benchmark_specs, medmnist_root, settings.size)
     benches = [load_benchmark(kind, loc, registry) for kind, loc in pairs]

@@ -8,9 +8,9 @@ from pathlib import Path
 SECTIONS = {
     "pca": (
         "PCA of patch features",
-        "Top row: the images; bottom row: DINOv2's picture. First principal component of all "
-        "patch features thresholded (foreground; black is background), then three components "
-        "of a PCA on the foreground patches shown as RGB.",
+        "Top row: the images; bottom row: DINOv2's picture. First principal component of the "
+        "patch features of each modality's images thresholded (foreground; black is "
+        "background), then three components of a PCA on all foreground patches shown as RGB.",
     ),
     "attention": (
         "CLS attention of the last block",

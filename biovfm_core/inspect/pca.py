@@ -52,11 +52,24 @@ def foreground_split(patches: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return above
 
 
-def pca_maps(patches: np.ndarray, grid: tuple[int, int]) -> PcaMaps:
-    """The picture for ``(N, h*w, D)`` patch features, fitted on all of them together."""
+def pca_maps(
+    patches: np.ndarray, grid: tuple[int, int], groups: list[str] | None = None
+) -> PcaMaps:
+    """The picture for ``(N, h*w, D)`` patch features. The foreground split is fitted
+    per group of similar images (``groups``: one label per image, e.g. its modality), as
+    DINOv2 does: fitted on all images, the first component separates modalities, and
+    low-contrast ones (an ultrasound fan on black) fall wholly on the background side
+    and show black. The colours are fitted on every foreground patch together, so
+    they compare across images."""
     n, t, d = patches.shape
     h, w = grid
-    fg = foreground_split(patches, grid)
+    if groups is None:
+        fg = foreground_split(patches, grid)
+    else:
+        fg = np.zeros((n, h, w), bool)
+        for label in sorted(set(groups)):
+            ids = [i for i, g in enumerate(groups) if g == label]
+            fg[ids] = foreground_split(patches[ids], grid)
     rgb = np.zeros((n * t, 3))
     flat_fg = fg.reshape(-1)
     chosen = patches.reshape(n * t, d)[flat_fg].astype(np.float64)

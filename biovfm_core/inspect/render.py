@@ -42,25 +42,61 @@ def grid_size(rows: int, cols: int, tile: int) -> tuple[int, int]:
     return cols * tile + (cols + 1) * GAP, rows * tile + (rows + 1) * GAP
 
 
-def grid_png(rows: list[list[np.ndarray | None]], tile: int) -> bytes:
-    """Rows of ``(tile, tile, 3)`` tiles in [0, 1] (``None``: an empty cell) as PNG."""
-    from PIL import Image
+TITLE_H = 18  # pixels for the title line
+LABEL_H = 14  # pixels for a line of column labels
+LABEL_W = 76  # pixels for row labels
+
+
+def grid_png(
+    rows: list[list[np.ndarray | None]],
+    tile: int,
+    *,
+    title: str | None = None,
+    row_labels: list[str] | None = None,
+    col_labels: list[str] | None = None,
+) -> bytes:
+    """Rows of ``(tile, tile, 3)`` tiles in [0, 1] (``None``: an empty cell) as PNG, with
+    a title (the model, what the picture is) and labels per row or column (the
+    modality), so a PNG says what it shows without index.html beside it."""
+    from PIL import Image, ImageDraw
 
     cols = max(len(r) for r in rows)
     width, height = grid_size(len(rows), cols, tile)
-    canvas = np.full((height, width, 3), 255, np.uint8)
+    top = (TITLE_H if title else 0) + (LABEL_H if col_labels else 0)
+    left = LABEL_W if row_labels else 0
+    canvas = np.full((height + top, width + left, 3), 255, np.uint8)
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
             if cell is None:
                 continue
-            y, x = GAP + r * (tile + GAP), GAP + c * (tile + GAP)
+            y, x = top + GAP + r * (tile + GAP), left + GAP + c * (tile + GAP)
             canvas[y : y + tile, x : x + tile] = _to_uint8(cell[..., :3])
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((GAP + 2, 3), _fit(draw, title, width + left - 4), fill=(0, 0, 0))
+    for c, label in enumerate(col_labels or []):
+        x = left + GAP + c * (tile + GAP)
+        draw.text((x + 2, top - LABEL_H + 1), _fit(draw, label, tile - 2), fill=(60, 60, 60))
+    for r, label in enumerate(row_labels or []):
+        y = top + GAP + r * (tile + GAP) + tile // 2 - 6
+        draw.text((3, y), _fit(draw, label, LABEL_W - 6), fill=(60, 60, 60))
     buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def write_png(path: Path, rows: list[list[np.ndarray | None]], tile: int) -> Path:
+def _fit(draw, text: str, width: int) -> str:
+    """``text`` cut (with an ellipsis) to ``width`` pixels of the default font."""
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def write_png(path: Path, rows: list[list[np.ndarray | None]], tile: int, **labels) -> Path:
+    """``grid_png`` written atomically; ``labels``: its title, row and column labels."""
     from biovfm_core.files import write_atomic
 
-    return write_atomic(path, grid_png(rows, tile))
+    return write_atomic(path, grid_png(rows, tile, **labels))

@@ -58,16 +58,32 @@ def _device(name: str) -> torch.device:
 
 
 def draw_model(
-    shown: ShownImages, feats: Features, out: Path, folder: str, settings: InspectSettings
+    shown: ShownImages,
+    feats: Features,
+    out: Path,
+    folder: str,
+    settings: InspectSettings,
+    name: str = "model",
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """The three grids of one model; returns their paths and the numbers behind them."""
     tile = settings.tile
     thumbs = _thumbs(shown, tile)
     patches = feats.patches.numpy()
-    maps = pca_maps(patches, feats.grid)
+    # The foreground split per modality: one split fitted over all of them separates
+    # modalities, and left the low-contrast ultrasound images all black.
+    maps = pca_maps(patches, feats.grid, groups=list(shown.modalities))
+    labels = list(shown.modalities)
     pictures = {}
     pictures["pca"] = f"{folder}/pca.png"
-    write_png(out / pictures["pca"], [thumbs, [upsample(m, tile) for m in maps.rgb]], tile)
+    write_png(
+        out / pictures["pca"],
+        [thumbs, [upsample(m, tile) for m in maps.rgb]],
+        tile,
+        title=f"{name}: PCA of patch features (first component per modality: background "
+        "black; next three as RGB)",
+        col_labels=labels,
+        row_labels=["image", "PCA"],
+    )
     heads = 0
     if feats.attention is not None:
         h, w = feats.grid
@@ -82,11 +98,25 @@ def draw_model(
             for i in range(len(thumbs))
         ]
         pictures["attention"] = f"{folder}/attention.png"
-        write_png(out / pictures["attention"], rows, tile)
+        write_png(
+            out / pictures["attention"],
+            rows,
+            tile,
+            title=f"{name}: last block's CLS attention, image then each of {heads} heads, "
+            "then their mean",
+            row_labels=labels,
+        )
     idx, cos = neighbours(global_features(feats.cls, feats.patches, settings.features), settings.k)
     pictures["retrieval"] = f"{folder}/retrieval.png"
     rows = [[thumbs[i], *[thumbs[j] for j in idx[i].tolist()]] for i in range(len(thumbs))]
-    write_png(out / pictures["retrieval"], rows, tile)
+    write_png(
+        out / pictures["retrieval"],
+        rows,
+        tile,
+        title=f"{name}: each image, then its {settings.k} nearest neighbours "
+        f"({settings.features} features, cosine)",
+        row_labels=labels,
+    )
     shown_iou = None
     if shown.body:
         shown_iou = float(
@@ -124,17 +154,21 @@ def run_inspect(
 ) -> list[ModelPictures]:
     """Draw every model's pictures on the same images into ``out_dir`` with index.html."""
     from biovfm_core.inspect.page import write_page
-    from biovfm_core.models.specs import load_model
+    from biovfm_core.models.specs import check_image_size, load_model
     from biovfm_core.registry import get_registry
 
     registry = registry or get_registry()
     out = Path(out_dir)
     device = _device(settings.device)
     models = []
+    # Every model is loaded, and fits the image size, before anything is drawn or the
+    # output folder is made: a typo in the second spec leaves nothing behind.
     for spec in specs:
         opts = settings.backbone_options if spec.startswith(("random:", "timm:")) else None
         models.append(load_model(spec, registry, options=opts, seed=settings.seed))
     size = settings.image_size or int(models[0].backbone.image_size)
+    for spec, model in zip(specs, models, strict=True):
+        check_image_size(model, spec, size, "model")
     shown = load_images(
         data, count=settings.count, seed=settings.seed, size=max(size, settings.tile)
     )
@@ -148,7 +182,7 @@ def run_inspect(
         backbone = model.backbone.to(device)
         feats = extract(backbone, images)
         model.backbone = backbone.cpu()
-        pictures, numbers = draw_model(shown, feats, out, folder, settings)
+        pictures, numbers = draw_model(shown, feats, out, folder, settings, model.name)
         results.append(
             ModelPictures(spec, model.name, folder, pictures, grid=feats.grid, **numbers)
         )

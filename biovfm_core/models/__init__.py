@@ -10,7 +10,7 @@ imports none of them.
   converted to the biovfm ViT, position tables resampled; ``--init``'s reader.
 - ``weights``: safetensors reads and strict loads with one-line errors.
 - ``checkpoint``: the checkpoint folder format (atomic write, read, confirm, prune).
-- ``export``: the export folder (``backbone.safetensors`` + ``backbone.json``, timm
+- ``export``: the export folder (one weights file + ``backbone.json``, timm
   folder, model card).
 - ``normalisation``: the input normalisation a backbone was trained with.
 - ``loaded``: ``LoadedModel``, what identifies a loaded backbone for caches and tables.

@@ -1,31 +1,43 @@
-"""Export of a trained backbone: ``backbone.safetensors`` plus ``backbone.json``.
+"""Export of a trained backbone: one weights file plus ``backbone.json``.
 
 The weights are the module evaluation uses (DINOv2's EMA teacher). Backbones that
 know their host library's layout (``export_state()``, as the timm ViTs do) export in
-it, so ``timm.create_model(**json["timm"], pretrained=True,
-pretrained_cfg_overlay={"file": "backbone.safetensors"})`` loads them; every export
-also records the biovfm backbone name and options, so
+it, and the folder is then also a timm / Hugging Face model folder: ``config.json``
+(architecture, ``model_args`` and ``pretrained_cfg``), ``model.safetensors`` and a
+``README.md`` model card, so ``timm.create_model("local-dir:EXPORT", pretrained=True)``
+loads it without biovfm, and the folder uploads to the Hub as it is. That
+``model.safetensors`` is the export's only weights file: a second name for the same
+bytes (the ``backbone.safetensors`` of earlier exports) doubled the folder on every
+copy, upload or filesystem without hard links. Other backbones export their own
+``state_dict`` as ``backbone.safetensors``. ``backbone.json`` names the file
+(``biovfm.weights``) and records the biovfm backbone name and options, so
 ``get_registry().build("backbones", name, options=...)`` followed by
-``load_state_dict`` rebuilds it.
-
-Exports in timm's layout are also a timm / Hugging Face model folder: ``config.json``
-(architecture, ``model_args`` and ``pretrained_cfg``), ``model.safetensors`` (a hard
-link to, or copy of, ``backbone.safetensors``) and a ``README.md`` model card, so
-``timm.create_model("local-dir:EXPORT", pretrained=True)`` loads it without biovfm,
-and the folder uploads to the Hub as it is.
+``load_state_dict`` (or ``load_export_state``) rebuilds it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
 from biovfm_core.files import write_atomic
+
+TIMM_WEIGHTS = "model.safetensors"  # the name timm and the Hugging Face Hub look for
+BIOVFM_WEIGHTS = "backbone.safetensors"  # a backbone without a host library's layout
+
+
+def export_weights(folder: Path, info: dict[str, Any] | None = None) -> Path:
+    """The weights file of the export in ``folder``: the one ``backbone.json`` names, or
+    for exports that predate the name, ``backbone.safetensors`` (which they all have)."""
+    named = (info or {}).get("weights")
+    if named:
+        return folder / Path(named).name
+    if (folder / BIOVFM_WEIGHTS).is_file() or not (folder / TIMM_WEIGHTS).is_file():
+        return folder / BIOVFM_WEIGHTS
+    return folder / TIMM_WEIGHTS
 
 
 def export_backbone(
@@ -40,7 +52,8 @@ def export_backbone(
     init: dict[str, Any] | None = None,
     run_config: Any = None,
 ) -> Path:
-    """Write ``backbone.safetensors`` and ``backbone.json`` into ``out_dir``; return the former."""
+    """Write the weights and ``backbone.json`` into ``out_dir``; return the weights file
+    (``model.safetensors`` for a host-layout backbone, else ``backbone.safetensors``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     export = getattr(backbone, "export_state", None)
     if callable(export):
@@ -50,16 +63,22 @@ def export_backbone(
         state, description = backbone.state_dict(), {}
         layout = "biovfm"
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    weights = out_dir / "backbone.safetensors"
-    tmp = out_dir / ".backbone.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"step": str(step), "source": source})
-    tmp.replace(weights)
+    name = TIMM_WEIGHTS if "timm" in description else BIOVFM_WEIGHTS
+    weights = out_dir / name
+    tmp = out_dir / f".{name}.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata={"step": str(step), "source": source})
+        tmp.replace(weights)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     description = {
         **description,
         "biovfm": {
             "backbone": backbone_name,
             "options": backbone_options,
             "layout": layout,
+            "weights": name,
             "step": step,
             "source": source,
             "num_parameters": int(sum(t.numel() for t in tensors.values())),
@@ -71,6 +90,10 @@ def export_backbone(
         },
     }
     write_atomic(out_dir / "backbone.json", (json.dumps(description, indent=2) + "\n").encode())
+    # An earlier export into this folder (a run exported again after resuming) may have
+    # left the other name: one weights file, the one backbone.json names.
+    for other in {TIMM_WEIGHTS, BIOVFM_WEIGHTS} - {name}:
+        (out_dir / other).unlink(missing_ok=True)
     if "timm" in description:
         write_timm_folder(out_dir, description, run_config=run_config)
     return weights
@@ -108,15 +131,7 @@ def timm_config(description: dict[str, Any]) -> dict[str, Any]:
 def write_timm_folder(
     out_dir: Path, description: dict[str, Any], *, run_config: Any = None
 ) -> None:
-    """``config.json``, ``model.safetensors`` and ``README.md`` beside the export."""
-    target = out_dir / "model.safetensors"
-    tmp = out_dir / ".model.safetensors.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(out_dir / "backbone.safetensors", tmp)  # same bytes, no second copy on disk
-    except OSError:
-        shutil.copyfile(out_dir / "backbone.safetensors", tmp)
-    tmp.replace(target)
+    """``config.json`` and ``README.md`` beside the export's ``model.safetensors``."""
     config = timm_config(description)
     write_atomic(out_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     write_atomic(out_dir / "README.md", model_card(out_dir, description, run_config).encode())

@@ -17,9 +17,11 @@ them into the tokens, so features are unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from biovfm_core.errors import ConfigError
+from biovfm_core.models.export import export_weights
 from biovfm_core.models.normalisation import IMAGENET_NORM, unwrapped
 from biovfm_core.models.runs import load_biovfm
 from biovfm_core.models.weights import load_checked, read_safetensors
@@ -49,6 +52,7 @@ class InitSource:
     no_embed_class: bool | None = None  # None: decide from the shapes
     dropped: list[str] = field(default_factory=list)  # keys the layout has, a backbone not
     input_norm: dict[str, list[float]] | None = None  # the mean/std its inputs were given
+    what: str = "--init"  # how the user gave the spec, for errors: "--init" or "model"
 
     def record(self) -> dict[str, Any]:
         return {"spec": self.spec, "kind": self.kind, "sha256": self.sha256}
@@ -62,41 +66,50 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_init(spec: str, registry=None) -> InitSource:
-    """Read ``spec``'s weights (see the module docstring for the accepted specs)."""
+def read_init(spec: str, registry=None, *, what: str = "--init") -> InitSource:
+    """Read ``spec``'s weights (see the module docstring for the accepted specs).
+
+    ``what`` is how the user gave the spec, and begins every error about it:
+    ``--init`` for ``biovfm train``, ``model`` for ``biovfm eval`` and ``inspect``."""
+    source = _read(spec, registry, what)
+    source.what = what
+    return source
+
+
+def _read(spec: str, registry, what: str) -> InitSource:
     path = Path(spec).expanduser()
     if spec.startswith("timm:") and not path.exists():
-        return _read_timm(spec)
+        return _read_timm(spec, what)
     if not path.exists():
-        raise ConfigError(f"--init {spec}: no such file or folder; --init takes {SPEC_HELP}")
+        raise ConfigError(f"{what} {spec}: no such file or folder; expected {SPEC_HELP}")
     if path.is_dir() or path.name == "backbone.json":
         folder = path if path.is_dir() else path.parent
         if (folder / "backbone.json").is_file() or (folder / "config.yaml").is_file():
-            return _read_biovfm(spec, registry)
+            return _read_biovfm(spec, registry, what)
         if (folder / "config.json").is_file():
-            return _read_timm_folder(spec, folder)
+            return _read_timm_folder(spec, folder, what)
         raise ConfigError(
-            f"--init {spec}: a folder without config.json (timm/Hugging Face), "
+            f"{what} {spec}: a folder without config.json (timm/Hugging Face), "
             "backbone.json (biovfm export) or config.yaml (biovfm run)"
         )
     if path.suffix == ".safetensors":
         if (path.parent / "backbone.json").is_file():
-            return _read_biovfm(str(path.parent), registry)
-        state = _check_layout(spec, read_safetensors(path))
+            return _read_biovfm(str(path.parent), registry, what)
+        state = _check_layout(spec, read_safetensors(path), what)
         return InitSource(spec, "safetensors", state, file_sha256(path))
-    return _read_torch_file(spec, path)
+    return _read_torch_file(spec, path, what)
 
 
-def _read_torch_file(spec: str, path: Path) -> InitSource:
+def _read_torch_file(spec: str, path: Path, what: str = "--init") -> InitSource:
     from timm.models.vision_transformer import _convert_dinov2
 
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--init {path}: not a readable torch checkpoint: {first}") from None
+        raise ConfigError(f"{what} {path}: not a readable torch checkpoint: {first}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"--init {path}: holds a {type(raw).__name__}, not a state dict")
+        raise ConfigError(f"{what} {path}: holds a {type(raw).__name__}, not a state dict")
     sha = file_sha256(path)
     if isinstance(raw.get("model"), dict):
         # MAE (models_mae.py): the encoder sits beside the decoder, whose mask token
@@ -106,7 +119,7 @@ def _read_torch_file(spec: str, path: Path) -> InitSource:
         for key in dropped:
             del state[key]
         return InitSource(
-            str(path), "mae", _check_layout(spec, state), sha, False, dropped, IMAGENET_NORM
+            str(path), "mae", _check_layout(spec, state, what), sha, False, dropped, IMAGENET_NORM
         )
     if "mask_token" in raw:
         # DINOv2 hub layout: timm's converter drops the (iBOT) mask token, renames the
@@ -115,30 +128,30 @@ def _read_torch_file(spec: str, path: Path) -> InitSource:
         return InitSource(
             str(path),
             "dinov2",
-            _check_layout(spec, state),
+            _check_layout(spec, state, what),
             sha,
             "reg_token" in state,
             ["mask_token"],
             IMAGENET_NORM,
         )
-    return InitSource(str(path), "torch", _check_layout(spec, dict(raw)), sha)
+    return InitSource(str(path), "torch", _check_layout(spec, dict(raw), what), sha)
 
 
-def _read_timm_folder(spec: str, folder: Path) -> InitSource:
+def _read_timm_folder(spec: str, folder: Path, what: str = "--init") -> InitSource:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         found = sorted(folder.glob("*.safetensors"))
         if len(found) != 1:
-            raise ConfigError(f"--init {spec}: config.json without model.safetensors")
+            raise ConfigError(f"{what} {spec}: config.json without model.safetensors")
         weights = found[0]
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--init {folder / 'config.json'}: not readable JSON: {exc}") from None
+        raise ConfigError(f"{what} {folder / 'config.json'}: not readable JSON: {exc}") from None
     state = read_safetensors(weights)
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
         raise ConfigError(
-            f"--init {spec}: weights in Hugging Face transformers' layout "
+            f"{what} {spec}: weights in Hugging Face transformers' layout "
             f"({config.get('model_type', 'unknown')}); use the timm version of the model "
             "(a folder with timm's config.json, e.g. from the timm/ organisation)"
         )
@@ -153,7 +166,7 @@ def _read_timm_folder(spec: str, folder: Path) -> InitSource:
     return InitSource(
         spec,
         "timm-folder",
-        _check_layout(spec, state),
+        _check_layout(spec, state, what),
         file_sha256(weights),
         no_embed,
         input_norm=norm,
@@ -174,29 +187,48 @@ def _timm_no_embed_class(arch: str) -> bool | None:
     return getattr(model, "no_embed_class", None)
 
 
-def _read_timm(spec: str) -> InitSource:
+@contextlib.contextmanager
+def hub_cache_only() -> Iterator[None]:
+    """Hugging Face look-ups inside read the local cache only: a job must not hang on a
+    hub it cannot reach (huggingface_hub retries for about a minute) nor use weights it
+    fetched unasked. Scoped to the block: the setting is restored after it."""
+    from huggingface_hub import constants
+
+    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+
+
+# huggingface_hub's errors for a file not in the cache in offline mode (OSError
+# subclasses, and RuntimeError from timm's own loader).
+NOT_CACHED_ERRORS = (OSError, RuntimeError)
+
+
+def not_cached(what: str, spec: str, exc: BaseException) -> ConfigError:
+    """The one-line error for ``timm:NAME`` weights that are not in the local cache."""
+    name = spec.removeprefix("timm:")
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return ConfigError(
+        f"{what} {spec}: timm's pretrained weights are not in the local Hugging Face "
+        f"cache ({type(exc).__name__}: {reason}); download them first where there is "
+        f"network (timm.create_model({name!r}, pretrained=True)) or pass the "
+        "downloaded file or folder"
+    )
+
+
+def _read_timm(spec: str, what: str = "--init") -> InitSource:
     import timm
 
     name = spec.removeprefix("timm:")
     if not timm.is_model(name.split(".")[0]):
-        raise ConfigError(f"--init {spec}: timm has no model named {name!r}")
-    from huggingface_hub import constants
-
-    # The cache only: a training job must not hang on a hub it cannot reach (retries
-    # take a minute) nor start from weights it fetched unasked.
-    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+        raise ConfigError(f"{what} {spec}: timm has no model named {name!r}")
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0)
-    except (OSError, RuntimeError) as exc:  # huggingface_hub's not-in-cache errors
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise ConfigError(
-            f"--init {spec}: timm's pretrained weights are not in the local Hugging Face "
-            f"cache ({type(exc).__name__}: {reason}); download them first where there is "
-            f"network (timm.create_model({name!r}, pretrained=True)) or pass the "
-            "downloaded file or folder"
-        ) from None
-    finally:
-        constants.HF_HUB_OFFLINE = offline
+        with hub_cache_only():
+            model = timm.create_model(name, pretrained=True, num_classes=0)
+    except NOT_CACHED_ERRORS as exc:
+        raise not_cached(what, spec, exc) from None
     state = {k: v.detach() for k, v in model.state_dict().items()}
     h = hashlib.sha256()
     for key in sorted(state):
@@ -207,22 +239,23 @@ def _read_timm(spec: str) -> InitSource:
     return InitSource(spec, "timm", state, h.hexdigest(), bool(model.no_embed_class), [], norm)
 
 
-def _read_biovfm(spec: str, registry) -> InitSource:
+def _read_biovfm(spec: str, registry, what: str = "--init") -> InitSource:
     path = Path(spec).expanduser()
     model = load_biovfm(path.parent if path.is_file() else path, registry or get_registry())
     backbone = unwrapped(model.backbone)
     export = getattr(backbone, "export_state", None)
     if not callable(export):
         raise ConfigError(
-            f"--init {spec}: its backbone {model.backbone_name!r} has no timm ViT layout "
+            f"{what} {spec}: its backbone {model.backbone_name!r} has no timm ViT layout "
             "to start from"
         )
     state, _ = export()
     state = {k: v.detach().clone() for k, v in state.items()}
     sha = None
     for candidate in (Path(spec), Path(spec) / "export"):
-        if (candidate / "backbone.safetensors").is_file():
-            sha = file_sha256(candidate / "backbone.safetensors")
+        if (candidate / "backbone.json").is_file() and export_weights(candidate).is_file():
+            info = json.loads((candidate / "backbone.json").read_text()).get("biovfm", {})
+            sha = file_sha256(export_weights(candidate, info))
             break
     vit = getattr(backbone, "vit", None)
     return InitSource(
@@ -230,12 +263,14 @@ def _read_biovfm(spec: str, registry) -> InitSource:
     )
 
 
-def _check_layout(spec: str, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _check_layout(
+    spec: str, state: dict[str, Any], what: str = "--init"
+) -> dict[str, torch.Tensor]:
     if not any(k.endswith("patch_embed.proj.weight") for k in state):
         sample = ", ".join(list(state)[:4])
         raise ConfigError(
-            f"--init {spec}: not a ViT checkpoint in a layout biovfm reads (no "
-            f"patch_embed.proj.weight; first keys: {sample}); --init takes {SPEC_HELP}"
+            f"{what} {spec}: not a ViT checkpoint in a layout biovfm reads (no "
+            f"patch_embed.proj.weight; first keys: {sample}); expected {SPEC_HELP}"
         )
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
@@ -293,19 +328,19 @@ def vit_state_for(source: InitSource, vit, target: str) -> dict[str, torch.Tenso
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = dict(source.state)
-    spec = source.spec
+    spec, what = source.spec, source.what
     src_patch = tuple(state["patch_embed.proj.weight"].shape[-2:])
     dst_patch = tuple(vit.patch_embed.proj.weight.shape[-2:])
     if src_patch != dst_patch:
         raise ConfigError(
-            f"--init {spec}: patch size {src_patch[0]} but {target} has patch size "
+            f"{what} {spec}: patch size {src_patch[0]} but {target} has patch size "
             f"{dst_patch[0]}; set --opt backbone.patch_size={src_patch[0]}"
         )
     src_regs = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
     dst_regs = int(getattr(vit, "num_reg_tokens", 0))
     if src_regs != dst_regs:
         raise ConfigError(
-            f"--init {spec}: {src_regs} register token(s) but {target} has {dst_regs}; "
+            f"{what} {spec}: {src_regs} register token(s) but {target} has {dst_regs}; "
             f"set --opt backbone.num_register_tokens={src_regs}"
         )
     n_prefix = (1 if "cls_token" in state else 0) + src_regs
@@ -346,7 +381,7 @@ def vit_state_for(source: InitSource, vit, target: str) -> dict[str, torch.Tenso
             hint = "; the file has no LayerScale: set --opt backbone.layer_scale_init=null"
         elif any(".ls1.gamma" in k for k in unexpected):
             hint = "; the file has LayerScale: set --opt backbone.layer_scale_init=1e-5"
-        raise ConfigError(f"--init {spec}: does not fit {target}: {'; '.join(parts)}{hint}")
+        raise ConfigError(f"{what} {spec}: does not fit {target}: {'; '.join(parts)}{hint}")
     return state
 
 
@@ -355,7 +390,9 @@ def load_init(source: InitSource, backbone, target: str | None = None) -> None:
     vit = getattr(backbone, "vit", None)
     name = target or f"backbone {getattr(backbone, 'name', type(backbone).__name__)!r}"
     if vit is None:
-        raise ConfigError(f"--init {source.spec}: {name} is not a ViT; --init needs a ViT backbone")
+        raise ConfigError(
+            f"{source.what} {source.spec}: {name} is not a ViT; it needs a ViT backbone"
+        )
     # Shapes that differ (another width or depth) fail here, with what the file holds.
     load_checked(vit.load_state_dict, vit_state_for(source, vit, name), source.spec, name)
 
@@ -377,7 +414,7 @@ def check_recorded_sha(source: InitSource, recorded: str | None) -> None:
     """A config that names the init's checksum (a saved run config) must get those weights."""
     if recorded and source.sha256 and recorded != source.sha256:
         raise ConfigError(
-            f"--init {source.spec}: its checksum {source.sha256[:16]}... differs from "
+            f"{source.what} {source.spec}: its checksum {source.sha256[:16]}... differs from "
             f"init_sha256 {recorded[:16]}... in the config; the file changed since the "
             "config was written (remove init_sha256 to accept the new weights)"
         )

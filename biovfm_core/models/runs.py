@@ -1,6 +1,6 @@
 """biovfm's own files as a backbone: an export, a run folder, a checkpoint folder.
 
-An export (``backbone.json`` + ``backbone.safetensors``) is read as written; a run
+An export (``backbone.json`` + the weights file it names) is read as written; a run
 without an export yet gives its newest checkpoint's evaluation backbone, rebuilt from
 ``config.yaml`` through the objective it was trained with.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from biovfm_core.errors import ConfigError
 from biovfm_core.models import checkpoint as ckpt
+from biovfm_core.models.export import export_weights
 from biovfm_core.models.loaded import LoadedModel, file_hash, ready, with_input
 from biovfm_core.models.normalisation import training_normalisation
 from biovfm_core.models.weights import load_checked, read_safetensors
@@ -43,15 +44,16 @@ def load_biovfm(path: Path, registry) -> LoadedModel:
 
 
 def load_export(folder: Path, registry) -> LoadedModel:
-    """An export of ``biovfm train`` (``backbone.json`` + ``backbone.safetensors``)."""
+    """An export of ``biovfm train`` (``backbone.json`` + ``model.safetensors``, or
+    ``backbone.safetensors`` for a backbone without a host layout and older exports)."""
     try:
         description = json.loads((folder / "backbone.json").read_text())
         info = description["biovfm"]
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{folder / 'backbone.json'}: not a biovfm export: {exc}") from None
-    weights_file = folder / "backbone.safetensors"
+    weights_file = export_weights(folder, info)
     if not weights_file.is_file():
-        raise ConfigError(f"{folder}: backbone.json without backbone.safetensors")
+        raise ConfigError(f"{folder}: backbone.json without its weights {weights_file.name}")
     state = read_safetensors(weights_file)  # a damaged file fails before any building
     backbone = registry.build("backbones", info["backbone"], options=info.get("options", {}))
     load = backbone.load_state_dict

@@ -5,6 +5,7 @@ Hugging Face folder), which are named in results by their spec."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,71 @@ import torch
 
 from biovfm_core.errors import ConfigError, PluginError
 from biovfm_core.models.loaded import LoadedModel, model_hash, ready, with_input
-from biovfm_core.models.published import backbone_for, load_init, read_init
+from biovfm_core.models.normalisation import unwrapped
+from biovfm_core.models.published import (
+    NOT_CACHED_ERRORS,
+    backbone_for,
+    hub_cache_only,
+    load_init,
+    not_cached,
+    read_init,
+)
 from biovfm_core.models.runs import is_biovfm_folder, load_biovfm
+
+MODEL_HELP = (
+    "a biovfm run or export folder (or its backbone.json), a DINOv2 hub or MAE .pth, a "
+    "timm/Hugging Face folder (config.json + model.safetensors), random:<backbone> or "
+    "timm:<name>"
+)
+
+
+def near_path(path: Path) -> Path | None:
+    """An existing path one typo per part away from ``path`` (difflib over the names
+    beside each missing part), or None: ``runs/dmeo`` -> ``runs/demo``."""
+    found = Path(path.anchor) if path.is_absolute() else Path()
+    parts = path.parts[1:] if path.is_absolute() else path.parts
+    for part in parts:
+        if (found / part).exists():
+            found = found / part
+            continue
+        try:
+            names = [p.name for p in (found if str(found) else Path(".")).iterdir()]
+        except OSError:
+            return None
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+        if not close:
+            return None
+        found = found / close[0]
+    return found if found != path else None
+
+
+def check_models(
+    specs: list[str],
+    registry,
+    *,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    what: str = "model",
+) -> None:
+    """Every spec exists, reads and fits ``image_size`` (a multiple of its patch size),
+    before any work, so a typo in the second model does not surface after the first
+    was evaluated. Each is loaded and let go (one in memory at a time)."""
+    for spec in specs:
+        model = load_model(spec, registry, options=options, seed=seed, what=what)
+        check_image_size(model, spec, image_size, what)
+        del model
+
+
+def check_image_size(model: LoadedModel, spec: str, image_size: int | None, what: str) -> None:
+    """A ViT takes sides that are a multiple of its patch size; anything else fails
+    deep in the first forward with an assertion."""
+    patch = getattr(unwrapped(model.backbone), "patch_size", None)
+    if image_size is not None and isinstance(patch, int) and image_size % patch:
+        raise ConfigError(
+            f"{what} {spec}: --image-size {image_size} is not a multiple of its patch "
+            f"size {patch}; pass e.g. --image-size {max(patch, image_size // patch * patch)}"
+        )
 
 
 def load_model(
@@ -23,8 +87,12 @@ def load_model(
     *,
     options: dict[str, Any] | None = None,
     seed: int = 0,
+    what: str = "model",
 ) -> LoadedModel:
     """Resolve ``spec`` to a backbone in eval mode.
+
+    ``what`` begins errors about the spec: how the user gave it (``model`` for
+    ``biovfm eval`` and ``inspect``).
 
     ``options`` are backbone options for ``random:`` and ``timm:`` models
     (``pretrained`` defaults to true for ``timm:``); runs and exports carry their own.
@@ -39,28 +107,25 @@ def load_model(
     if spec.startswith("timm:") and not os.path.exists(spec):
         options.setdefault("pretrained", True)
         torch.manual_seed(seed)
+        # As `train --init timm:NAME`: the weights come from the local cache or not at
+        # all, so an offline machine fails at once instead of retrying for a minute.
         try:
-            backbone = registry.build("backbones", spec, options=options)
+            with hub_cache_only():
+                backbone = registry.build("backbones", spec, options=options)
         except PluginError as wrapped:
             exc = wrapped.__cause__
-            if not isinstance(exc, OSError):  # huggingface_hub's offline / not-found errors
+            if not isinstance(exc, NOT_CACHED_ERRORS):
                 raise
-            raise ConfigError(
-                f"{spec}: cannot get timm's pretrained weights ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}); this machine cannot download them. "
-                "Put them in the Hugging Face cache, or evaluate the architecture with "
-                "random weights: --opt backbone.pretrained=false"
-            ) from None
+            raise not_cached(what, spec, exc) from None
         checked = registry.validate("backbones", spec, options)
         ident = model_hash("timm", spec, checked, None if checked.get("pretrained") else seed)
         objective = "timm-pretrained" if checked.get("pretrained") else "random"
         return ready(LoadedModel(spec, backbone, ident, spec, objective, spec))
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if not path.exists():
-        raise ConfigError(
-            f"model {spec!r}: no such run folder or export; models are a run folder, an "
-            "export folder or backbone.json, random:<backbone> or timm:<name>"
-        )
+        near = near_path(path)
+        hint = f" (did you mean {near}?)" if near else ""
+        raise ConfigError(f"{what} {spec}: no such file or folder{hint}; a model is {MODEL_HELP}")
     if options:
         raise ConfigError(
             f"model {spec}: --opt backbone.* applies only to random: and timm: models; "
@@ -73,17 +138,17 @@ def load_model(
     if is_biovfm_folder(path):
         return load_biovfm(path, registry)
     if path.is_file() or (path / "config.json").is_file():
-        return ready(load_published(spec, registry))
+        return ready(load_published(spec, registry, what))
     raise ConfigError(
         f"{spec}: neither a biovfm run (config.yaml), an export (backbone.json) nor a "
         "timm / Hugging Face folder (config.json)"
     )
 
 
-def load_published(spec: str, registry) -> LoadedModel:
+def load_published(spec: str, registry, what: str = "model") -> LoadedModel:
     """A published checkpoint (DINOv2 hub or MAE ``.pth``, timm/HF folder, safetensors)
     in the biovfm ViT of its shapes, fed the normalisation it was trained with."""
-    source = read_init(spec, registry)
+    source = read_init(spec, registry, what=what)
     name, options = backbone_for(source)
     backbone = registry.build("backbones", name, options=options)
     load_init(source, backbone, f"backbone {name!r} with options {options}")

@@ -8,6 +8,7 @@ gloo on CPU.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,9 +118,14 @@ def wrap(objective: nn.Module, runtime: Runtime, strategy: str) -> nn.Module:
         return step
     if strategy in ("auto", "ddp"):
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        # Objectives may leave a head unused in a step (iBOT with no masked image).
+        # Objectives may leave a parameter unused in a step (MAE never feeds the
+        # backbone's mask token; a separate iBOT head idles when no image is masked),
+        # which DDP must be told or it hangs waiting for that gradient. One that says
+        # it uses every parameter in every step skips DDP's search for unused ones,
+        # and with it DDP's warning that the search found none.
+        find_unused = not getattr(objective, "uses_every_parameter", False)
         return nn.parallel.DistributedDataParallel(
-            step, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
+            step, device_ids=device_ids, find_unused_parameters=find_unused, **_no_buffer_sync()
         )
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
@@ -129,6 +135,17 @@ def wrap(objective: nn.Module, runtime: Runtime, strategy: str) -> nn.Module:
         fully_shard(step)
         return step
     raise ConfigError(f"train.distributed must be auto, ddp or fsdp, not {strategy!r}")
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """No buffer broadcast before each forward: every rank updates its buffers (the
+    DINOv2 centre, all-reduced) identically. torch 2.13 renamed the argument
+    (``broadcast_buffers`` warns as deprecated); the new one still syncs buffers once at
+    construction, which changes nothing as every rank built or resumed the same state."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def is_sharded(module: nn.Module) -> bool:

@@ -111,6 +111,11 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         self.mask_ratio_min_max = tuple(mask_ratio_min_max)
         self.mask_sample_probability = mask_sample_probability
         self.ibot_separate_head = ibot_separate_head
+        # With iBOT on a shared head every trainable parameter gets a gradient in every
+        # step (the mask token too: it is blended in even when no patch is masked), so
+        # DDP need not search for unused ones. A separate iBOT head idles in a step
+        # with no masked image; without iBOT the mask token is never used.
+        self.uses_every_parameter = ibot_loss_weight > 0 and not ibot_separate_head
 
         dino_head = DINOHead(
             backbone.embed_dim,
