@@ -126,7 +126,10 @@ def biovfm_register_augmentations(register: Register) -> None:
     torch's global generator). A recipe registered under a modality id
     (``biovfm_core.protocols.MODALITIES``: ``ct``, ``mr``, ``xray`` ...) is the one
     ``--augmentation auto`` applies to samples of that modality; ``default`` serves
-    the rest.
+    the rest. A recipe under its own name declares its modalities with
+    ``register(..., modalities=["fundus"])`` (used where no recipe of that name
+    claims the modality); a run maps any recipe to a modality with
+    ``--opt augmentation.by_modality.<id>=<recipe>``, which wins.
     """
 
 

@@ -102,6 +102,9 @@ class Registration:
     distribution: str = "?"
     override: bool = False
     """The plugin asked to replace a built-in of this name (``register(..., override=True)``)."""
+    modalities: tuple[str, ...] = ()
+    """An augmentation recipe's declared modalities (``register(..., modalities=[...])``):
+    ``--augmentation auto`` uses it for those no recipe of that name claims."""
 
     @property
     def is_family(self) -> bool:
@@ -254,6 +257,7 @@ class Registry:
             description: str = "",
             presets: Mapping[str, Mapping[str, Any]] | None = None,
             override: bool = False,
+            modalities: Iterable[str] = (),
         ) -> None:
             what = KIND_SINGULAR[kind]
             if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -298,6 +302,7 @@ class Registry:
                 {k: dict(v) for k, v in (presets or {}).items()},
                 info.distribution,
                 bool(override),
+                tuple(str(m) for m in modalities),
             )
             if self._keeps_builtin(kind, registration, info):
                 return

@@ -105,11 +105,26 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             resolved.update(registry.validate(kind + "s", name, config.options[kind]))
             click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
         click.echo("\n".join(data_lines))
+        if config.augmentation == "auto":
+            click.echo(_augmentation_line(config, registry))
         click.echo(config.to_yaml(), nl=False)
         return
     from biovfm_core.train.loop import train as run_training
 
     run_training(config, registry)
+
+
+def _augmentation_line(config, registry) -> str:
+    """The recipe ``auto`` gives each modality, and why where it is not the built-in."""
+    from biovfm_core.protocols import MODALITIES
+    from biovfm_core.train.data import recipe_plan
+
+    plan = recipe_plan(config, registry, list(MODALITIES))
+    shown = [
+        f"{m}={name}" + ("" if why == "recipe of that name" else f" ({why})")
+        for m, (name, why) in plan.items()
+    ]
+    return "# augmentation auto, by modality (others: default): " + ", ".join(shown)
 
 
 def _device_type(device: str) -> str:
