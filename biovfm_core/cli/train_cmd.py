@@ -6,7 +6,11 @@ import click
 
 from biovfm_core.cli.common import check_data, config_options, resolve_config
 from biovfm_core.errors import ConfigError
-from biovfm_core.train.presets import apply_machine_preset, apply_objective_backbone_preset
+from biovfm_core.train.presets import (
+    apply_machine_preset,
+    apply_objective_backbone_preset,
+    backbone_preset_skipped,
+)
 
 
 @click.command("train")
@@ -83,6 +87,9 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     device_type = _device_type(config.train.device)
     applied = apply_machine_preset(config, registry, device_type)
     recipe = apply_objective_backbone_preset(config, registry)
+    skipped = backbone_preset_skipped(config, registry)
+    if skipped:
+        click.echo(f"# {config.objective} recipe not applied: {skipped}", err=not dry_run)
     config.validate(registry)
     for label, filled in (
         (f"{device_type} preset", applied),

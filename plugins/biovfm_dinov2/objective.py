@@ -360,6 +360,10 @@ def build_dinov2(
     )
 
 
+# The "backbone" preset (drop-path, LayerScale) is DINOv2's ViT recipe: only backbones
+# declaring backbone_family "vit" get it.
+build_dinov2.backbone_preset_family = "vit"  # type: ignore[attr-defined]
+
 # Options whose effect the conformance kit cannot see with the defaults (see CONTRIBUTING).
 _SEPARATE = "used only with ibot_separate_head=True; by default iBOT shares the DINO head"
 build_dinov2.kit_exempt_options = {  # type: ignore[attr-defined]
