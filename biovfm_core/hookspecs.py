@@ -11,7 +11,7 @@ of its distribution::
 Each hook receives one argument, ``register``, a callable::
 
     register(name: str, factory: Callable | str, *, description: str = "",
-             presets: dict[str, dict] | None = None) -> None
+             presets: dict[str, dict] | None = None, override: bool = False) -> None
 
 ``name`` is what users type (``--objective my_loss``); lowercase letters, digits,
 ``_``, ``-`` and ``.``. A name that ends with ``:`` registers a *family*: the user
@@ -46,6 +46,13 @@ parameters are supplied by biovfm and differ per kind (below).
 
 Preset values are checked against the factory's options when used: a typo there is
 reported as your plugin's problem (naming it and its distribution), not the user's.
+
+A name biovfm's own plugins register (``dinov2``, ``vit_small``, ``folder``, ``ct``)
+stays theirs: a third party registering it is refused (listed by ``biovfm plugins``
+as its problem) and the built-in keeps working. ``override=True`` asks to replace the
+built-in; it takes effect only when the user also names it in
+``BIOVFM_ALLOW_OVERRIDE`` (``dinov2``, or ``objective:dinov2``), because installing a
+package must not silently change what a plain ``biovfm train`` runs.
 
 Problems degrade per name. Two plugins registering the same name for the same kind,
 an invalid name or factory, make only that name unusable: using it is an error that
@@ -119,7 +126,10 @@ def biovfm_register_augmentations(register: Register) -> None:
     torch's global generator). A recipe registered under a modality id
     (``biovfm_core.protocols.MODALITIES``: ``ct``, ``mr``, ``xray`` ...) is the one
     ``--augmentation auto`` applies to samples of that modality; ``default`` serves
-    the rest.
+    the rest. A recipe under its own name declares its modalities with
+    ``register(..., modalities=["fundus"])`` (used where no recipe of that name
+    claims the modality); a run maps any recipe to a modality with
+    ``--opt augmentation.by_modality.<id>=<recipe>``, which wins.
     """
 
 

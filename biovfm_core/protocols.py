@@ -420,8 +420,12 @@ class DatasetReader(Protocol):
 
     ``scan`` walks the source once and yields a ``SampleRecord`` per image (or a
     ``ScanProblem`` per file it cannot use); it must not keep decoded pixels, so an
-    index of 21M images fits in memory. ``load`` decodes one record into an array
-    ``(H, W)`` or ``(H, W, C)`` keeping its dynamic range; it raises
+    index of 21M images fits in memory. ``load`` decodes one record into a numpy array
+    of ``IMAGE_SHAPES`` (``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``: gray or RGB, channels
+    last) and a numeric dtype (bool, int, uint or float; never object), keeping its
+    dynamic range. Anything else (a channel-first ``(1, H, W)``, a two-channel
+    ``(H, W, 2)``, an object array) is a reader bug: training stops with an error
+    naming the reader and the file (``image_contract_error``). It raises
     ``biovfm_core.errors.BadImageError`` naming the file and reason for a corrupt,
     truncated or undecodable image, and the pipeline skips and reports that image.
     """
@@ -429,3 +433,29 @@ class DatasetReader(Protocol):
     def scan(self) -> Iterator[SampleRecord | ScanProblem]: ...
 
     def load(self, record: SampleRecord) -> np.ndarray: ...
+
+
+IMAGE_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
+"""The shapes ``DatasetReader.load`` may return, as messages say them."""
+
+
+def image_contract_error(image: Any) -> str | None:
+    """What is wrong with ``image`` as ``DatasetReader.load``'s result, or ``None``.
+
+    Checked by the conformance kit and, for every image, by the training data path, so
+    a reader bug is one clear error instead of a skipped image or a traceback deep in a
+    crop or a BatchNorm.
+    """
+    shape = getattr(image, "shape", None)
+    dtype = getattr(image, "dtype", None)
+    if type(image).__module__ != "numpy" or shape is None or dtype is None:
+        return f"returned {type(image).__name__}, not a numpy array"
+    if dtype.kind not in "biuf":
+        return f"returned an array of dtype {dtype}, not a numeric one"
+    ok = (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))) and min(shape[:2]) >= 1
+    if not ok:
+        hint = ""
+        if len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3):
+            hint = " (channels first: move them last, or drop a single channel)"
+        return f"returned shape {tuple(shape)}{hint}, not {IMAGE_SHAPES}"
+    return None

@@ -34,6 +34,10 @@ ENTRY_POINT_GROUP = "biovfm"
 BUILTIN_DISTRIBUTION = "biovfm"
 DISABLE_AUTOLOAD_ENV = "BIOVFM_DISABLE_PLUGIN_AUTOLOAD"
 DEBUG_ENV = "BIOVFM_DEBUG"
+# The user's half of a deliberate replacement of a built-in name: a comma list of
+# names (``dinov2``, or ``objective:dinov2`` for one kind) whose third-party
+# registration with ``override=True`` is used instead of biovfm's own.
+ALLOW_OVERRIDE_ENV = "BIOVFM_ALLOW_OVERRIDE"
 
 KINDS: tuple[str, ...] = ("backbones", "objectives", "augmentations", "datasets")
 # The singular, as users meet it in `--opt objective.x=1` and in messages.
@@ -96,6 +100,11 @@ class Registration:
     description: str = ""
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     distribution: str = "?"
+    override: bool = False
+    """The plugin asked to replace a built-in of this name (``register(..., override=True)``)."""
+    modalities: tuple[str, ...] = ()
+    """An augmentation recipe's declared modalities (``register(..., modalities=[...])``):
+    ``--augmentation auto`` uses it for those no recipe of that name claims."""
 
     @property
     def is_family(self) -> bool:
@@ -160,7 +169,7 @@ class PluginInfo:
 
     @property
     def builtin(self) -> bool:
-        return self.distribution == BUILTIN_DISTRIBUTION
+        return _canonical(self.distribution) == BUILTIN_DISTRIBUTION
 
 
 class Registry:
@@ -176,6 +185,9 @@ class Registry:
         # Names refused at registration (bad name or factory): the problem, by name.
         self._refused: dict[str, dict[str, Problem]] = {k: {} for k in KINDS}
         self._problems: list[Problem] = []
+        # Built-in registrations a third party replaced with both opt-ins, by kind and
+        # name (``biovfm plugins`` shows them, so a replaced built-in is never silent).
+        self.overridden: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
 
     # ------------------------------------------------------------------ loading
 
@@ -244,6 +256,8 @@ class Registry:
             *,
             description: str = "",
             presets: Mapping[str, Mapping[str, Any]] | None = None,
+            override: bool = False,
+            modalities: Iterable[str] = (),
         ) -> None:
             what = KIND_SINGULAR[kind]
             if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -287,7 +301,11 @@ class Registry:
                 description,
                 {k: dict(v) for k, v in (presets or {}).items()},
                 info.distribution,
+                bool(override),
+                tuple(str(m) for m in modalities),
             )
+            if self._keeps_builtin(kind, registration, info):
+                return
             info.registered[kind].append(name)
             if name in self._clashes[kind]:
                 self._clashes[kind][name].append(registration)
@@ -302,6 +320,69 @@ class Registry:
             )
 
         return register
+
+    def _keeps_builtin(self, kind: str, new: Registration, info: PluginInfo) -> bool:
+        """Settle a name between biovfm's own plugins and a third party's; True when
+        ``new`` was already settled here (refused, or an allowed override).
+
+        A built-in name stays with the built-in whatever order the entry points load
+        in, so installing a package never changes what a plain ``biovfm train`` runs:
+        the outsider's registration is the one disabled, listed as its plugin's
+        problem. Replacing a built-in needs both the plugin's ``override=True`` and
+        the user naming it in ``BIOVFM_ALLOW_OVERRIDE``.
+        """
+        name = new.name
+        held = self._entries[kind].get(name)
+        if info.builtin:
+            if held is not None and not _is_builtin(held):
+                if self._may_override(kind, held):
+                    self.overridden[kind][name] = new
+                    return True
+                del self._entries[kind][name]
+                self._refuse_outsider(kind, held, new)
+            elif name in self._clashes[kind]:
+                # Outsiders clashed among themselves first: the built-in settles it.
+                for other in self._clashes[kind].pop(name):
+                    self._refuse_outsider(kind, other, new)
+            return False
+        if held is None or not _is_builtin(held):
+            return False
+        if self._may_override(kind, new):
+            self.overridden[kind][name] = held
+            info.registered[kind].append(name)
+            self._entries[kind][name] = new
+            return True
+        self._refuse_outsider(kind, new, held)
+        return True
+
+    def _may_override(self, kind: str, registration: Registration) -> bool:
+        allowed = {n.strip() for n in os.environ.get(ALLOW_OVERRIDE_ENV, "").split(",")}
+        wanted = {registration.name, f"{KIND_SINGULAR[kind]}:{registration.name}"}
+        return registration.override and bool(allowed & wanted)
+
+    def _refuse_outsider(self, kind: str, outsider: Registration, builtin: Registration) -> None:
+        what = KIND_SINGULAR[kind]
+        info = self.plugins.get(outsider.plugin)
+        if info is not None and outsider.name in info.registered[kind]:
+            info.registered[kind].remove(outsider.name)
+        if outsider.override:
+            fix = (
+                "it asks to replace the built-in (override=True): set "
+                f"{ALLOW_OVERRIDE_ENV}={outsider.name} to use it instead"
+            )
+        else:
+            fix = (
+                "rename it (prefix it with your project's name), or register it with "
+                f"override=True and set {ALLOW_OVERRIDE_ENV}={outsider.name} to replace the "
+                "built-in on purpose"
+            )
+        message = (
+            f"its {what} {outsider.name!r} is not used: the name belongs to biovfm's own "
+            f"{builtin.owner}, which keeps it; {fix}"
+        )
+        self._problem(
+            Problem("clash", outsider.plugin, outsider.distribution, message, outsider.name, kind)
+        )
 
     def _refuse(self, kind: str, info: PluginInfo, problem: str, name: str, message: str) -> None:
         found = Problem(problem, info.name, info.distribution, message, name, kind)
@@ -336,6 +417,8 @@ class Registry:
         entry = self._entries[kind].get(name)
         if entry is not None and entry.plugin == plugin:
             del self._entries[kind][name]
+            if name in self.overridden[kind]:  # the replaced built-in comes back
+                self._entries[kind][name] = self.overridden[kind].pop(name)
         claimants = self._clashes[kind].get(name)
         if claimants is not None:
             claimants[:] = [r for r in claimants if r.plugin != plugin]
@@ -547,6 +630,10 @@ def _unknown_message(kind: str, name: str, entries: Iterable[str]) -> str:
         message += f"; did you mean {close[0]!r}?"
     message += f" Available: {', '.join(shown) if shown else '(none registered)'}"
     return message
+
+
+def _is_builtin(registration: Registration) -> bool:
+    return _canonical(registration.distribution) == BUILTIN_DISTRIBUTION
 
 
 def _canonical(dist_name: str) -> str:

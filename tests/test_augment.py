@@ -16,6 +16,7 @@ from biovfm_augment.recipes import (
     window,
 )
 
+from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import Batch, SampleRecord, ViewSpec
 
 VIEWS = ViewSpec(global_crops=2, global_size=64, local_crops=3, local_size=32)
@@ -305,3 +306,52 @@ def test_modality_recipes_take_the_multi_crop_options_through_kwargs():
             assert specs[name].default == base[name].default, (cls.__name__, name)
         recipe = cls(ViewSpec(global_size=32, local_crops=0), flip=False, solarize_p=0.0)
         assert recipe.flip is False and recipe.solarize_p == 0.0
+
+
+def test_a_third_party_recipe_mapped_to_one_modality_serves_only_that_one():
+    """A mixed fundus + MR run: the outsider's fundus recipe for fundus images only."""
+    from biovfm_core import hookimpl
+    from biovfm_core.config import RunConfig
+    from biovfm_core.data.index import build_index
+    from biovfm_core.protocols import SampleRecord, ViewSpec
+    from biovfm_core.registry import Registry
+    from biovfm_core.train.data import recipe_plan, training_data
+
+    class FundusGreen:
+        def __init__(self, views, *, strength: float = 1.0):
+            self.views = views
+
+    class Outsider:
+        @hookimpl
+        def biovfm_register_augmentations(self, register):
+            register("fundus_green", FundusGreen)
+            register("octa_plus", FundusGreen, modalities=["octa"])
+
+    registry = Registry()
+    registry.load_entry_points(builtin_only=True)
+    registry.add_plugin(Outsider(), name="outsider")
+    records = [
+        SampleRecord("/d/a.png", "eyes", "fundus"),
+        SampleRecord("/d/b.png", "brains", "mr"),
+        SampleRecord("/d/c.png", "brains", "octa"),
+    ]
+    views = ViewSpec(global_size=32, local_size=16, local_crops=1)
+    config = RunConfig()
+    # Without a mapping the built-ins keep fundus and mr; octa has no built-in, so the
+    # plugin's declaration serves it.
+    recipes = training_data(build_index(records), views, config, registry).dataset.recipes
+    assert type(recipes["fundus"]).__name__ == "ColourConstancyRecipe"
+    assert type(recipes["octa"]) is FundusGreen
+
+    config.apply_opts(["augmentation.by_modality.fundus=fundus_green"])
+    recipes = training_data(build_index(records), views, config, registry).dataset.recipes
+    assert type(recipes["fundus"]) is FundusGreen
+    assert type(recipes["mr"]).__name__ == "MRRecipe"
+    assert type(recipes["default"]).__name__ == "MultiCropRecipe"
+    plan = recipe_plan(config, registry, ["fundus", "mr"])
+    assert plan["fundus"] == ("fundus_green", "augmentation.by_modality")
+    assert plan["mr"] == ("mr", "recipe of that name")
+
+    config = RunConfig.from_dict({"options": {"augmentation": {"by_modality": {"fundsu": "x"}}}})
+    with pytest.raises(ConfigError, match=r"augmentation.by_modality.fundsu: unknown modality"):
+        recipe_plan(config, registry, ["fundus"])

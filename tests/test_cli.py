@@ -155,3 +155,32 @@ def test_bad_config_value_names_the_flag():
     result = CliRunner().invoke(cli, ["train", "--set", "train.epochs=ten", "--dry-run"])
     assert result.exit_code == 2
     assert "train.epochs: 'ten' is not an integer" in result.output
+
+
+def test_dinov2_vit_recipe_is_applied_to_vits_only_and_dry_run_says_so():
+    def dry(backbone: str) -> str:
+        result = CliRunner().invoke(
+            cli,
+            ["train", "--device", "cpu", "--backbone", backbone, "--dry-run",
+             "--opt", "objective.ibot_loss_weight=0"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = dry("timm:resnet18")
+    assert (
+        "# dinov2 recipe not applied: dinov2's backbone recipe is for vit backbones; "
+        "timm:resnet18 is cnn" in out
+    )
+    assert "#   image_size=224, drop_path_rate=0.0, pretrained=False" in out
+    out = dry("vit_tiny")
+    assert "options.backbone.drop_path_rate=0.3" in out and "not applied" not in out
+
+
+def test_timm_options_are_described_one_by_one():
+    result = CliRunner().invoke(cli, ["plugins", "--options", "timm:", "--json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.output)
+    assert entry["options"]["image_size"]["description"] == "input side in pixels."
+    assert entry["options"]["pretrained"]["description"].startswith("load timm's weights")
+    assert "Options:" not in entry["doc"]

@@ -116,17 +116,25 @@ def _objective_class(**overrides):
             self.head = nn.Linear(backbone.embed_dim, 4)
             self.views = ViewSpec(global_crops=2, global_size=32, local_crops=0)
             self.calls = 0
+            self.scale = scale
 
         def training_step(self, batch, info):
             z = self.head(self.backbone.forward_tokens(batch.global_views[0]).cls)
-            return {"loss": (z.pow(2).mean() + 1.0) * torch.ones(())}
+            return {"loss": (z.pow(2).mean() + 1.0) * self.scale * torch.ones(())}
 
         def eval_backbone(self):
             return self.backbone
 
     for key, value in overrides.items():
         setattr(Tiny, key, value)
+    # Importable by name, as a plugin's class is, so the kit's pickle check can find it.
+    Tiny.__qualname__ = Tiny.__name__ = f"Tiny{len(_CLASSES)}"
+    _CLASSES.append(Tiny)
+    globals()[Tiny.__name__] = Tiny
     return Tiny
+
+
+_CLASSES: list[type] = []
 
 
 def test_a_conforming_minimal_objective_passes():
@@ -294,3 +302,139 @@ def test_a_broken_file_can_be_given(tmp_path):
 def test_an_unregistered_name_says_how_to_register_it():
     with pytest.raises(ConformanceError, match=r"did you mean 'mae'\?.*pip install -e \."):
         check_objective("mea")
+
+
+# ------------------------------------------ the seven breakages a third party's kit missed
+
+
+def test_a_loss_that_ignores_the_batch_is_named():
+    import torch
+
+    def __init__(self, backbone, task, *, scale: float = 1.0):
+        type(self).__mro__[1].__init__(self, backbone, task, scale=scale)
+        self.register_buffer(
+            "fixed", torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        )
+
+    def training_step(self, batch, info):
+        z = self.head(self.backbone.forward_tokens(self.fixed).cls)
+        return {"loss": z.pow(2).mean() * self.scale}
+
+    base = _objective_class()
+    bad = type("FixedBuffer", (base,), {"__init__": __init__, "training_step": training_step})
+    globals()["FixedBuffer"] = bad
+    with pytest.raises(
+        ConformanceError,
+        match=r"two different batches give the same loss.*"
+        r"ignores its batch\. Fix: compute the loss from batch.global_views",
+    ):
+        check_objective(bad)
+
+
+def test_an_objective_that_cannot_be_copied_is_named():
+    import threading
+
+    def __init__(self, backbone, task, *, scale: float = 1.0):
+        type(self).__mro__[1].__init__(self, backbone, task, scale=scale)
+        self.lock = threading.Lock()
+
+    bad = type("Locked", (_objective_class(),), {"__init__": __init__})
+    globals()["Locked"] = bad
+    with pytest.raises(
+        ConformanceError,
+        match=r"copy.deepcopy of the objective fails .*the culprit is lock \(lock\).*"
+        r"DDP/FSDP.*Fix: keep locks",
+    ):
+        check_objective(bad)
+
+
+def _with_teacher(copy_teacher: bool, update: bool):
+    import copy
+
+    from lightly.models.utils import update_momentum
+
+    def __init__(self, backbone, task, *, scale: float = 1.0):
+        type(self).__mro__[1].__init__(self, backbone, task, scale=scale)
+        self.teacher = copy.deepcopy(backbone) if copy_teacher else backbone
+        if copy_teacher:
+            self.teacher.requires_grad_(False)
+
+    def after_optimizer_step(self, info):
+        if update:
+            update_momentum(self.backbone, self.teacher, 0.9)
+        return {"teacher_momentum": 0.9}
+
+    def eval_backbone(self):
+        return self.teacher
+
+    name = f"Teacher{copy_teacher}{update}"
+    cls = type(
+        name,
+        (_objective_class(),),
+        {"__init__": __init__, "after_optimizer_step": after_optimizer_step,
+         "eval_backbone": eval_backbone},
+    )  # fmt: skip
+    globals()[name] = cls
+    return cls
+
+
+def test_an_ema_teacher_is_checked_to_be_a_copy_and_updated():
+    check_objective(_with_teacher(copy_teacher=True, update=True))
+    with pytest.raises(
+        ConformanceError, match=r"teacher shares \d+ parameter\(s\) with the student.*copy.deepcopy"
+    ):
+        check_objective(_with_teacher(copy_teacher=False, update=True))
+    with pytest.raises(
+        ConformanceError, match=r"teacher's weights are unchanged.*never updated.*update_momentum"
+    ):
+        check_objective(_with_teacher(copy_teacher=True, update=False))
+
+
+def test_an_option_declared_but_ignored_is_named_unless_exempt():
+    def training_step(self, batch, info):
+        z = self.head(self.backbone.forward_tokens(batch.global_views[0]).cls)
+        return {"loss": z.pow(2).mean()}  # `scale` is never used
+
+    bad = _objective_class(training_step=training_step)
+    with pytest.raises(
+        ConformanceError,
+        match=r"option 'scale': changing it from 1.0 to 0.5 changes nothing.*declared but "
+        r"ignored.*kit_exempt_options",
+    ):
+        check_objective(bad)
+    bad.kit_exempt_options = {"scale": "reserved for the next release"}
+    check_objective(bad)
+    bad.kit_exempt_options = {"sclae": "typo"}
+    with pytest.raises(ConformanceError, match=r"kit_exempt_options names sclae"):
+        check_objective(bad)
+
+
+class ObjectDtypeReader(NpyReader):
+    def load(self, record):
+        return np.asarray(super().load(record), dtype=object)
+
+
+class ChannelFirstReader(NpyReader):
+    def load(self, record):
+        return super().load(record)[None]
+
+
+class TwoChannelReader(NpyReader):
+    def load(self, record):
+        image = super().load(record)
+        return np.stack([image, image], axis=-1)
+
+
+@pytest.mark.parametrize(
+    ("reader", "shown"),
+    [
+        (ObjectDtypeReader, r"dtype object"),
+        (ChannelFirstReader, r"shape \(1, 8, 8\)"),
+        (TwoChannelReader, r"shape \(8, 8, 2\)"),
+    ],
+)
+def test_a_reader_returning_other_than_the_contract_is_named(tmp_path, reader, shown):
+    with pytest.raises(
+        ConformanceError, match=shown + r".*Fix: return .*\(H, W\), \(H, W, 1\) or \(H, W, 3\)"
+    ):
+        check_reader(reader, _npy_folder(tmp_path), modality="ct")

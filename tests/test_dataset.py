@@ -5,11 +5,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 from biovfm_augment.recipes import MultiCropRecipe
 
 from biovfm_core.data.dataset import BadImageLog, EmptyBatch, ImageDataset, collate
 from biovfm_core.data.index import build_index
-from biovfm_core.errors import BadImageError
+from biovfm_core.errors import BadImageError, PluginError
 from biovfm_core.protocols import Batch, SampleRecord, ViewSpec
 
 VIEWS = ViewSpec(global_crops=2, global_size=32, local_crops=2, local_size=16)
@@ -98,3 +99,25 @@ def test_collate_in_a_loader_worker_stacks_into_shared_memory():
         strict=True,
     ):
         assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [
+        (lambda im: im[None], r"returned shape \(1, 60, 70\) \(channels first"),
+        (lambda im: np.stack([im, im], axis=-1), r"returned shape \(60, 70, 2\)"),
+        (lambda im: im.astype(object), r"returned an array of dtype object"),
+    ],
+)
+def test_a_reader_breaking_the_image_contract_stops_training_naming_reader_and_file(bad, shown):
+    class Wrong(_Reader):
+        def load(self, record):
+            return bad(super().load(record))
+
+    records = [SampleRecord("/d/0.png", "src", "xray")]
+    index = build_index(records)
+    ds = ImageDataset(index, MultiCropRecipe(VIEWS), open_reader=lambda i, s: Wrong())
+    with pytest.raises(PluginError, match=r"source 'src': load\(/d/0.png\) " + shown) as info:
+        ds[(0, 1)]
+    assert "(H, W), (H, W, 1) or (H, W, 3)" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -61,31 +61,56 @@ def _rows(output: str) -> dict:
     return {row["plugin"]: row for row in json.loads(output)}
 
 
-def test_builtin_clash_leaves_plugins_and_other_names_working(tmp_path, monkeypatch):
+def test_an_outsider_registering_a_builtin_name_is_the_one_disabled(tmp_path, monkeypatch):
     _install(tmp_path, monkeypatch, {"thirdparty-a": (_objective("dinov2"), "third_a")})
     result = _invoke("plugins")
     assert result.exit_code == 0, result.output
     assert "PROBLEMS" in result.output
     assert "[clash] plugin 'third_a' (distribution 'thirdparty-a')" in result.output
-    assert "[clash] plugin 'dinov2' (distribution 'biovfm')" in result.output
+    assert "[clash] plugin 'dinov2' (distribution 'biovfm')" not in result.output
+    assert "BIOVFM_ALLOW_OVERRIDE=dinov2" in result.output
 
     result = _invoke("plugins", "--json")
     assert result.exit_code == 0, result.output
-    (problem,) = _rows(result.stdout)["third_a"]["problems"]
+    rows = _rows(result.stdout)
+    (problem,) = rows["third_a"]["problems"]
     assert (problem["kind"], problem["distribution"], problem["name"]) == (
         "clash",
         "thirdparty-a",
         "dinov2",
     )
-    assert _rows(result.stdout)["mae"]["problems"] == []
+    assert rows["third_a"]["registered"]["objectives"] == []
+    assert rows["dinov2"]["problems"] == [] and rows["dinov2"]["registered"]["objectives"] == [
+        "dinov2"
+    ]
 
-    # Using the clashing name is the error; it names both plugins and distributions.
-    result = _invoke("plugins", "--options", "dinov2")
-    assert result.exit_code == 2
-    assert "plugin 'dinov2' (distribution 'biovfm')" in result.output
-    assert "plugin 'third_a' (distribution 'thirdparty-a')" in result.output
-    assert "Traceback" not in result.output
-    assert _invoke("plugins", "--options", "folder").exit_code == 0
+    # The name stays with the built-in: a plain `biovfm train` (default dinov2) works.
+    assert get_registry().get("objectives", "dinov2")[0].distribution == "biovfm"
+    result = CliRunner().invoke(cli, ["train", "--device", "cpu", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "# objective: dinov2 (plugin dinov2)" in result.output
+
+
+def test_a_builtin_is_replaced_only_with_both_opt_ins(tmp_path, monkeypatch):
+    source = _objective("dinov2").replace("presets={}", "presets={}, override=True")
+    _install(tmp_path, monkeypatch, {"thirdparty-a": (source, "third_a")})
+    # The plugin asks (override=True) but the user did not: the built-in keeps the name.
+    result = _invoke("plugins")
+    assert "asks to replace the built-in (override=True): set BIOVFM_ALLOW_OVERRIDE=dinov2" in (
+        result.output
+    )
+    assert get_registry().get("objectives", "dinov2")[0].plugin == "dinov2"
+
+    registry_module.reset_registry()
+    monkeypatch.setenv("BIOVFM_ALLOW_OVERRIDE", "objective:dinov2")
+    registry = get_registry()
+    assert registry.get("objectives", "dinov2")[0].plugin == "third_a"
+    assert [p for p in registry.problems if p.name == "dinov2"] == []
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert "OVERRIDES" in result.output
+    assert "dinov2: plugin 'third_a' (distribution 'thirdparty-a') instead of plugin 'dinov2'" in (
+        result.output
+    )
 
 
 def test_invalid_name_is_listed_with_its_distribution(tmp_path, monkeypatch):

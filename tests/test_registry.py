@@ -99,7 +99,7 @@ def test_same_name_twice_is_an_error_naming_both_only_when_used(tmp_path, monkey
     }
 
 
-def test_builtin_name_clash_is_reported_when_used(tmp_path, monkeypatch):
+def test_builtin_name_stays_with_the_builtin_and_the_outsider_is_reported(tmp_path, monkeypatch):
     root = write_distribution(
         tmp_path / "site",
         "thirdparty-a",
@@ -108,16 +108,35 @@ def test_builtin_name_clash_is_reported_when_used(tmp_path, monkeypatch):
         {"third_a": "thirdparty_a"},
     )
     activate(root, monkeypatch)
-    with pytest.warns(PluginLoadWarning):
+    with pytest.warns(PluginLoadWarning, match="'dinov2' is not used: the name belongs to"):
         registry = get_registry()
-    with pytest.raises(PluginError) as excinfo:
-        registry.build("objectives", "dinov2", "bb", "task")
-    message = str(excinfo.value)
-    assert "objective 'dinov2' is registered twice" in message
-    assert "plugin 'dinov2' (distribution 'biovfm')" in message
-    assert "plugin 'third_a' (distribution 'thirdparty-a')" in message
-    assert "mae" in registry.names("objectives")
-    registry.get("objectives", "mae")
+    registration, _ = registry.get("objectives", "dinov2")
+    assert (registration.plugin, registration.distribution) == ("dinov2", "biovfm")
+    (problem,) = [p for p in registry.problems if p.name == "dinov2"]
+    assert (problem.kind, problem.plugin, problem.distribution) == (
+        "clash",
+        "third_a",
+        "thirdparty-a",
+    )
+    assert registry.plugins["third_a"].registered["objectives"] == []
+
+
+def test_builtin_wins_whatever_the_load_order():
+    registry = Registry()
+
+    class Outsider:
+        @hookimpl
+        def biovfm_register_objectives(self, register):
+            register("mae", lambda backbone, task: "outsider")
+
+    from biovfm_core.registry import PluginInfo
+
+    with pytest.warns(PluginLoadWarning):
+        registry.add_plugin(Outsider(), name="outsider")
+        registry.add_plugin(Outsider(), name="outsider2")  # two outsiders clash first
+        registry.add_plugin(Outsider(), name="builtin", info=PluginInfo("builtin", "biovfm", "1"))
+    assert registry.get("objectives", "mae")[0].plugin == "builtin"
+    assert {p.plugin for p in registry.problems if p.name == "mae"} == {"outsider", "outsider2"}
 
 
 def test_plugin_that_fails_to_import_warns_and_others_work(tmp_path, monkeypatch):

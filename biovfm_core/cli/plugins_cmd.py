@@ -83,6 +83,16 @@ def plugins(as_json: bool, options_of: str | None, check: bool) -> None:
     widths = [max(len(r[c]) for r in table) for c in range(3)]
     for r in table:
         click.echo("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3])
+    overridden = [
+        (kind, name, builtin)
+        for kind in KINDS
+        for name, builtin in sorted(registry.overridden[kind].items())
+    ]
+    if overridden:
+        click.echo("\nOVERRIDES (a third party replaces a built-in, as BIOVFM_ALLOW_OVERRIDE asks)")
+        for kind, name, builtin in overridden:
+            now, _ = registry.get(kind, name)
+            click.echo(f"  {name}: {now.owner} instead of {builtin.owner}")
     problems = registry.problems
     if problems:
         click.echo("\nPROBLEMS (each disables only the names concerned)")

@@ -6,7 +6,11 @@ import click
 
 from biovfm_core.cli.common import check_data, config_options, resolve_config
 from biovfm_core.errors import ConfigError
-from biovfm_core.train.presets import apply_machine_preset, apply_objective_backbone_preset
+from biovfm_core.train.presets import (
+    apply_machine_preset,
+    apply_objective_backbone_preset,
+    backbone_preset_skipped,
+)
 
 
 @click.command("train")
@@ -83,6 +87,9 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     device_type = _device_type(config.train.device)
     applied = apply_machine_preset(config, registry, device_type)
     recipe = apply_objective_backbone_preset(config, registry)
+    skipped = backbone_preset_skipped(config, registry)
+    if skipped:
+        click.echo(f"# {config.objective} recipe not applied: {skipped}", err=not dry_run)
     config.validate(registry)
     for label, filled in (
         (f"{device_type} preset", applied),
@@ -105,11 +112,26 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             resolved.update(registry.validate(kind + "s", name, config.options[kind]))
             click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
         click.echo("\n".join(data_lines))
+        if config.augmentation == "auto":
+            click.echo(_augmentation_line(config, registry))
         click.echo(config.to_yaml(), nl=False)
         return
     from biovfm_core.train.loop import train as run_training
 
     run_training(config, registry)
+
+
+def _augmentation_line(config, registry) -> str:
+    """The recipe ``auto`` gives each modality, and why where it is not the built-in."""
+    from biovfm_core.protocols import MODALITIES
+    from biovfm_core.train.data import recipe_plan
+
+    plan = recipe_plan(config, registry, list(MODALITIES))
+    shown = [
+        f"{m}={name}" + ("" if why == "recipe of that name" else f" ({why})")
+        for m, (name, why) in plan.items()
+    ]
+    return "# augmentation auto, by modality (others: default): " + ", ".join(shown)
 
 
 def _device_type(device: str) -> str:

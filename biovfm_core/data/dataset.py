@@ -18,8 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from biovfm_core.errors import BadImageError, BiovfmError
-from biovfm_core.protocols import AugmentationRecipe, Batch
+from biovfm_core.errors import BadImageError, BiovfmError, PluginError
+from biovfm_core.protocols import (
+    IMAGE_SHAPES,
+    AugmentationRecipe,
+    Batch,
+    image_contract_error,
+)
 
 from .index import SampleIndex
 from .shards.reader import OFFSET_KEY, ROWS_KEY
@@ -112,13 +117,16 @@ class ImageDataset:
                 image = reader.load_row(self.index.base_row(int(i)) - first_row, record.uri)
             else:
                 image = self.reader(record.source).load(record)
-            if (
-                not isinstance(image, np.ndarray)
-                or image.ndim not in (2, 3)
-                or min(image.shape[:2]) < 1
-            ):
-                raise BadImageError(
-                    record.uri, f"reader returned no usable image ({getattr(image, 'shape', None)})"
+            problem = image_contract_error(image)
+            if problem:
+                # A reader bug, not a bad file: it would hit every image, so skipping
+                # them (or letting a crop or BatchNorm fail on them later) hides it.
+                reader = self.index.sources_meta.get(record.source, {}).get("reader", "?")
+                raise PluginError(
+                    f"reader {reader!r} of source {record.source!r}: load({record.uri}) "
+                    f"{problem}; a reader must return a numeric numpy array of {IMAGE_SHAPES} "
+                    "(protocols.DatasetReader): fix the reader, or check it with "
+                    "biovfm_core.testing.check_reader"
                 )
             views = self.recipe_for(record.modality).sample_views(image, record, rng)
         except BadImageError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,7 +14,7 @@ from biovfm_core.protocols import Batch, StepInfo, TaskInfo, ViewSpec
 from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.backbone import _check_backbone_object
 from biovfm_core.testing.errors import _fail
-from biovfm_core.testing.options import check_options
+from biovfm_core.testing.options import check_options, check_options_matter
 from biovfm_core.testing.samples import KIT_BACKBONE_SIZE, _batch, _default_recipe
 
 
@@ -85,14 +87,26 @@ def check_objective(
             "would never train it",
             "keep the backbone as a sub-module (self.backbone = backbone)",
         )
+    # Before the teacher checks, which take an eval_backbone() other than the
+    # student's backbone for a teacher.
+    _check_backbone_object(objective.eval_backbone(), f"{what}: eval_backbone()")
+    _check_copies(objective, what)
+    teacher = _teacher(objective, net)
+    if teacher is not None:
+        _check_teacher_is_a_copy(teacher, net, what)
     recipe = _default_recipe(views)
     labelled = task.num_classes is not None
     batches = [_batch(views, recipe, seed + k, labelled) for k in range(2)]
+    objective.train()
+    _check_uses_the_batch(objective, batches, seed, what)
 
     # Step 0 in full (a finite scalar loss with gradients on the backbone), then what a
     # checkpoint keeps; resuming from it must give step 1's loss exactly.
-    objective.train()
-    first, first_state = _two_steps(objective, batches, seed, what, backbone_params)
+    before = None if teacher is None else _snapshot(teacher)
+    logged: list[Mapping[str, Any]] = []
+    first, first_state = _two_steps(objective, batches, seed, what, backbone_params, logged)
+    if before is not None:
+        _check_teacher_moved(before, _snapshot(teacher), logged[0], what)
     fresh, _, _ = build(seed + 1)
     try:
         fresh.load_state_dict(first_state["model"])
@@ -116,6 +130,220 @@ def check_objective(
         )
 
     _check_eval_backbone(objective, what)
+
+    # Built once: a ViT's weight init costs more than the steps the kit then takes.
+    torch.manual_seed(seed)
+    pristine = reg.build("backbones", backbone, options=bb_options)
+
+    def observe(changed: dict[str, Any]) -> tuple[Any, Any]:
+        torch.manual_seed(seed)
+        other_net = copy.deepcopy(pristine)
+        kwargs = {**changed, **({"variant": plugin.variant} if plugin.variant else {})}
+        built = plugin.factory(other_net, task, **kwargs)
+        return _fingerprint(built, batches, seed, views)
+
+    check_options_matter(
+        plugin,
+        observe,
+        shown="views, state_dict shapes, lr_freeze(), "
+        "and the losses, logged values and weights of two steps",
+    )
+
+
+def _check_copies(objective: Any, what: str) -> None:
+    """``copy.deepcopy`` (EMA teachers, distributed wrappers, checkpoint-averaging tools)
+    and ``pickle`` (process spawning) must work; the culprit attribute is named."""
+    try:
+        copy.deepcopy(objective)
+    except Exception as exc:
+        raise _fail(
+            what,
+            f"copy.deepcopy of the objective fails ({type(exc).__name__}: {exc}"
+            f"{_culprit(objective, copy.deepcopy)}); training would stop when a checkpoint "
+            "or a DDP/FSDP wrap meets it",
+            "keep locks, open files, threads and clients out of the module (create them "
+            "lazily, or drop them in __getstate__/__deepcopy__)",
+        ) from None
+    try:
+        pickle.dumps(objective)
+    except Exception as exc:
+        if _pickles_without_parametrizations(objective):
+            # torch refuses to pickle a parametrized module (weight_norm as
+            # torch.nn.utils.parametrizations, as DINOv2's heads use) as a whole by
+            # design; biovfm saves state_dicts, never pickled modules, and the same
+            # module without its parametrizations pickles, so nothing else is at fault.
+            return
+        raise _fail(
+            what,
+            f"pickle.dumps of the objective fails ({type(exc).__name__}: {exc}"
+            f"{_culprit(objective, pickle.dumps)})",
+            "keep locks, open files, threads and clients out of the module (create them "
+            "lazily, or drop them in __getstate__)",
+        ) from None
+
+
+def _culprit(objective: Any, copier: Callable[[Any], Any]) -> str:
+    """``; the culprit is <module>.<attr>``: the first plain attribute that fails alone."""
+    for prefix, module in objective.named_modules():
+        for attr, value in vars(module).items():
+            if attr.startswith("_") and attr in ("_parameters", "_buffers", "_modules"):
+                continue
+            if attr.startswith("_") and isinstance(value, dict):
+                continue  # torch's own hook tables
+            try:
+                copier(value)
+            except Exception:
+                return f"; the culprit is {(prefix + '.' if prefix else '')}{attr} ({type(value).__name__})"
+    return ""
+
+
+def _pickles_without_parametrizations(objective: Any) -> bool:
+    """Whether everything but torch's parametrized modules pickles."""
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in objective.modules()):
+        return False
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, nn.Module) and parametrize.is_parametrized(obj):
+                return (_placeholder, ())  # torch's own module: its weights are in state_dict
+            return NotImplemented
+
+    try:
+        Pickler(io.BytesIO()).dump(objective)
+    except Exception:
+        return False
+    return True
+
+
+def _placeholder() -> None:
+    return None
+
+
+def _teacher(objective: Any, net: Any) -> Any:
+    """The objective's teacher: its ``teacher`` module, or an ``eval_backbone()`` other
+    than the backbone it was given (protocols.Objective)."""
+    from torch import nn
+
+    declared = getattr(objective, "teacher", None)
+    if isinstance(declared, nn.Module):
+        return declared
+    evaluated = objective.eval_backbone()
+    return None if evaluated is net else evaluated
+
+
+def _check_teacher_is_a_copy(teacher: Any, net: Any, what: str) -> None:
+    student = {p.data_ptr() for p in net.parameters()}
+    shared = [n for n, p in teacher.named_parameters() if p.data_ptr() in student]
+    if teacher is net or shared:
+        raise _fail(
+            what,
+            f"its teacher shares {len(shared) or 'all'} parameter(s) with the student "
+            f"({', '.join(shared[:3]) or 'it is the same module'}): the teacher is the "
+            "student, so the EMA is a no-op and self-distillation collapses",
+            "build the teacher as a copy: self.teacher = copy.deepcopy(student); "
+            "self.teacher.requires_grad_(False)",
+        )
+    trained = [n for n, p in teacher.named_parameters() if p.requires_grad]
+    if trained:
+        raise _fail(
+            what,
+            f"its teacher's parameters require grad ({', '.join(trained[:3])}), so the "
+            "optimizer trains them",
+            "call self.teacher.requires_grad_(False) and update it in after_optimizer_step",
+        )
+
+
+def _snapshot(module: Any) -> list[Any]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _check_teacher_moved(
+    before: list[Any], after: list[Any], logged: Mapping[str, Any], what: str
+) -> None:
+    import torch
+
+    if any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+        return
+    momentum = [float(v) for k, v in logged.items() if "momentum" in k]
+    if momentum and min(momentum) >= 1.0:
+        return  # momentum 1 (or a frozen teacher that logs it): no update is right
+    raise _fail(
+        what,
+        "its teacher's weights are unchanged after an optimizer step and "
+        "after_optimizer_step, so the EMA teacher is never updated",
+        "update the teacher in after_optimizer_step (e.g. lightly's update_momentum("
+        "student, teacher, m)) and return {'teacher_momentum': m}; a frozen teacher "
+        "returns {'teacher_momentum': 1.0}",
+    )
+
+
+def _check_uses_the_batch(objective: Any, batches: list[Batch], seed: int, what: str) -> None:
+    """Two different batches from the same state and seed must give different losses."""
+    import torch
+
+    losses = []
+    for batch in batches:
+        twin = copy.deepcopy(objective)  # a forward may update state (centers)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            losses.append(twin.training_step(batch, StepInfo(0, 4, 4))["loss"].detach())
+    if torch.equal(losses[0], losses[1]):
+        raise _fail(
+            what,
+            f"two different batches give the same loss ({losses[0].item():.6g}): "
+            "training_step ignores its batch",
+            "compute the loss from batch.global_views / batch.local_views (not from a "
+            "stored buffer or a cached earlier batch)",
+        )
+
+
+def _fingerprint(objective: Any, batches: list[Batch], seed: int, views: ViewSpec):
+    """What the kit can see of a built objective: its declarations, and the losses,
+    logged values and weights of two full steps (one early, one late in a short run,
+    so warm-ups and schedules show)."""
+
+    seen: dict[str, Any] = {
+        "views": objective.views,
+        "optim_recipe": getattr(objective, "optim_recipe", None),
+        "lr_freeze": objective.lr_freeze()
+        if callable(getattr(objective, "lr_freeze", None))
+        else None,
+        "shapes": {k: tuple(v.shape) for k, v in objective.state_dict().items()},
+    }
+    if objective.views != views:
+        return seen, None  # other views: already different, and the batches would not fit
+    return seen, lambda: _trace(objective, batches, seed)
+
+
+def _trace(objective: Any, batches: list[Batch], seed: int) -> dict[str, Any]:
+    import torch
+
+    seen: dict[str, Any] = {}
+    objective.train()
+    # SGD: no moments to keep, and any gradient shows in the weights.
+    optimizer = torch.optim.SGD([p for p in objective.parameters() if p.requires_grad], lr=0.1)
+    torch.manual_seed(seed)
+    trace = []
+    early, late = StepInfo(0, 4, 2), StepInfo(3, 4, 2)
+    loss = objective.training_step(batches[0], early)["loss"]
+    loss.backward()
+    objective.before_optimizer_step(early)
+    optimizer.step()
+    logged = objective.after_optimizer_step(early)
+    trace.append((loss.detach(), {k: float(v) for k, v in dict(logged).items()}))
+    # Late in the run (schedules, warm-ups): the loss and the after-step hook suffice.
+    with torch.no_grad():
+        loss = objective.training_step(batches[1], late)["loss"]
+    logged = objective.after_optimizer_step(late)
+    trace.append((loss.detach(), {k: float(v) for k, v in dict(logged).items()}))
+    seen["trace"] = trace
+    seen["weights"] = [
+        v.detach().double().sum() for v in objective.state_dict().values() if v.is_floating_point()
+    ]
+    return seen
 
 
 def _check_objective_shape(objective: Any, what: str) -> None:
@@ -185,7 +413,14 @@ def _optimizer(objective: Any) -> Any:
     return torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
 
 
-def _two_steps(objective: Any, batches: list[Batch], seed: int, what: str, backbone_params):
+def _two_steps(
+    objective: Any,
+    batches: list[Batch],
+    seed: int,
+    what: str,
+    backbone_params,
+    logged_out: list[Any] | None = None,
+):
     """Step 0 in full, then the state a checkpoint keeps, then step 1's loss."""
     import numpy as np
     import torch
@@ -214,6 +449,8 @@ def _two_steps(objective: Any, batches: list[Batch], seed: int, what: str, backb
             f"after_optimizer_step returned {type(logged).__name__}",
             "return a dict of floats to log (or {}; ObjectiveBase does)",
         )
+    if logged_out is not None:
+        logged_out.append(logged)
     optimizer.zero_grad(set_to_none=True)
     buffer = io.BytesIO()
     torch.save(

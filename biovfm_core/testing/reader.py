@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from biovfm_core.errors import BadImageError
-from biovfm_core.protocols import MODALITIES, SampleRecord, ScanProblem, SourceTags
+from biovfm_core.protocols import (
+    IMAGE_SHAPES,
+    MODALITIES,
+    SampleRecord,
+    ScanProblem,
+    SourceTags,
+    image_contract_error,
+)
 from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.errors import ConformanceError, _fail
 from biovfm_core.testing.options import check_options
@@ -88,16 +95,13 @@ def check_reader(
         raise _fail(what, "two scans gave different records", "make scan() deterministic")
     for record in records[:2]:
         image = reader.load(record)
-        if (
-            not isinstance(image, np.ndarray)
-            or image.ndim not in (2, 3)
-            or min(image.shape[:2]) < 1
-        ):
+        problem = image_contract_error(image)
+        if problem:
             raise _fail(
                 what,
-                f"load({record.uri}) returned {type(image).__name__} "
-                f"{getattr(image, 'shape', None)}",
-                "return a numpy array (H, W) or (H, W, C)",
+                f"load({record.uri}) {problem}; training stops on such an image",
+                f"return a numeric numpy array of {IMAGE_SHAPES} (gray or RGB, channels "
+                "last), as protocols.DatasetReader says",
             )
         if not np.array_equal(image, reader.load(record)):
             raise _fail(what, f"loading {record.uri} twice differs", "make load() deterministic")

@@ -150,25 +150,85 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
     )
 
 
+BY_MODALITY = "by_modality"
+
+
+def recipe_plan(config: RunConfig, registry, modalities) -> dict[str, tuple[str, str]]:
+    """Which recipe ``--augmentation auto`` gives each modality, and why.
+
+    ``modality -> (recipe name, reason)``, ``"default"`` included. In order: the run's
+    ``augmentation.by_modality`` (``--opt augmentation.by_modality.fundus=fundus_green``),
+    the recipe named after the modality (the built-ins claim ``ct``, ``mr``, ``fundus`` …),
+    a plugin's ``register(..., modalities=[...])`` declaration for a modality nobody else
+    claims, then ``default``. A third-party recipe is thus used for a modality only
+    where a run maps it or no recipe claims it, never for the other modalities of a
+    mixed run.
+    """
+    from biovfm_core.protocols import normalise_modality
+
+    mapped = _run_mapping(config.options["augmentation"])
+    plan: dict[str, tuple[str, str]] = {}
+    for key, name in mapped.items():
+        try:
+            modality = key if key == "default" else normalise_modality(key)
+        except ValueError as exc:
+            raise ConfigError(f"augmentation.{BY_MODALITY}.{key}: {exc}") from None
+        registry.get("augmentations", name)  # an unknown recipe is an error naming it
+        plan[modality] = (name, f"augmentation.{BY_MODALITY}")
+    names = set(registry.names("augmentations"))
+    declared: dict[str, list[str]] = {}
+    for name in sorted(names):
+        try:
+            registration, _ = registry.get("augmentations", name)
+        except Exception:  # a clashing name serves no modality
+            continue
+        for modality in getattr(registration, "modalities", ()):
+            declared.setdefault(modality, []).append(name)
+    for modality in ("default", *modalities):
+        if modality in plan:
+            continue
+        if modality in names:
+            plan[modality] = (modality, "recipe of that name")
+        elif len(declared.get(modality, [])) == 1:
+            plan[modality] = (declared[modality][0], "declared by its plugin")
+    plan.setdefault("default", ("default", "recipe of that name"))
+    return plan
+
+
+def _run_mapping(options) -> dict[str, str]:
+    """``by_modality`` from YAML (a mapping) or ``--opt`` (``by_modality.<id>`` keys)."""
+    mapped = dict(options.get(BY_MODALITY) or {})
+    prefix = BY_MODALITY + "."
+    mapped.update({k[len(prefix) :]: v for k, v in options.items() if k.startswith(prefix)})
+    return {str(k): str(v) for k, v in mapped.items()}
+
+
 def _recipes(config: RunConfig, views: ViewSpec, registry, modalities) -> dict:
-    options = config.options["augmentation"]
+    options = {
+        k: v
+        for k, v in config.options["augmentation"].items()
+        if k != BY_MODALITY and not k.startswith(BY_MODALITY + ".")
+    }
     if config.augmentation != "auto":
         return {
             "default": registry.build("augmentations", config.augmentation, views, options=options)
         }
     # One recipe per modality present that has its own, the default for the rest.
     # Options given with `auto` go to every recipe that accepts them.
-    names = set(registry.names("augmentations"))
-    wanted = ["default", *(m for m in modalities if m in names and m != "default")]
+    plan = recipe_plan(config, registry, list(modalities))
+    built: dict[str, object] = {}
     recipes = {}
-    for name in wanted:
-        accepted = registry.options("augmentations", name)
-        recipes[name] = registry.build(
-            "augmentations",
-            name,
-            views,
-            options={k: v for k, v in options.items() if k in accepted},
-        )
+    for modality in ("default", *(m for m in modalities if m in plan)):
+        name = plan[modality][0]
+        if name not in built:
+            accepted = registry.options("augmentations", name)
+            built[name] = registry.build(
+                "augmentations",
+                name,
+                views,
+                options={k: v for k, v in options.items() if k in accepted},
+            )
+        recipes[modality] = built[name]
     return recipes
 
 

@@ -52,6 +52,8 @@ def apply_objective_backbone_preset(config: RunConfig, registry) -> dict[str, An
     (resume, export, eval) gets the same model.
     """
     recipe = registry.preset("objectives", config.objective, "backbone")
+    if not recipe or backbone_preset_skipped(config, registry):
+        return {}
     accepted = registry.options("backbones", config.backbone)
     applied: dict[str, Any] = {}
     for option, value in recipe.items():
@@ -60,3 +62,27 @@ def apply_objective_backbone_preset(config: RunConfig, registry) -> dict[str, An
             config.options["backbone"][option] = value
             applied[key] = value
     return applied
+
+
+def backbone_preset_skipped(config: RunConfig, registry) -> str | None:
+    """Why the objective's backbone recipe does not apply to this backbone, or None.
+
+    An objective names the family its recipe is for (its factory's
+    ``backbone_preset_family``, e.g. ``"vit"``) and a backbone its own (its factory's
+    ``backbone_family``, a string or a function of the variant): having an option of
+    the same name (a ResNet's drop_path_rate) is not enough.
+    """
+    objective, _ = registry.get("objectives", config.objective)
+    meant = getattr(objective.resolve(), "backbone_preset_family", None)
+    if meant is None:
+        return None
+    backbone, variant = registry.get("backbones", config.backbone)
+    family = getattr(backbone.resolve(), "backbone_family", None)
+    if callable(family):
+        family = family(variant)
+    if family == meant:
+        return None
+    return (
+        f"{config.objective}'s backbone recipe is for {meant} backbones; "
+        f"{config.backbone} is {family or 'of an undeclared family'}"
+    )

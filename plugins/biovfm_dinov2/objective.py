@@ -363,3 +363,18 @@ def build_dinov2(
         mask_sample_probability=mask_sample_probability,
         views=views,
     )
+
+
+# The "backbone" preset (drop-path, LayerScale) is DINOv2's ViT recipe: only backbones
+# declaring backbone_family "vit" get it.
+build_dinov2.backbone_preset_family = "vit"  # type: ignore[attr-defined]
+
+# Options whose effect the conformance kit cannot see with the defaults (see CONTRIBUTING).
+_SEPARATE = "used only with ibot_separate_head=True; by default iBOT shares the DINO head"
+build_dinov2.kit_exempt_options = {  # type: ignore[attr-defined]
+    "ibot_head_n_prototypes": _SEPARATE,
+    "ibot_head_hidden_dim": _SEPARATE,
+    "ibot_head_bottleneck_dim": _SEPARATE,
+    "ibot_head_nlayers": _SEPARATE,
+    "center_momentum": "used only with centering='centering'; the default is sinkhorn_knopp",
+}

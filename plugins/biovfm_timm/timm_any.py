@@ -69,9 +69,13 @@ def build_timm(
 ) -> nn.Module:
     """Build timm model ``variant`` (``timm:resnet50`` → ``variant="resnet50"``).
 
-    Options: ``image_size`` input side; ``drop_path_rate`` stochastic depth where the
-    model supports it; ``pretrained`` loads timm's weights (needs them in the local
-    cache or network access). timm ViTs keep iBOT masking and MAE dropping.
+    timm ViTs keep iBOT masking and MAE dropping; other models give pooled and
+    feature-map tokens.
+
+    Args:
+        image_size: input side in pixels.
+        drop_path_rate: stochastic depth, where the model supports it.
+        pretrained: load timm's weights (needs them in the local cache or network access).
     """
     base = variant.split(".")[0]
     if not timm.is_model(base):
@@ -86,6 +90,15 @@ def build_timm(
     else:
         model = timm.create_model(variant, **kwargs)
     return TimmFeatureBackbone(model, variant, image_size)
+
+
+def _family(variant: str) -> str:
+    """``vit`` or ``cnn``: which objective backbone recipes apply (DINOv2's drop-path is
+    a ViT recipe; a ResNet accepts drop_path_rate too, but was never trained with it)."""
+    return "vit" if _is_vit(variant) else "cnn"
+
+
+build_timm.backbone_family = _family  # type: ignore[attr-defined]
 
 
 def _is_vit(variant: str) -> bool:

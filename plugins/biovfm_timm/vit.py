@@ -252,6 +252,8 @@ def _size_factory(size: str):
         )
 
     factory.__name__ = f"build_vit_{size}"
+    # Objectives' backbone recipes meant for ViTs (DINOv2's drop-path) apply here.
+    factory.backbone_family = "vit"  # type: ignore[attr-defined]
     factory.__doc__ = build_vit.__doc__
     return factory
 
