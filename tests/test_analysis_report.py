@@ -275,7 +275,9 @@ def test_demo_benchmark_report_has_intervals_a_caveat_and_no_numpy_warnings(tmp_
     # What `biovfm sweep examples/sweeps/demo.yaml` collects: the three demo tasks,
     # two sizes, AUCs 0.002 apart with bootstrap intervals.
     rows = []
-    for params, bump in ((5.52902, 0.0), (21.6654, 0.002)):
+    # Real parameter counts: the fits print them to 6 digits (5.52902), which the mean
+    # panel must still match to the table's values.
+    for params, bump in ((5.529024, 0.0), (21.665431, 0.002)):
         for task, base in (("demo:modality", 0.9), ("demo:texture", 0.8), ("demo:plane", 0.85)):
             value = base + bump
             rows.append(
@@ -293,6 +295,13 @@ def test_demo_benchmark_report_has_intervals_a_caveat_and_no_numpy_warnings(tmp_
     assert "**Caveat:** these slopes are over modality, plane, texture, not the study's 12" in text
     figures = sorted((tmp_path / "out" / "figures").glob("scaling_model_*.png"))
     assert figures and all(p.read_bytes()[:8] == PNG_MAGIC for p in figures)
+    from biovfm_core.analysis.fits import fit_scaling
+    from biovfm_core.analysis.plots import _mean_points
+
+    fits = fit_scaling(rows, kind="model").fits
+    mean_fit = next(f for f in fits if f.aggregate == "mean_curve")
+    xs = [float(v) for v in mean_fit.x_values.split()]
+    assert _mean_points(rows, mean_fit, xs) == pytest.approx([85.0, 85.2])
 
     # The pieces the figures are drawn with: readable ticks, a y-axis of at least 10
     # points around 0.2 points of difference, intervals drawn as error bars.

@@ -184,10 +184,15 @@ def _mean_points(rows: Sequence[ResultRow], fit: ScalingFit, xs: Sequence[float]
             and fixed_text(row, FIXED[fit.kind]) == fit.fixed
         ):
             per[float(x)][benchmark_key(row.benchmark)].append(row.value)
-    common = set.intersection(*(set(per[x]) for x in xs)) if xs else set()
+    # The fit records its x values printed with 6 significant digits (5.52902 for
+    # 5.529024 M parameters): match them to the table's by closeness, not equality.
+    at = [next((k for k in per if math.isclose(k, x, rel_tol=1e-5)), None) for x in xs]
+    common = (
+        set.intersection(*(set(per[k]) if k is not None else set() for k in at)) if at else set()
+    )
     if not common:  # no benchmark at every x: no mean (and no numpy empty-mean warning)
         return [math.nan] * len(xs)
-    return [100.0 * float(np.mean([np.mean(per[x][b]) for b in common])) for x in xs]
+    return [100.0 * float(np.mean([np.mean(per[k][b]) for b in common])) for k in at]
 
 
 def slope_scatter(
