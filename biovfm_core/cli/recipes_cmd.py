@@ -19,7 +19,11 @@ def recipes(name: str | None) -> None:
             table.append((recipe.name, recipe.model, recipe.source, recipe.summary))
         widths = [max(len(row[i]) for row in table) for i in range(3)]
         for row in table:
-            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3])
+            click.echo(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+                + "  "
+                + row[3]
+            )
         click.echo("\nShow one with its sources: biovfm recipes NAME")
         return
     recipe = load(name)

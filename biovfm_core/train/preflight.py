@@ -233,6 +233,11 @@ def _meta_step(config: RunConfig, objective: Any, backbone: Any, per_gpu: int) -
     """One forward of the step on meta tensors; what it keeps, scaled to ``per_gpu``."""
     views = objective.views
     b = max(2, min(META_BATCH, per_gpu))  # KoLeo needs two images per crop
+    # The same iBOT masks every time, so the estimate is reproducible; the caller
+    # restores the generators afterwards.
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
     chans = int(getattr(backbone, "in_chans", 3))
 
     def crops(n: int, side: int) -> list[torch.Tensor]:
@@ -315,9 +320,9 @@ def preflight_report(config: RunConfig, registry: Any) -> list[str]:
 
 
 def recipe_memory_table(registry: Any) -> list[str]:
-    """docs/training.md's table: each recipe's estimate at its official per-GPU batch (or
-    its global batch over 8 GPUs where the recipe states none), bf16 activations."""
-    from biovfm_core.recipes import apply_recipe, load, names
+    """docs/training.md's table: each recipe's estimate at its official per-GPU batch
+    (``per_gpu_batch``; one GPU's share without torchrun otherwise), bf16 activations."""
+    from biovfm_core.recipes import apply_recipe, names
 
     rows = [
         "| recipe | per-GPU batch | parameters (teacher incl.) | weights + grads + AdamW "
@@ -329,9 +334,6 @@ def recipe_memory_table(registry: Any) -> list[str]:
         config.set("recipe", name)
         apply_recipe(config)
         config.validate(registry)
-        if load(name).per_gpu_batch is None:
-            # The study recipes state no batch: the sweep's 1024 over 8 GPUs.
-            config.set("train.batch_size", 128)
         result = run_preflight(config, registry)
         est = result.estimate
         if est is None:
