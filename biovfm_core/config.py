@@ -1,7 +1,9 @@
 """The one run config: typed, loadable from YAML, every field overridable.
 
-Precedence, lowest to highest: defaults < ``--config run.yaml`` < ``--set k=v`` and
-named flags (``--batch-size``) < nothing else. Plugin options live in
+Precedence, lowest to highest: defaults < the machine preset < a named recipe
+(``recipe:``, ``--recipe``) < ``--config run.yaml`` < ``--set k=v`` and named flags
+(``--batch-size``) < ``--opt``. The preset and the recipe fill only keys the user did
+not set (``explicit``); ``origins`` records where each set key came from. Plugin options live in
 ``options.<kind>`` and are checked against the chosen plugin's factory, so a typo
 fails before any compute is spent. The resolved config is written into every run
 folder and reloads into an equal object.
@@ -61,6 +63,13 @@ class OptimConfig:
     betas: tuple[float, float] | None = None
     grad_clip: float | None = None
     layer_decay: float | None = None
+    patch_embed_lr_mult: float | None = None
+    """Learning-rate multiplier of the patch embedding (DINOv2: 0.2)."""
+    lr_scaling: Literal["linear", "sqrt", "none"] | None = None
+    """How the peak lr follows the batch: ``base_lr * (batch / reference_batch)``
+    (linear), its square root (sqrt), or ``base_lr`` as is (none)."""
+    reference_batch: int | None = None
+    """The batch size ``base_lr`` is stated for (DINOv2: 1024, MAE: 256)."""
     accumulate: int = 1
     """Micro-batches per optimizer step."""
 
@@ -94,6 +103,9 @@ class RunConfig:
     objective: str = "dinov2"
     backbone: str = "vit_small"
     augmentation: str = "auto"
+    recipe: str | None = None
+    """A named recipe (``biovfm recipes``) whose values fill every key not set here,
+    in ``--set``/``--opt`` or by a flag."""
     output: str = "runs"
     """Folder that holds run folders."""
     name: str | None = None
@@ -154,6 +166,17 @@ class RunConfig:
         """Dotted keys a user set (file, flags); presets fill only the others."""
         return self.__dict__.setdefault("_explicit", set())
 
+    @property
+    def origins(self) -> dict[str, str]:
+        """Dotted key -> where its value came from: the config file's path, ``--set
+        ...``/``--opt ...``/``--flag`` for the command line, ``recipe NAME (source)`` or
+        ``... preset`` for filled values. Keys at their defaults are absent."""
+        return self.__dict__.setdefault("_origins", {})
+
+    def is_set(self, key: str) -> bool:
+        """Set by the user or a recipe: a machine or objective preset must not fill it."""
+        return key in self.explicit or key in self.origins
+
     def set(self, key: str, value: Any, *, source: str = "--set", record: bool = True) -> None:
         """Set a field by dotted key (``train.batch_size``) or a whole section by dict.
 
@@ -190,6 +213,7 @@ class RunConfig:
                 raise ConfigError(f"{source}: {key}: {exc}") from None
             if record:
                 self.explicit.add(key)
+                self.origins[key] = source
             return
 
     def _set_option(
@@ -213,7 +237,9 @@ class RunConfig:
             updates = {".".join(parts[1:]): value}
         self.options[kind].update(updates)
         if record:
-            self.explicit.update(f"options.{kind}.{name}" for name in updates)
+            for name in updates:
+                self.explicit.add(f"options.{kind}.{name}")
+                self.origins[f"options.{kind}.{name}"] = source
 
     def apply_sets(self, assignments: list[str]) -> None:
         """Apply ``--set train.batch_size=128`` style overrides (raw strings)."""
@@ -243,6 +269,37 @@ class RunConfig:
             plugin_names["augmentation"] = self.augmentation
         for kind, name in plugin_names.items():
             self.options[kind] = registry.validate(kind + "s", name, self.options[kind])
+        self.check_crop_sizes(registry)
+
+    def check_crop_sizes(self, registry: Any) -> None:
+        """Crop sides that patches do not tile fail here, before anything is built.
+
+        A ViT cuts a crop into patch-size squares; a side that is not a multiple would
+        fail at the first step. The backbone's ``patch_size`` option and the sides
+        named in ``CROP_OPTIONS`` (the objective's crops, the backbone's position
+        table) are read from the options or the factories' defaults; a backbone
+        without a ``patch_size`` option (a CNN, ``timm:NAME``) is not checked here.
+        """
+        backbone_specs = registry.options("backbones", self.backbone)
+        if "patch_size" not in backbone_specs:
+            return
+        patch = self.options["backbone"].get("patch_size", backbone_specs["patch_size"].default)
+        if not isinstance(patch, int) or patch <= 1:
+            return
+        objective_specs = registry.options("objectives", self.objective)
+        for kind, name in CROP_OPTIONS:
+            specs = backbone_specs if kind == "backbone" else objective_specs
+            if name not in specs:
+                continue
+            value = self.options[kind].get(name, specs[name].default)
+            if name == "local_size":
+                crops = self.options[kind].get(
+                    "local_crops", getattr(specs.get("local_crops"), "default", 1)
+                )
+                if not crops:
+                    continue
+            if isinstance(value, int) and value % patch:
+                raise ConfigError(crop_size_message(f"{kind}.{name}", value, patch))
 
     def check_ranges(self) -> None:
         """Numbers a run cannot work with fail here, naming the key, not mid-run."""
@@ -269,6 +326,25 @@ class RunConfig:
             value = getattr(self.optim, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"optim.{name} must be positive, got {value}")
+
+
+# Options that are sides of square crops a ViT cuts into patches (kind, option).
+CROP_OPTIONS = (
+    ("backbone", "image_size"),
+    ("objective", "global_size"),
+    ("objective", "local_size"),
+    ("objective", "image_size"),
+)
+
+
+def crop_size_message(option: str, value: int, patch: int) -> str:
+    """One line: the crop side, the patch size and the nearest sides that fit."""
+    below = value // patch * patch
+    choices = [v for v in (below, below + patch) if v > 0]
+    return (
+        f"{option}={value} is not a multiple of the patch size {patch} "
+        f"(backbone.patch_size): set --opt {option}=" + " or ".join(str(v) for v in choices)
+    )
 
 
 def _unknown_key(key: str, fields: dict[str, Any], source: str) -> str:

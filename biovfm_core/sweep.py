@@ -54,6 +54,7 @@ import yaml
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
 from biovfm_core.files import write_atomic
+from biovfm_core.recipes import apply_recipe
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Sweep:
             config = RunConfig.from_dict(self.base, source=f"{self.source}: base")
             for key, value in overrides.items():
                 config.set(key, value, source=f"{self.source}: grid.{key}")
+            apply_recipe(config)  # a cell's `recipe:` fills what base and grid leave unset
             cell_id = cell_name(overrides)
             config.name = cell_id
             config.output = str(self.output / "cells")

@@ -306,5 +306,38 @@ def test_train_init_flag_sets_the_config_and_checks_the_path(tmp_path):
     done = CliRunner().invoke(
         cli, ["train", "--init", str(path), "--dry-run", "--device", "cuda", "--data", "demo:"]
     )
+    # The dry run's preflight reads the file against the backbone: a broken one is one line.
+    assert done.exit_code == 2, done.output
+    assert f"error: --init {path}: not a readable torch checkpoint" in done.output
+    assert f"#   init = '{path}'  <- command line (--init)" in done.output
+
+
+def test_dry_run_preflight_checks_an_init_file_on_a_cpu(tmp_path):
+    """A ViT-Ti/14 hub file on the CPU preset: crops fit patch 14 (56/28) and the file
+    loads into the meta backbone; the wrong FFN is one line naming backbone.swiglu."""
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+
+    path = dinov2_hub_file(timm_vit(img=56, dim=192, depth=12), tmp_path / "vitt14.pth")
+    args = [
+        "train",
+        "--init",
+        str(path),
+        "--backbone",
+        "vit_tiny",
+        "--device",
+        "cpu",
+        "--opt",
+        "backbone.patch_size=14",
+        "--data",
+        "demo:",
+        "--dry-run",
+    ]
+    done = CliRunner().invoke(cli, args)
     assert done.exit_code == 0, done.output
-    assert f"init: {path}" in done.output
+    assert "options.objective.global_size=56" in done.output
+    assert "no mismatch" in done.output
+    wrong = CliRunner().invoke(cli, [*args, "--opt", "backbone.swiglu=true"])
+    assert wrong.exit_code == 2
+    assert wrong.output.strip().splitlines()[-1].endswith("set --opt backbone.swiglu=false")

@@ -50,6 +50,7 @@ def cli() -> None:
     \b
     biovfm plugins                      what is installed and registered
     biovfm train                        DINOv2 on the built-in demo data
+    biovfm recipes                      the official recipes: train --recipe NAME
     biovfm train --objective mae --backbone vit_base --data catalog.yaml
     biovfm eval  RUN --benchmark medmnist:all
     """
@@ -62,10 +63,11 @@ def _register_commands() -> None:
     from biovfm_core.cli.eval_cmd import eval_
     from biovfm_core.cli.inspect_cmd import inspect
     from biovfm_core.cli.plugins_cmd import plugins
+    from biovfm_core.cli.recipes_cmd import recipes
     from biovfm_core.cli.sweep_cmd import sweep
     from biovfm_core.cli.train_cmd import train
 
-    for command in (plugins, train, eval_, data, sweep, analyze, inspect):
+    for command in (plugins, recipes, train, eval_, data, sweep, analyze, inspect):
         cli.add_command(command)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from biovfm_core.cli.common import check_data, config_options, resolve_config
+from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
+from biovfm_core.recipes import apply_recipe, load
 from biovfm_core.train.presets import (
     apply_machine_preset,
     apply_objective_backbone_preset,
@@ -14,6 +16,12 @@ from biovfm_core.train.presets import (
 
 
 @click.command("train")
+@click.option(
+    "--recipe",
+    metavar="NAME",
+    help="A named official recipe (biovfm recipes): its values fill every key you do not "
+    "set in --config, --set, --opt or a flag.",
+)
 @click.option("--objective", help="Registered objective (dinov2, mae, supervised, ...).")
 @click.option("--backbone", help="Registered backbone (vit_tiny ... vit_giant, timm:<name>).")
 @click.option("--augmentation", help="Augmentation recipe, or 'auto' (per modality).")
@@ -55,6 +63,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     from biovfm_core.registry import get_registry
 
     named = {
+        "recipe": flags["recipe"],
         "objective": flags["objective"],
         "backbone": flags["backbone"],
         "augmentation": flags["augmentation"],
@@ -85,15 +94,19 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             raise ConfigError(f"--init {config.init}: no such file or folder")
     registry = get_registry()
     device_type = _device_type(config.train.device)
+    # Recipe first: the machine preset and the objective's backbone preset fill only
+    # what neither the user nor the recipe set.
+    from_recipe = {key: entry.value for key, entry in apply_recipe(config).items()}
     applied = apply_machine_preset(config, registry, device_type)
-    recipe = apply_objective_backbone_preset(config, registry)
+    backbone_preset = apply_objective_backbone_preset(config, registry)
     skipped = backbone_preset_skipped(config, registry)
     if skipped:
         click.echo(f"# {config.objective} recipe not applied: {skipped}", err=not dry_run)
     config.validate(registry)
     for label, filled in (
+        (f"recipe {config.recipe}", from_recipe),
         (f"{device_type} preset", applied),
-        (f"{config.objective} recipe", recipe),
+        (f"{config.objective} backbone preset", backbone_preset),
     ):
         if filled:
             click.echo(
@@ -114,6 +127,12 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         click.echo("\n".join(data_lines))
         if config.augmentation == "auto":
             click.echo(_augmentation_line(config, registry))
+        for line in provenance_lines(config):
+            click.echo(line)
+        from biovfm_core.train.preflight import preflight_report
+
+        for line in preflight_report(config, registry):
+            click.echo(line)
         click.echo(config.to_yaml(), nl=False)
         return
     from biovfm_core.train.loop import train as run_training
@@ -132,6 +151,41 @@ def _augmentation_line(config, registry) -> str:
         for m, (name, why) in plan.items()
     ]
     return "# augmentation auto, by modality (others: default): " + ", ".join(shown)
+
+
+def provenance_lines(config: RunConfig) -> list[str]:
+    """``--dry-run``: each value not at its default and where it came from; then the
+    recipe's official values biovfm cannot apply, and why."""
+    lines = ["# resolved values and where each came from:"]
+    for key in sorted(config.origins):
+        lines.append(
+            f"#   {key} = {_value_at(config, key)!r}  <- {_origin_label(config.origins[key])}"
+        )
+    if config.recipe:
+        recipe = load(config.recipe)
+        for entry in recipe.not_applied.values():
+            lines.append(
+                f"# not applied: {entry.key}={entry.value!r} ({entry.source}): {entry.why}"
+            )
+    return lines
+
+
+def _value_at(config: RunConfig, key: str):
+    parts = key.split(".")
+    if parts[0] == "options":
+        return config.options[parts[1]].get(".".join(parts[2:]))
+    target = config
+    for part in parts:
+        target = getattr(target, part)
+    return target
+
+
+def _origin_label(origin: str) -> str:
+    if origin.startswith("--"):
+        return f"command line ({origin})"
+    if origin.startswith("recipe ") or origin.endswith(" preset"):
+        return origin
+    return f"your config ({origin})"
 
 
 def _device_type(device: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from biovfm_core.config import RunConfig
-from biovfm_core.errors import BiovfmError
+from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.files import write_atomic
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.models.export import export_backbone
@@ -39,6 +39,7 @@ from biovfm_core.train.data import open_index, order_record, training_data
 from biovfm_core.train.metrics import MetricsLog
 from biovfm_core.train.numerics import clip_gradients, mean_over_ranks, weights_checksum
 from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
+from biovfm_core.train.preflight import run_preflight
 from biovfm_core.train.profiling import StepProfiler
 from biovfm_core.train.progress import LoaderWait, ProgressReport
 from biovfm_core.train.run_folder import (
@@ -74,6 +75,11 @@ def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResu
     if config.resume:
         check_resume_names(config)
     config.validate(registry)
+    # Before any data is scanned or loaded: a crop the patches do not tile, a model
+    # checkpointing cannot split, fail here in one line, not at step 1.
+    problems = run_preflight(config, registry).problems
+    if problems:
+        raise ConfigError("; ".join(problems))
     runtime = D.start(config.train.device, config.train.precision)
     try:
         return _Trainer(config, registry, runtime, progress).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from biovfm_core.config import RunConfig
+from biovfm_core.config import CROP_OPTIONS, RunConfig
 
 CPU_RUN: dict[str, Any] = {
     "backbone": "vit_tiny",
@@ -23,28 +23,52 @@ CPU_RUN: dict[str, Any] = {
 
 
 def apply_machine_preset(config: RunConfig, registry, device_type: str) -> dict[str, Any]:
-    """Fill unset values for ``device_type``; return ``{key: value}`` of what was filled."""
+    """Fill unset values for ``device_type``; return ``{key: value}`` of what was filled.
+
+    Keys the user or the recipe set are left alone (a recipe is the real thing: its
+    sizes win over the CPU's). Crop sides are rounded down to the patch size the
+    backbone will have (64/32 px become 56/28 for patch 14).
+    """
     if device_type != "cpu":
         return {}
     applied: dict[str, Any] = {}
-    run_length_set = {"train.max_steps", "train.epochs"} & config.explicit
+    run_length_set = any(config.is_set(k) for k in ("train.max_steps", "train.epochs"))
     for key, value in CPU_RUN.items():
-        if key in config.explicit or (key == "train.max_steps" and run_length_set):
+        if config.is_set(key) or (key == "train.max_steps" and run_length_set):
             continue
         config.set(key, value, record=False)
         applied[key] = value
+    patch = _patch_size(config, registry)
     for kind, name in (("objective", config.objective), ("backbone", config.backbone)):
         for option, value in registry.preset(kind + "s", name, "cpu").items():
             key = f"options.{kind}.{option}"
-            if key not in config.explicit:
-                config.options[kind][option] = value
-                applied[key] = value
+            if config.is_set(key):
+                continue
+            if patch and (kind, option) in CROP_OPTIONS and isinstance(value, int):
+                value = max(patch, value // patch * patch)
+            config.options[kind][option] = value
+            applied[key] = value
+    for key in applied:
+        config.origins[key] = f"{device_type} preset"
     return applied
+
+
+def _patch_size(config: RunConfig, registry) -> int | None:
+    """The backbone's patch size as its options will give it, or None (not a ViT)."""
+    specs = registry.options("backbones", config.backbone)
+    if "patch_size" not in specs:
+        return None
+    patch = config.options["backbone"].get("patch_size", specs["patch_size"].default)
+    try:
+        return int(patch)
+    except (TypeError, ValueError):
+        return None  # validation names the bad value
 
 
 def apply_objective_backbone_preset(config: RunConfig, registry) -> dict[str, Any]:
     """Fill the backbone options the objective's recipe sets (its ``"backbone"`` preset),
-    on every machine, where the backbone has the option and the user did not set it.
+    on every machine, where the backbone has the option and neither the user nor a
+    named recipe set it.
 
     DINOv2's drop-path and LayerScale are properties of the backbone it trains, not of
     the ViT in general (MAE trains the same ViT without them), so the objective names
@@ -58,9 +82,10 @@ def apply_objective_backbone_preset(config: RunConfig, registry) -> dict[str, An
     applied: dict[str, Any] = {}
     for option, value in recipe.items():
         key = f"options.backbone.{option}"
-        if option in accepted and key not in config.explicit:
+        if option in accepted and not config.is_set(key):
             config.options["backbone"][option] = value
             applied[key] = value
+            config.origins[key] = f"{config.objective} backbone preset"
     return applied
 
 

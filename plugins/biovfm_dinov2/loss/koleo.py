@@ -20,7 +20,10 @@ class KoLeoLoss(_LightlyKoLeo):
     """lightly's KoLeo, computed in float32 (nearest neighbours are unstable in bf16)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # The preflight runs steps on the meta device, which autocast does not know;
+        # there is no autocast to turn off there.
+        device_type = "cpu" if x.device.type == "meta" else x.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
             return super().forward(x.float())
 
     def per_crop_sum(self, features: Tensor, n_crops: int) -> Tensor:
