@@ -28,7 +28,7 @@ from biovfm_core.protocols import (
     TaskInfo,
     ViewSpec,
 )
-from biovfm_core.schedules import cosine_schedule
+from biovfm_core.schedules import cosine_schedule, linspace_warmup
 from biovfm_dinov2.head import DINOHead
 from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
 from biovfm_dinov2.loss.teacher_targets import CENTERINGS, TeacherTargets
@@ -36,7 +36,9 @@ from biovfm_dinov2.masking import sample_ibot_masks
 
 # DINOv2's ssl_default_config optim section: lr = 0.004 * sqrt(batch / 1024), 10 warm-up
 # epochs, weight decay cosine 0.04 -> 0.4, clip 3.0, layer-wise decay 0.9, patch
-# embedding at 0.2x.
+# embedding at 0.2x. The warm-up is CosineScheduler's np.linspace (dinov2/utils/utils.py)
+# and weight decay spares only biases, norms and LayerScale gammas
+# (dinov2/utils/param_groups.py get_params_groups_with_decay).
 RECIPE = OptimRecipe(
     base_lr=0.004,
     reference_batch=1024,
@@ -49,17 +51,9 @@ RECIPE = OptimRecipe(
     grad_clip=3.0,
     layer_decay=0.9,
     patch_embed_lr_mult=0.2,
+    warmup="linspace",
+    decay_exempt="bias_norm_gamma",
 )
-
-
-def linspace_warmup(step: int, warmup_steps: int, start: float, end: float) -> float:
-    """``np.linspace(start, end, warmup_steps)[step]``, then ``end``: DINOv2's
-    ``CosineScheduler`` warm-up, which reaches ``end`` at step ``warmup_steps - 1``."""
-    if step >= warmup_steps:
-        return float(end)
-    if warmup_steps == 1:
-        return float(start)
-    return float(start + (end - start) * step / (warmup_steps - 1))
 
 
 class DINOv2Objective(ObjectiveBase, nn.Module):
