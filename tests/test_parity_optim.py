@@ -147,3 +147,54 @@ def test_default_rule_still_spares_tokens_for_objectives_without_one() -> None:
     assert wd["backbone.encoder.vit.pos_embed"] == 0.0
     assert wd["backbone.encoder.vit.cls_token"] == 0.0
     assert wd["backbone.encoder.vit.blocks.0.attn.qkv.weight"] == 1.0
+
+
+def test_epoch_length_sets_the_scheduling_epoch_as_dinov2s_official_epoch_length() -> None:
+    """dinov2/train/train.py build_schedulers: every schedule is counted in
+    ``OFFICIAL_EPOCH_LENGTH`` (1,250, ssl_default_config train.OFFICIAL_EPOCH_LENGTH)
+    iterations per epoch: total ``epochs * 1250``, warm-up ``warmup_epochs * 1250``."""
+    from biovfm_dinov2.objective import RECIPE
+
+    from biovfm_core.config import RunConfig
+    from biovfm_core.train.batching import step_shape
+
+    config = RunConfig()
+    config.set("train.batch_size", 64)
+    config.set("train.epochs", 3)
+    config.set("train.epoch_length", 1250)
+    micro, per_epoch, total = step_shape(config, world_size=2, num_images=640)
+    assert (micro, per_epoch, total) == (32, 1250, 3 * 1250)
+    config.set("train.epochs", 100)
+    _, per_epoch, total = step_shape(config, world_size=2, num_images=640)
+    plan = make_plan(RECIPE, OptimConfig(), batch_size=64, steps_per_epoch=per_epoch,
+                     total_steps=total)  # fmt: skip
+    assert (plan.warmup_steps, total) == (10 * 1250, 100 * 1250)
+    # Default: one pass over the data (640 images / 64 per step).
+    default = RunConfig()
+    default.set("train.batch_size", 64)
+    default.set("train.epochs", 3)
+    assert step_shape(default, world_size=2, num_images=640)[1:] == (10, 30)
+
+
+def test_epoch_length_below_one_is_refused() -> None:
+    from biovfm_core.config import RunConfig
+    from biovfm_core.errors import ConfigError
+
+    config = RunConfig()
+    config.set("train.epoch_length", 0)
+    with pytest.raises(ConfigError, match=r"train\.epoch_length must be at least 1"):
+        config.check_ranges()
+
+
+def test_dry_run_prints_the_global_batch_and_the_per_gpu_batch() -> None:
+    """train.batch_size is global: DINOv2's ssl_default_config batch_size_per_gpu 64 on
+    32 GPUs is --batch-size 2048; each of the 32 processes gets 64."""
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+
+    result = CliRunner().invoke(
+        cli, ["train", "--dry-run", "--batch-size", "2048"], env={"WORLD_SIZE": "32"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "# batch 2048 in total (train.batch_size is global) = 64 per GPU x 32" in result.output
