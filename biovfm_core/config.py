@@ -60,6 +60,11 @@ class OptimConfig:
     weight_decay_end: float | None = None
     betas: tuple[float, float] | None = None
     grad_clip: float | None = None
+    clip_mode: Literal["per_module", "global"] = "per_module"
+    """``per_module``: clip each module the objective names (its ``clip_groups()``) to
+    ``grad_clip`` on its own, as DINOv2 clips backbone, dino_head and ibot_head
+    (dinov2/train/train.py); objectives that name none get one global norm.
+    ``global``: one norm over all parameters."""
     layer_decay: float | None = None
     accumulate: int = 1
     """Micro-batches per optimizer step."""

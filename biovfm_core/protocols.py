@@ -305,6 +305,12 @@ class Objective(Protocol):
     checkpoints save and restore, so a resumed run repeats the uninterrupted one.
 
     ``optim_recipe`` is optional: without it the engine uses ``OptimRecipe()``.
+
+    ``clip_groups()`` is optional too: a mapping of names to the modules whose
+    gradients are clipped each on their own (``optim.clip_mode=per_module``, the
+    default), as DINOv2 clips its student's backbone, dino_head and ibot_head
+    separately. Parameters in none of them form one more group. Without it, or with
+    ``optim.clip_mode=global``, one norm over all parameters is clipped.
     """
 
     views: ViewSpec

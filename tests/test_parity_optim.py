@@ -198,3 +198,71 @@ def test_dry_run_prints_the_global_batch_and_the_per_gpu_batch() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "# batch 2048 in total (train.batch_size is global) = 64 per GPU x 32" in result.output
+
+
+def _reference_clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """torch.nn.Module.clip_grad_norm_ as FSDP applies it per module (dinov2/train/train.py
+    do_train): the group's 2-norm, scaled by ``max_norm / (norm + 1e-6)`` when above.
+    In float64; torch sums float32 squares, hence the 2e-4 relative tolerance below."""
+    total = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    coef = min(1.0, max_norm / (total + 1e-6))
+    return [g * coef for g in grads]
+
+
+def _dinov2_with_grads():
+    registry = get_registry()
+    backbone = registry.build("backbones", "vit_tiny", options={"image_size": 32})
+    objective = registry.build(
+        "objectives", "dinov2", backbone, TaskInfo(),
+        options={"prototypes": 64, "global_size": 32, "local_size": 16,
+                 "ibot_separate_head": True, "ibot_head_n_prototypes": 32},
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    # Heads with much larger gradients than the backbone, as early in DINOv2 training.
+    scale = {"backbone": 1e-4, "dino_head": 5.0, "ibot_head": 1.0}
+    for name, module in objective.student.items():
+        for p in module.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) * scale[name]
+    return objective
+
+
+def test_dinov2_clips_each_student_module_on_its_own() -> None:
+    """dinov2/train/train.py do_train: ``for v in model.student.values():
+    v.clip_grad_norm_(cfg.optim.clip_grad)`` (student = backbone, dino_head, ibot_head,
+    dinov2/train/ssl_meta_arch.py)."""
+    from biovfm_core.train.numerics import clip_gradients
+
+    objective = _dinov2_with_grads()
+    before = {n: [p.grad.clone() for p in m.parameters()] for n, m in objective.student.items()}
+    assert set(before) == {"backbone", "dino_head", "ibot_head"}
+    norm = clip_gradients(objective, 3.0, torch.device("cpu"), "per_module")
+    everything = [g for grads in before.values() for g in grads]
+    assert float(norm) == pytest.approx(
+        math.sqrt(sum(float((g.double() ** 2).sum()) for g in everything)), rel=2e-4
+    )
+    for name, module in objective.student.items():
+        expected = _reference_clip(before[name], 3.0)
+        for p, e in zip(module.parameters(), expected, strict=True):
+            torch.testing.assert_close(p.grad, e.float(), rtol=2e-4, atol=1e-9)
+    # The backbone's small gradient is untouched: a global norm would have shrunk it.
+    for p, g in zip(objective.student["backbone"].parameters(), before["backbone"], strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def test_global_clip_mode_and_objectives_without_clip_groups_use_one_norm() -> None:
+    from biovfm_core.train.numerics import clip_gradients
+
+    objective = _dinov2_with_grads()
+    params = [p for p in objective.parameters() if p.grad is not None]
+    before = [p.grad.clone() for p in params]
+    clip_gradients(objective, 3.0, torch.device("cpu"), "global")
+    for p, e in zip(params, _reference_clip(before, 3.0), strict=True):
+        torch.testing.assert_close(p.grad, e.float(), rtol=2e-4, atol=1e-9)
+
+    third_party = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    for p in third_party.parameters():
+        p.grad = torch.full(p.shape, 10.0)
+    before = [p.grad.clone() for p in third_party.parameters()]
+    clip_gradients(third_party, 1.0, torch.device("cpu"), "per_module")
+    for p, e in zip(third_party.parameters(), _reference_clip(before, 1.0), strict=True):
+        torch.testing.assert_close(p.grad, e.float(), rtol=2e-4, atol=1e-9)

@@ -400,7 +400,7 @@ class _Trainer:
             # Clipping first lets the gradient norm travel with the losses: one
             # collective and one device sync per step. Nothing is applied before the
             # finiteness check, so a bad step still leaves the weights untouched.
-            grad_norm = clip_gradients(objective, p.plan.grad_clip, rt.device)
+            grad_norm = clip_gradients(objective, p.plan.grad_clip, rt.device, cfg.optim.clip_mode)
             values = mean_over_ranks({**parts, "grad_norm": grad_norm}, rt)
             grad_norm = values.pop("grad_norm")
             # Under fp16 an infinite gradient is the scaler's business (it skips the step).

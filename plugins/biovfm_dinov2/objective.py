@@ -168,6 +168,12 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
             for param, _ in head.last_layer.named_parameters()
         }
 
+    def clip_groups(self) -> dict[str, nn.Module]:
+        """The modules whose gradients are clipped each on their own: DINOv2 clips
+        every student module (backbone, dino_head, ibot_head) separately
+        (dinov2/train/train.py do_train, ``for v in model.student.values()``)."""
+        return dict(self.student.items())
+
     def current_momentum(self, info: StepInfo) -> float:
         return cosine_schedule(
             info.step, info.total_steps, self.momentum_teacher, self.final_momentum_teacher
