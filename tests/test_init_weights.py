@@ -193,7 +193,10 @@ def test_mismatches_are_clear_errors(tmp_path):
     hf.mkdir()
     save_file({"embeddings.cls_token": torch.zeros(1, 1, 8)}, str(hf / "model.safetensors"))
     (hf / "config.json").write_text('{"model_type": "dinov2"}')
-    with pytest.raises(ConfigError, match="transformers' layout"):
+    with pytest.raises(ConfigError, match="a Dinov2Model without layer_scale weights"):
+        read_init(str(hf))
+    (hf / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(ConfigError, match="a transformers 'clip' model; biovfm reads dinov2"):
         read_init(str(hf))
     with pytest.raises(ConfigError, match="no such file or folder"):
         read_init(str(tmp_path / "missing.pth"))

@@ -26,6 +26,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from biovfm_core.files import write_atomic
+from biovfm_core.models.hf_layout import write_hf_folder
 
 
 def export_backbone(
@@ -73,6 +74,7 @@ def export_backbone(
     write_atomic(out_dir / "backbone.json", (json.dumps(description, indent=2) + "\n").encode())
     if "timm" in description:
         write_timm_folder(out_dir, description, run_config=run_config)
+    write_hf_folder(out_dir / "hf", backbone, description)  # transformers' Dinov2Model
     return weights
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from biovfm_core.errors import ConfigError
+from biovfm_core.models.hf_layout import read_hf_folder
 from biovfm_core.models.normalisation import IMAGENET_NORM, unwrapped
 from biovfm_core.models.runs import load_biovfm
 from biovfm_core.models.weights import load_checked, read_safetensors
@@ -37,8 +38,9 @@ from biovfm_core.pos_embed import resize_patch_pos
 from biovfm_core.registry import get_registry
 
 SPEC_HELP = (
-    "a DINOv2 hub .pth, an MAE .pth, a timm/Hugging Face folder (config.json + "
-    "model.safetensors), a biovfm run or export folder, or timm:NAME"
+    "a DINOv2 hub .pth, an MAE .pth, a timm or Hugging Face transformers (Dinov2Model, "
+    "ViTMAEModel) folder (config.json + model.safetensors), a biovfm run or export "
+    "folder, or timm:NAME"
 )
 
 
@@ -47,7 +49,7 @@ class InitSource:
     """Weights read from a spec, in timm's ``VisionTransformer`` key layout."""
 
     spec: str
-    kind: str  # dinov2 | mae | timm-folder | safetensors | biovfm | timm
+    kind: str  # dinov2 | mae | timm-folder | hf-dinov2 | hf-vit_mae | safetensors | biovfm | timm
     state: dict[str, torch.Tensor]
     sha256: str | None = None
     no_embed_class: bool | None = None  # None: decide from the shapes
@@ -144,13 +146,20 @@ def _read_timm_folder(spec: str, folder: Path) -> InitSource:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--init {folder / 'config.json'}: not readable JSON: {exc}") from None
-    state = read_safetensors(weights)
-    if any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
-        raise ConfigError(
-            f"--init {spec}: weights in Hugging Face transformers' layout "
-            f"({config.get('model_type', 'unknown')}); use the timm version of the model "
-            "(a folder with timm's config.json, e.g. from the timm/ organisation)"
+    if isinstance(config, dict) and "model_type" in config:
+        # transformers' Dinov2Model / ViTMAEModel layout (embeddings.*, encoder.layer.*).
+        hf = read_hf_folder(spec, folder, weights)
+        return InitSource(
+            spec,
+            hf["kind"],
+            _check_layout(spec, hf["state"]),
+            file_sha256(weights),
+            False,
+            hf["dropped"],
+            hf["input_norm"],
+            pos_interpolation=hf["pos_interpolation"],
         )
+    state = read_safetensors(weights)
     no_embed = (config.get("model_args") or {}).get("no_embed_class")
     arch = str(config.get("architecture", ""))
     if no_embed is None and arch:

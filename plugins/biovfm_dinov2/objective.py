@@ -3,8 +3,13 @@
 Defaults are DINOv2's ``ssl_default_config`` for ViT-L (with the Sinkhorn-Knopp
 centering of its ViT-L/g recipes); docs/training.md's "matches the official recipe" table
 lists each value with its source. The backbone half of the recipe (drop-path 0.3 in
-every block, LayerScale 1e-5) is this plugin's ``"backbone"`` preset, which
-``biovfm train`` applies to the ViT options the user did not set. For a CPU demo use
+every block, LayerScale 1e-5, DINOv2's position-table resizing for the local crops) is
+this plugin's ``"backbone"`` preset, which ``biovfm train`` applies to the ViT options
+the user did not set. The optimiser follows DINOv2 too: np.linspace warm-up, weight
+decay on everything but biases, norms and LayerScale gammas, and each student module
+(backbone, dino_head, ibot_head) clipped on its own (``clip_groups``). DINOv2's
+1,250-step epochs are ``train.epoch_length=1250``; its 2,048 batch is
+``--batch-size 2048`` (global). For a CPU demo use
 ``prototypes=1024, local_crops=4, global_size=64, local_size=32`` on ``vit_tiny``
 (patch 16), and ``warmup_teacher_temp_epochs`` no longer than the run.
 """
