@@ -62,6 +62,11 @@ class OptimConfig:
     weight_decay_end: float | None = None
     betas: tuple[float, float] | None = None
     grad_clip: float | None = None
+    clip_mode: Literal["per_module", "global"] = "per_module"
+    """``per_module``: clip each module the objective names (its ``clip_groups()``) to
+    ``grad_clip`` on its own, as DINOv2 clips backbone, dino_head and ibot_head
+    (dinov2/train/train.py); objectives that name none get one global norm.
+    ``global``: one norm over all parameters."""
     layer_decay: float | None = None
     patch_embed_lr_mult: float | None = None
     """Learning-rate multiplier of the patch embedding (DINOv2: 0.2)."""
@@ -81,7 +86,15 @@ class TrainConfig:
     max_steps: int | None = None
     epochs: int | None = None
     batch_size: int = 64
-    """Images per optimizer step across all ranks (before accumulation split)."""
+    """GLOBAL batch: images per optimizer step summed over all processes (GPUs), split
+    evenly over them and then into ``optim.accumulate`` micro-batches. The official
+    recipes state theirs the same way: DINOv2 64 per GPU x 32 GPUs = 2,048 (ViT-L),
+    MAE 4,096; learning rates are scaled from this global number."""
+    epoch_length: int | None = None
+    """Optimizer steps per scheduling epoch: what warm-up epochs, the teacher
+    temperature warm-up, the prototype freeze and ``train.epochs`` count in. ``None``
+    (default): one pass over the data. DINOv2 uses 1,250 (``OFFICIAL_EPOCH_LENGTH``,
+    dinov2/configs/ssl_default_config.yaml) whatever the data size."""
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -305,6 +318,7 @@ class RunConfig:
         """Numbers a run cannot work with fail here, naming the key, not mid-run."""
         at_least = {
             "train.batch_size": 1,
+            "train.epoch_length": 1,
             "train.max_steps": 1,
             "train.epochs": 1,
             "train.checkpoint_every": 1,

@@ -221,8 +221,15 @@ class OptimRecipe:
     Peak learning rate = ``base_lr`` scaled by ``batch / reference_batch``
     (``lr_scaling="linear"``, MAE's and DeiT's rule) or its square root
     (``"sqrt"``, DINOv2's rule). Weight decay follows a cosine from
-    ``weight_decay`` to ``weight_decay_end`` (``None``: constant). Norms, biases,
-    position embeddings and class/mask/register tokens never decay.
+    ``weight_decay`` to ``weight_decay_end`` (``None``: constant). The learning rate
+    warms up from 0 over ``warmup_epochs``: ``warmup="linspace"`` is DINOv2's
+    ``CosineScheduler`` (peak at the last warm-up step), ``"linear"`` MAE's
+    ``lr_sched`` (peak one step later); a cosine to ``min_lr`` follows.
+    ``decay_exempt`` names the parameters weight decay skips: ``"bias_norm_gamma"``
+    (DINOv2's ``param_groups.py``: names ending ``.bias`` or containing ``norm`` or
+    ``gamma``), ``"1d_and_bias"`` (timm 0.3.2's ``add_weight_decay``, which MAE's
+    ``main_pretrain.py`` uses: 1-D tensors and ``.bias``), or ``"1d_and_tokens"`` (the
+    default: 1-D tensors, position embeddings and class/mask/register tokens).
     ``layer_decay`` multiplies the learning rate of backbone layer ``i`` of ``L`` by
     ``layer_decay ** (L + 1 - i)``; ``patch_embed_lr_mult`` scales the patch
     embedding's further (DINOv2: 0.2).
@@ -239,6 +246,8 @@ class OptimRecipe:
     grad_clip: float | None = 3.0
     layer_decay: float | None = None
     patch_embed_lr_mult: float = 1.0
+    warmup: str = "linspace"
+    decay_exempt: str = "1d_and_tokens"
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,12 @@ class Objective(Protocol):
     that every step gives every trainable parameter a gradient, so it skips its
     per-step search for unused ones; leave it out when in doubt (a wrong ``True``
     makes DDP fail).
+
+    ``clip_groups()`` is optional too: a mapping of names to the modules whose
+    gradients are clipped each on their own (``optim.clip_mode=per_module``, the
+    default), as DINOv2 clips its student's backbone, dino_head and ibot_head
+    separately. Parameters in none of them form one more group. Without it, or with
+    ``optim.clip_mode=global``, one norm over all parameters is clipped.
     """
 
     views: ViewSpec

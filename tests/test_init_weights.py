@@ -5,8 +5,8 @@ as the official repositories publish them (DINOv2 torch-hub ``*_pretrain.pth``: 
 ``mask_token``, ``register_tokens``, ``pos_embed`` covering the CLS token; MAE
 ``mae_pretrain_vit_*.pth``: under ``model``, with decoder keys) and as timm's own
 converters read them. The source is a small timm ViT; the loaded backbone must give
-its very features, at the source's size and, with position embeddings interpolated,
-at another.
+its very features, at the source's size and, with position embeddings interpolated
+(for DINOv2 files by DINOv2's own rule), at another.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from biovfm_timm.vit import ViTBackbone
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
@@ -51,6 +52,28 @@ def timm_vit(*, img=518, patch=14, regs=0, no_embed_class=None, ls=1e-5, dim=DIM
         for p in vit.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
     return vit
+
+
+def dinov2_resized(source: VisionTransformer, img: int, **kwargs) -> VisionTransformer:
+    """``source`` at ``img`` px with its position table resized as DINOv2's own model
+    does for a hub file (dinov2/models/vision_transformer.py interpolate_pos_encoding,
+    hub settings: bicubic, ``scale_factor=(n + 0.1) / N``, no antialias); the patch
+    rows only."""
+    resized = timm_vit(img=img, regs=int(source.num_reg_tokens), **kwargs)
+    resized.load_state_dict(
+        {k: v for k, v in source.state_dict().items() if k != "pos_embed"}, strict=False
+    )
+    pos = source.pos_embed.detach()
+    rows = 0 if source.no_embed_class else source.num_prefix_tokens
+    old, new = source.patch_embed.grid_size[0], resized.patch_embed.grid_size[0]
+    grid = pos[:, rows:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    scale = (new + 0.1) / old
+    grid = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", antialias=False)
+    with torch.no_grad():
+        resized.pos_embed.copy_(
+            torch.cat([pos[:, :rows], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], 1)
+        )
+    return resized
 
 
 def target(**kwargs) -> ViTBackbone:
@@ -114,8 +137,9 @@ def test_dinov2_hub_checkpoint_gives_the_source_features(tmp_path, regs, train_s
     backbone = target(img=train_size, regs=regs)
     load_init(init, backbone)
     assert backbone.vit.pos_embed.shape[1] == 1 + regs + (train_size // 14) ** 2
-    # The source runs at train_size with timm's on-the-fly interpolation: same table.
-    same_features(source, backbone, train_size)
+    # At 224 the table is resized as DINOv2's own model resizes it for a 224 px input.
+    reference = source if train_size == 518 else dinov2_resized(source, train_size)
+    same_features(reference, backbone, train_size)
 
 
 @pytest.mark.parametrize("train_size", [224, 112])
@@ -169,7 +193,10 @@ def test_mismatches_are_clear_errors(tmp_path):
     hf.mkdir()
     save_file({"embeddings.cls_token": torch.zeros(1, 1, 8)}, str(hf / "model.safetensors"))
     (hf / "config.json").write_text('{"model_type": "dinov2"}')
-    with pytest.raises(ConfigError, match="transformers' layout"):
+    with pytest.raises(ConfigError, match="a Dinov2Model without layer_scale weights"):
+        read_init(str(hf))
+    (hf / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(ConfigError, match="a transformers 'clip' model; biovfm reads dinov2"):
         read_init(str(hf))
     with pytest.raises(ConfigError, match="no such file or folder"):
         read_init(str(tmp_path / "missing.pth"))
@@ -245,8 +272,9 @@ def test_continued_pretraining_starts_from_the_init(tmp_path, monkeypatch):
     result = train(_dinov2_run_config(tmp_path, str(path)), get_registry(), progress=False)
     assert result.steps == 1 and not seen["same_object"]
     # Step 0: the EMA teacher (what is evaluated and exported) holds the init's weights.
+    reference = dinov2_resized(source, 224, patch=16, dim=192, depth=12)
     for which in ("teacher", "student"):
-        same_features(source, seen[which].eval(), 224)
+        same_features(reference, seen[which].eval(), 224)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     saved = RunConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert saved.init == str(path) and saved.init_sha256 == digest

@@ -78,6 +78,9 @@ def test_dinov2_backbone_recipe() -> None:
     assert BACKBONE_RECIPE["drop_path_rate"] == 0.3  # student.drop_path_rate
     assert BACKBONE_RECIPE["drop_path_uniform"] is True  # student.drop_path_uniform
     assert BACKBONE_RECIPE["layer_scale_init"] == 1e-5  # student.layerscale
+    # models/vision_transformer.py DinoVisionTransformer: interpolate_offset=0.1,
+    # interpolate_antialias=False (dinov2/hub/backbones.py passes the same).
+    assert BACKBONE_RECIPE["pos_interpolation"] == "dinov2"
     assert build_vit.__kwdefaults__["patch_size"] == 16  # student.patch_size
     assert build_vit.__kwdefaults__["num_register_tokens"] == 0  # student.num_register_tokens
     # The preset fills what the user left unset, and leaves what they set.
@@ -89,6 +92,7 @@ def test_dinov2_backbone_recipe() -> None:
     assert applied == {
         "options.backbone.drop_path_uniform": True,
         "options.backbone.layer_scale_init": 1e-5,
+        "options.backbone.pos_interpolation": "dinov2",
     }
     assert config.options["backbone"]["drop_path_rate"] == 0.1
     # MAE's encoder has neither (models_mae.py: Block(...) without drop_path or init_values).

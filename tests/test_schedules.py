@@ -24,12 +24,17 @@ def test_cosine_matches_formula_at_quarter() -> None:
 def test_cosine_with_warmup() -> None:
     # 10 warm-up steps from 0 to 1e-3, then cosine to 1e-6 over the remaining 90.
     assert cosine_schedule(0, 100, 1e-3, 1e-6, warmup_steps=10) == pytest.approx(0.0)
-    assert cosine_schedule(5, 100, 1e-3, 1e-6, warmup_steps=10) == pytest.approx(5e-4)
+    # DINOv2's np.linspace(0, 1e-3, 10): 1e-3 / 9 per step, the peak at step 9.
+    assert cosine_schedule(5, 100, 1e-3, 1e-6, warmup_steps=10) == pytest.approx(5e-3 / 9)
+    assert cosine_schedule(9, 100, 1e-3, 1e-6, warmup_steps=10) == pytest.approx(1e-3)
     assert cosine_schedule(10, 100, 1e-3, 1e-6, warmup_steps=10) == pytest.approx(1e-3)
+    # MAE's lr_sched: lr * step / warmup, the peak at step 10.
+    linear = cosine_schedule(5, 100, 1e-3, 1e-6, warmup_steps=10, warmup="linear")
+    assert linear == pytest.approx(5e-4)
     mid = 1e-6 + 0.5 * (1e-3 - 1e-6)
     assert cosine_schedule(55, 100, 1e-3, 1e-6, warmup_steps=10) == pytest.approx(mid)
     assert cosine_schedule(3, 100, 1.0, 0.0, warmup_steps=10, warmup_start=0.5) == pytest.approx(
-        0.65
+        0.5 + 0.5 * 3 / 9
     )
 
 

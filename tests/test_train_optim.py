@@ -58,7 +58,9 @@ def test_schedule_values_at_given_steps():
         steps_per_epoch=10,
         total_steps=110,
     )  # fmt: skip
-    assert plan.lr_at(0) == 0.0 and plan.lr_at(5) == pytest.approx(0.5) and plan.lr_at(10) == 1.0
+    # The default warm-up is DINOv2's np.linspace(0, 1, 10): 1/9 per step, peak at step 9.
+    assert plan.lr_at(0) == 0.0 and plan.lr_at(3) == pytest.approx(3 / 9)
+    assert plan.lr_at(9) == 1.0 and plan.lr_at(10) == 1.0
     assert plan.lr_at(60) == pytest.approx(0.5)  # half-way through the cosine
     assert plan.lr_at(110) == 0.0
     assert plan.weight_decay_at(0) == pytest.approx(0.04)
@@ -66,7 +68,7 @@ def test_schedule_values_at_given_steps():
     assert plan.weight_decay_at(110) == pytest.approx(0.4)
 
 
-def test_no_decay_on_norms_biases_and_tokens_and_layer_decay():
+def test_dinov2_decay_on_tokens_not_norms_and_biases_and_layer_decay():
     objective, backbone = _dinov2()
     plan = make_plan(
         objective.optim_recipe, OptimConfig(), batch_size=64, steps_per_epoch=5, total_steps=50
@@ -75,8 +77,9 @@ def test_no_decay_on_norms_biases_and_tokens_and_layer_decay():
     by_param = {id(p): g for g in groups for p in g["params"]}
     named = dict(objective.named_parameters())
     prefix = "student.backbone.encoder.vit."
-    assert by_param[id(named[prefix + "pos_embed"])]["wd_mult"] == 0.0
-    assert by_param[id(named[prefix + "cls_token"])]["wd_mult"] == 0.0
+    # DINOv2 (param_groups.py) decays position embedding and class token.
+    assert by_param[id(named[prefix + "pos_embed"])]["wd_mult"] == 1.0
+    assert by_param[id(named[prefix + "cls_token"])]["wd_mult"] == 1.0
     assert by_param[id(named[prefix + "blocks.0.norm1.weight"])]["wd_mult"] == 0.0
     assert by_param[id(named[prefix + "blocks.0.attn.qkv.bias"])]["wd_mult"] == 0.0
     assert by_param[id(named[prefix + "blocks.0.attn.qkv.weight"])]["wd_mult"] == 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from biovfm_core.cli.common import check_data, config_options, resolve_config
@@ -36,7 +38,12 @@ from biovfm_core.train.presets import (
 )
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
 @click.option("--epochs", type=int, help="Stop after this many passes over the data.")
-@click.option("--batch-size", type=int, help="Images per optimizer step, all ranks together.")
+@click.option(
+    "--batch-size",
+    type=int,
+    help="GLOBAL batch: images per optimizer step over all GPUs together (DINOv2's "
+    "recipe is 2048 = 64 per GPU x 32, MAE's 4096); each GPU gets batch-size / GPUs.",
+)
 @click.option("--output", help="Folder holding run folders (default: runs).")
 @click.option("--name", help="Run folder name.")
 @click.option(
@@ -124,6 +131,10 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             resolved = {k: spec.default for k, spec in registry.options(kind + "s", name).items()}
             resolved.update(registry.validate(kind + "s", name, config.options[kind]))
             click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
+        from biovfm_core.train.batching import batch_text
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; 1 without it
+        click.echo(f"# {batch_text(config.train.batch_size, world, config.optim.accumulate)}")
         click.echo("\n".join(data_lines))
         if config.augmentation == "auto":
             click.echo(_augmentation_line(config, registry))

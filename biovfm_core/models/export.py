@@ -24,6 +24,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from biovfm_core.files import write_atomic
+from biovfm_core.models.hf_layout import write_hf_folder
 
 TIMM_WEIGHTS = "model.safetensors"  # the name timm and the Hugging Face Hub look for
 BIOVFM_WEIGHTS = "backbone.safetensors"  # a backbone without a host library's layout
@@ -96,6 +97,7 @@ def export_backbone(
         (out_dir / other).unlink(missing_ok=True)
     if "timm" in description:
         write_timm_folder(out_dir, description, run_config=run_config)
+    write_hf_folder(out_dir / "hf", backbone, description)  # transformers' Dinov2Model
     return weights
 
 

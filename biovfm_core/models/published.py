@@ -9,10 +9,13 @@ its cache on an offline machine).
 
 Every source is brought to timm's ``VisionTransformer`` layout with timm's own
 converters (``_convert_dinov2``, ``checkpoint_filter_fn``, ``resample_abs_pos_embed``),
-then loaded strictly into the backbone's ViT. Only two things are ours: the check
-that patch size and register tokens agree, and moving position rows between timm's
+then loaded strictly into the backbone's ViT. Three things are ours: the check
+that patch size and register tokens agree; moving position rows between timm's
 two token layouts (``no_embed_class`` or not), which adds exact zero rows or folds
-them into the tokens, so features are unchanged.
+them into the tokens, so features are unchanged; and resizing a DINOv2 file's
+position table the way DINOv2's own model does (``biovfm_core.pos_embed``, rule
+``"dinov2"``), at load and, through the backbone's ``pos_interpolation`` option, at
+every other input size, so its features are the official model's.
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ import torch
 
 from biovfm_core.errors import ConfigError
 from biovfm_core.models.export import export_weights
+from biovfm_core.models.hf_layout import read_hf_folder
 from biovfm_core.models.normalisation import IMAGENET_NORM, unwrapped
 from biovfm_core.models.runs import load_biovfm
 from biovfm_core.models.weights import load_checked, read_safetensors
+from biovfm_core.pos_embed import resize_patch_pos
 from biovfm_core.registry import get_registry
 
 SPEC_HELP = (
-    "a DINOv2 hub .pth, an MAE .pth, a timm/Hugging Face folder (config.json + "
-    "model.safetensors), a biovfm run or export folder, or timm:NAME"
+    "a DINOv2 hub .pth, an MAE .pth, a timm or Hugging Face transformers (Dinov2Model, "
+    "ViTMAEModel) folder (config.json + model.safetensors), a biovfm run or export "
+    "folder, or timm:NAME"
 )
 
 
@@ -46,13 +52,16 @@ class InitSource:
     """Weights read from a spec, in timm's ``VisionTransformer`` key layout."""
 
     spec: str
-    kind: str  # dinov2 | mae | timm-folder | safetensors | biovfm | timm
+    kind: str  # dinov2 | mae | timm-folder | hf-dinov2 | hf-vit_mae | safetensors | biovfm | timm
     state: dict[str, torch.Tensor]
     sha256: str | None = None
     no_embed_class: bool | None = None  # None: decide from the shapes
     dropped: list[str] = field(default_factory=list)  # keys the layout has, a backbone not
     input_norm: dict[str, list[float]] | None = None  # the mean/std its inputs were given
     what: str = "--init"  # how the user gave the spec, for errors: "--init" or "model"
+    # How the source's own model resizes its position table (biovfm_core.pos_embed):
+    # loads resize with it, and eval builds the backbone with it.
+    pos_interpolation: str = "timm"
 
     def record(self) -> dict[str, Any]:
         return {"spec": self.spec, "kind": self.kind, "sha256": self.sha256}
@@ -133,6 +142,8 @@ def _read_torch_file(spec: str, path: Path, what: str = "--init") -> InitSource:
             "reg_token" in state,
             ["mask_token"],
             IMAGENET_NORM,
+            # dinov2/hub/backbones.py: interpolate_offset=0.1, interpolate_antialias=False.
+            pos_interpolation="dinov2",
         )
     return InitSource(str(path), "torch", _check_layout(spec, dict(raw), what), sha)
 
@@ -148,13 +159,20 @@ def _read_timm_folder(spec: str, folder: Path, what: str = "--init") -> InitSour
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{what} {folder / 'config.json'}: not readable JSON: {exc}") from None
-    state = read_safetensors(weights)
-    if any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
-        raise ConfigError(
-            f"{what} {spec}: weights in Hugging Face transformers' layout "
-            f"({config.get('model_type', 'unknown')}); use the timm version of the model "
-            "(a folder with timm's config.json, e.g. from the timm/ organisation)"
+    if isinstance(config, dict) and "model_type" in config:
+        # transformers' Dinov2Model / ViTMAEModel layout (embeddings.*, encoder.layer.*).
+        hf = read_hf_folder(spec, folder, weights)
+        return InitSource(
+            spec,
+            hf["kind"],
+            _check_layout(spec, hf["state"], what),
+            file_sha256(weights),
+            False,
+            hf["dropped"],
+            hf["input_norm"],
+            pos_interpolation=hf["pos_interpolation"],
         )
+    state = read_safetensors(weights)
     no_embed = (config.get("model_args") or {}).get("no_embed_class")
     arch = str(config.get("architecture", ""))
     if no_embed is None and arch:
@@ -259,7 +277,12 @@ def _read_biovfm(spec: str, registry, what: str = "--init") -> InitSource:
             break
     vit = getattr(backbone, "vit", None)
     return InitSource(
-        spec, "biovfm", state, sha or model.identity, getattr(vit, "no_embed_class", None)
+        spec,
+        "biovfm",
+        state,
+        sha or model.identity,
+        getattr(vit, "no_embed_class", None),
+        pos_interpolation=getattr(backbone, "pos_interpolation", "timm"),
     )
 
 
@@ -307,6 +330,9 @@ def backbone_for(source: InitSource) -> tuple[str, dict[str, Any]]:
         # A SwiGLU MLP (DINOv2's ViT-g) packs two branches into fc1, not 4x the width.
         "swiglu": fc1 is not None and int(fc1.shape[0]) != 4 * width,
     }
+    if source.pos_interpolation != "timm":
+        # Other input sizes resize the table as the source's own model does.
+        options["pos_interpolation"] = source.pos_interpolation
     return f"vit_{size}", options
 
 
@@ -358,6 +384,10 @@ def vit_state_for(source: InitSource, vit, target: str) -> dict[str, torch.Tenso
             if src_regs:
                 state["reg_token"] = state["reg_token"] + pos[:, 1 : 1 + src_regs]
             state["pos_embed"] = pos[:, n_prefix:]
+    if source.pos_interpolation != "timm":
+        # The source's own rule (DINOv2's offset resize), so features at this size are
+        # the source model's; the filter below then finds the table already fitting.
+        state = _resize_table(state, vit, source.pos_interpolation)
     # timm's filter resamples the position table to vit's grid (bicubic, antialiased,
     # what a dynamic-size timm ViT does on the fly) and drops retired keys.
     state = checkpoint_filter_fn(state, vit)
@@ -383,6 +413,20 @@ def vit_state_for(source: InitSource, vit, target: str) -> dict[str, torch.Tenso
             hint = "; the file has LayerScale: set --opt backbone.layer_scale_init=1e-5"
         raise ConfigError(f"{what} {spec}: does not fit {target}: {'; '.join(parts)}{hint}")
     return state
+
+
+def _resize_table(state: dict[str, torch.Tensor], vit, rule: str) -> dict[str, torch.Tensor]:
+    """``state``'s position table resized to ``vit``'s patch grid by ``rule``."""
+    pos = state.get("pos_embed")
+    if pos is None or vit.pos_embed is None:
+        return state
+    rows = 0 if vit.no_embed_class else int(vit.num_prefix_tokens)
+    side = math.isqrt(int(pos.shape[1]) - rows)
+    new = tuple(int(n) for n in vit.patch_embed.grid_size)
+    if side * side != int(pos.shape[1]) - rows or (side, side) == new:
+        return state
+    resized = resize_patch_pos(pos[:, rows:], (side, side), new, rule)
+    return {**state, "pos_embed": torch.cat([pos[:, :rows], resized], dim=1)}
 
 
 def load_init(source: InitSource, backbone, target: str | None = None) -> None:

@@ -1,9 +1,11 @@
 """How the data is cut into optimizer steps, and the stream of batches that feeds them.
 
-An optimizer step of ``train.batch_size`` images is split over the processes and
-then into ``optim.accumulate`` micro-batches; an epoch is as many whole steps as the
-data fills. The stream remembers how far into an epoch it got, which is what a
-checkpoint needs to resume the same order where it stopped.
+An optimizer step of ``train.batch_size`` images (the global batch) is split over the
+processes and then into ``optim.accumulate`` micro-batches; a pass over the data is as
+many whole steps as the data fills. Schedules count epochs of ``train.epoch_length``
+steps, by default one pass (DINOv2 counts 1,250-step epochs whatever the data). The
+stream remembers how far into a pass it got, which is what a checkpoint needs to resume
+the same order where it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ DEFAULT_EPOCHS = 100  # DINOv2's and a common MAE schedule length, when none is 
 
 
 def step_shape(config: RunConfig, world_size: int, num_images: int) -> tuple[int, int, int]:
-    """``(micro-batch per process, steps per epoch, total steps)`` of a run."""
+    """``(micro-batch per process, steps per scheduling epoch, total steps)`` of a run.
+
+    A scheduling epoch is ``train.epoch_length`` steps when set (DINOv2's
+    ``OFFICIAL_EPOCH_LENGTH``: its schedules are ``epochs * OFFICIAL_EPOCH_LENGTH``
+    iterations long, dinov2/train/train.py build_schedulers), else one pass over the
+    data; ``train.epochs`` counts the same epochs.
+    """
     train = config.train
     per_rank, rest = divmod(train.batch_size, world_size)
     if rest:
@@ -42,6 +50,8 @@ def step_shape(config: RunConfig, world_size: int, num_images: int) -> tuple[int
             f"{num_images} images are fewer than one batch of {train.batch_size}; "
             "lower --batch-size or add data"
         )
+    if train.epoch_length is not None:
+        steps_per_epoch = train.epoch_length
     if train.max_steps is not None:
         total = train.max_steps
     else:
@@ -103,3 +113,15 @@ class BatchStream:
                 yield item
             else:
                 self.bad.check_in_a_row(skipped, data)
+
+
+def batch_text(batch_size: int, world_size: int, accumulate: int = 1) -> str:
+    """``train.batch_size`` as the global number it is, with what each process gets."""
+    per_rank = batch_size // max(1, world_size)
+    text = (
+        f"batch {batch_size} in total (train.batch_size is global) = {per_rank} per GPU "
+        f"x {world_size} process{'es' if world_size != 1 else ''}"
+    )
+    if accumulate > 1:
+        text += f", in {accumulate} micro-batches of {per_rank // accumulate}"
+    return text

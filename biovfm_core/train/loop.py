@@ -33,7 +33,7 @@ from biovfm_core.protocols import OptimRecipe, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
 from biovfm_core.train import run_state
 from biovfm_core.train.bad_images import BadImages
-from biovfm_core.train.batching import BatchStream, step_shape
+from biovfm_core.train.batching import BatchStream, batch_text, step_shape
 from biovfm_core.train.checkpoints import RunCheckpoints, TrainingDiverged, pick_resume
 from biovfm_core.train.data import open_index, order_record, training_data
 from biovfm_core.train.metrics import MetricsLog
@@ -243,6 +243,8 @@ class _Trainer:
                 "world_size": rt.world_size,
                 "device": str(rt.device),
                 "precision": rt.precision,
+                "batch_size_global": cfg.train.batch_size,
+                "batch_per_rank": cfg.train.batch_size // rt.world_size,
                 "micro_batch_per_rank": micro,
                 "steps_per_epoch": steps_per_epoch,
                 "total_steps": total_steps,
@@ -256,8 +258,10 @@ class _Trainer:
             self._say(
                 f"training {cfg.objective} on {cfg.backbone} "
                 f"({backbone.num_parameters() / 1e6:.1f}M parameters) with {data.num_images} "
-                f"images on {rt.world_size}x {rt.device} ({rt.precision}); {total_steps} steps "
-                f"of {cfg.train.batch_size} images, peak lr {plan.lr:.3g}; run folder {self.run_dir}"
+                f"images on {rt.world_size}x {rt.device} ({rt.precision}); {total_steps} steps, "
+                f"{batch_text(cfg.train.batch_size, rt.world_size, cfg.optim.accumulate)}; "
+                f"{steps_per_epoch} steps per epoch; peak lr {plan.lr:.3g}; "
+                f"run folder {self.run_dir}"
             )
         return parts
 
@@ -406,7 +410,7 @@ class _Trainer:
             # Clipping first lets the gradient norm travel with the losses: one
             # collective and one device sync per step. Nothing is applied before the
             # finiteness check, so a bad step still leaves the weights untouched.
-            grad_norm = clip_gradients(objective, p.plan.grad_clip, rt.device)
+            grad_norm = clip_gradients(objective, p.plan.grad_clip, rt.device, cfg.optim.clip_mode)
             values = mean_over_ranks({**parts, "grad_norm": grad_norm}, rt)
             grad_norm = values.pop("grad_norm")
             # Under fp16 an infinite gradient is the scaler's business (it skips the step).

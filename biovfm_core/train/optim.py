@@ -18,11 +18,13 @@ from torch import nn
 from biovfm_core.config import OptimConfig
 from biovfm_core.errors import ConfigError
 from biovfm_core.protocols import OptimRecipe
-from biovfm_core.schedules import cosine_schedule
+from biovfm_core.schedules import WARMUPS, cosine_schedule
 
-# Tokens and embeddings that are not weights of a linear map: decaying them towards
-# zero only hurts (DINOv2, MAE and timm all exempt them).
-_NO_DECAY = re.compile(r"(^|\.)(pos_embed|cls_token|mask_token|reg_token|register_tokens)$")
+# The default rule (``decay_exempt="1d_and_tokens"``) also spares position
+# embeddings and class/mask/register tokens, as timm's ``no_weight_decay()`` does.
+# DINOv2 and MAE decay them (see ``_exempt``), so their recipes name their own rule.
+_TOKENS = re.compile(r"(^|\.)(pos_embed|cls_token|mask_token|reg_token|register_tokens)$")
+DECAY_EXEMPT = ("1d_and_tokens", "1d_and_bias", "bias_norm_gamma")
 _BLOCK = re.compile(r"(^|\.)blocks\.(\d+)\.")
 _EMBED = re.compile(r"(^|\.)(patch_embed|pos_embed|cls_token|mask_token|reg_token|register_tokens)")
 
@@ -42,9 +44,13 @@ class Plan:
     layer_decay: float | None
     patch_embed_lr_mult: float
     steps_per_epoch: int = 1
+    warmup: str = "linspace"
+    decay_exempt: str = "1d_and_tokens"
 
     def lr_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.lr, self.min_lr, self.warmup_steps)
+        return cosine_schedule(
+            step, self.total_steps, self.lr, self.min_lr, self.warmup_steps, warmup=self.warmup
+        )
 
     def weight_decay_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
@@ -60,6 +66,16 @@ def resolve_recipe(recipe: OptimRecipe, overrides: OptimConfig) -> OptimRecipe:
     resolved = replace(recipe, **changes)
     if resolved.lr_scaling not in ("linear", "sqrt", "none"):
         raise ConfigError(f"lr_scaling must be linear, sqrt or none, not {resolved.lr_scaling!r}")
+    if resolved.warmup not in WARMUPS:
+        raise ConfigError(
+            f"the objective's OptimRecipe.warmup must be one of {', '.join(WARMUPS)}, "
+            f"not {resolved.warmup!r}"
+        )
+    if resolved.decay_exempt not in DECAY_EXEMPT:
+        raise ConfigError(
+            f"the objective's OptimRecipe.decay_exempt must be one of "
+            f"{', '.join(DECAY_EXEMPT)}, not {resolved.decay_exempt!r}"
+        )
     return resolved
 
 
@@ -94,6 +110,8 @@ def make_plan(
         layer_decay=recipe.layer_decay,
         patch_embed_lr_mult=recipe.patch_embed_lr_mult,
         steps_per_epoch=steps_per_epoch,
+        warmup=recipe.warmup,
+        decay_exempt=recipe.decay_exempt,
     )
 
 
@@ -116,7 +134,7 @@ def param_groups(model: nn.Module, backbone: nn.Module, plan: Plan) -> list[dict
         if not param.requires_grad:
             continue
         local = backbone_names.get(id(param))
-        wd_mult = 0.0 if param.ndim <= 1 or _NO_DECAY.search(name) else 1.0
+        wd_mult = 0.0 if _exempt(name, param, plan.decay_exempt) else 1.0
         lr_mult = 1.0
         if local is not None:
             if plan.layer_decay is not None:
@@ -152,6 +170,20 @@ def apply_schedule(optimizer: torch.optim.Optimizer, plan: Plan, step: int) -> t
         group["lr"] = 0.0 if step < group.get("frozen_until", 0) else lr * group["lr_mult"]
         group["weight_decay"] = wd * group["wd_mult"]
     return lr, wd
+
+
+def _exempt(name: str, param: torch.Tensor, rule: str) -> bool:
+    """Whether ``rule`` (``OptimRecipe.decay_exempt``) spares ``name`` weight decay."""
+    if rule == "bias_norm_gamma":
+        # dinov2/utils/param_groups.py get_params_groups_with_decay: wd_multiplier 0
+        # for `name.endswith(".bias") or "norm" in name or "gamma" in name`; position
+        # embeddings, cls/register/mask tokens and the prototypes' g decay.
+        return name.endswith(".bias") or "norm" in name or "gamma" in name
+    if rule == "1d_and_bias":
+        # timm 0.3.2 optim_factory.add_weight_decay, MAE main_pretrain.py's groups:
+        # `len(param.shape) == 1 or name.endswith(".bias")` (its skip_list is empty).
+        return param.ndim == 1 or name.endswith(".bias")
+    return param.ndim <= 1 or bool(_TOKENS.search(name))
 
 
 def _depth(names) -> int:

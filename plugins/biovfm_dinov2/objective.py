@@ -3,8 +3,13 @@
 Defaults are DINOv2's ``ssl_default_config`` for ViT-L (with the Sinkhorn-Knopp
 centering of its ViT-L/g recipes); docs/training.md's "matches the official recipe" table
 lists each value with its source. The backbone half of the recipe (drop-path 0.3 in
-every block, LayerScale 1e-5) is this plugin's ``"backbone"`` preset, which
-``biovfm train`` applies to the ViT options the user did not set. For a CPU demo use
+every block, LayerScale 1e-5, DINOv2's position-table resizing for the local crops) is
+this plugin's ``"backbone"`` preset, which ``biovfm train`` applies to the ViT options
+the user did not set. The optimiser follows DINOv2 too: np.linspace warm-up, weight
+decay on everything but biases, norms and LayerScale gammas, and each student module
+(backbone, dino_head, ibot_head) clipped on its own (``clip_groups``). DINOv2's
+1,250-step epochs are ``train.epoch_length=1250``; its 2,048 batch is
+``--batch-size 2048`` (global). For a CPU demo use
 ``prototypes=1024, local_crops=4, global_size=64, local_size=32`` on ``vit_tiny``
 (patch 16), and ``warmup_teacher_temp_epochs`` no longer than the run.
 """
@@ -28,7 +33,7 @@ from biovfm_core.protocols import (
     TaskInfo,
     ViewSpec,
 )
-from biovfm_core.schedules import cosine_schedule
+from biovfm_core.schedules import cosine_schedule, linspace_warmup
 from biovfm_dinov2.head import DINOHead
 from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
 from biovfm_dinov2.loss.teacher_targets import CENTERINGS, TeacherTargets
@@ -36,7 +41,9 @@ from biovfm_dinov2.masking import sample_ibot_masks
 
 # DINOv2's ssl_default_config optim section: lr = 0.004 * sqrt(batch / 1024), 10 warm-up
 # epochs, weight decay cosine 0.04 -> 0.4, clip 3.0, layer-wise decay 0.9, patch
-# embedding at 0.2x.
+# embedding at 0.2x. The warm-up is CosineScheduler's np.linspace (dinov2/utils/utils.py)
+# and weight decay spares only biases, norms and LayerScale gammas
+# (dinov2/utils/param_groups.py get_params_groups_with_decay).
 RECIPE = OptimRecipe(
     base_lr=0.004,
     reference_batch=1024,
@@ -49,17 +56,9 @@ RECIPE = OptimRecipe(
     grad_clip=3.0,
     layer_decay=0.9,
     patch_embed_lr_mult=0.2,
+    warmup="linspace",
+    decay_exempt="bias_norm_gamma",
 )
-
-
-def linspace_warmup(step: int, warmup_steps: int, start: float, end: float) -> float:
-    """``np.linspace(start, end, warmup_steps)[step]``, then ``end``: DINOv2's
-    ``CosineScheduler`` warm-up, which reaches ``end`` at step ``warmup_steps - 1``."""
-    if step >= warmup_steps:
-        return float(end)
-    if warmup_steps == 1:
-        return float(start)
-    return float(start + (end - start) * step / (warmup_steps - 1))
 
 
 class DINOv2Objective(ObjectiveBase, nn.Module):
@@ -178,6 +177,12 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
             if name != "backbone"
             for param, _ in head.last_layer.named_parameters()
         }
+
+    def clip_groups(self) -> dict[str, nn.Module]:
+        """The modules whose gradients are clipped each on their own: DINOv2 clips
+        every student module (backbone, dino_head, ibot_head) separately
+        (dinov2/train/train.py do_train, ``for v in model.student.values()``)."""
+        return dict(self.student.items())
 
     def current_momentum(self, info: StepInfo) -> float:
         return cosine_schedule(

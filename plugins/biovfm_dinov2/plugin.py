@@ -6,7 +6,15 @@ from biovfm_core import hookimpl
 from biovfm_core.hookspecs import Register
 
 # Options of the backbone that belong to DINOv2's recipe (set where the backbone has them).
-BACKBONE_RECIPE = {"drop_path_rate": 0.3, "drop_path_uniform": True, "layer_scale_init": 1e-5}
+# pos_interpolation: DINOv2's ViT resizes its position table for the 98 px local crops
+# with interpolate_pos_encoding (dinov2/models/vision_transformer.py: bicubic, scale
+# factor (n + interpolate_offset 0.1) / N, no antialias), not timm's antialiased resize.
+BACKBONE_RECIPE = {
+    "drop_path_rate": 0.3,
+    "drop_path_uniform": True,
+    "layer_scale_init": 1e-5,
+    "pos_interpolation": "dinov2",
+}
 
 
 @hookimpl
@@ -28,7 +36,8 @@ def biovfm_register_objectives(register: Register) -> None:
                 "local_size": 32,
             },
             # DINOv2's student: ssl_default_config student.drop_path_rate,
-            # student.drop_path_uniform, student.layerscale.
+            # student.drop_path_uniform, student.layerscale; vision_transformer.py's
+            # interpolate_offset 0.1 and interpolate_antialias False.
             "backbone": dict(BACKBONE_RECIPE),
         },
     )

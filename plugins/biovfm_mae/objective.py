@@ -30,6 +30,10 @@ RECIPE = OptimRecipe(
     weight_decay=0.05,
     betas=(0.9, 0.95),
     grad_clip=None,
+    # util/lr_sched.py adjust_learning_rate: lr * epoch / warmup_epochs (peak at the
+    # warm-up's end); main_pretrain.py: timm 0.3.2 add_weight_decay (1-D and biases).
+    warmup="linear",
+    decay_exempt="1d_and_bias",
 )
 
 

@@ -7,6 +7,7 @@ between patch embedding and the transformer blocks, exactly where DINOv2 and MAE
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from biovfm_core.errors import ConfigError
+from biovfm_core.pos_embed import POS_INTERPOLATIONS, resize_patch_pos
 from biovfm_core.protocols import BackboneOutput
 
 
@@ -48,18 +50,48 @@ def _swiglu_mlp_ratio(dim: int) -> float:
     return (2 * hidden + 0.5) / dim
 
 
+class _Encoder(MaskedVisionTransformerTIMM):
+    """lightly's masked ViT whose position table is resized by ``pos_interpolation``
+    (``biovfm_core.pos_embed``) at input sizes other than the table's."""
+
+    def __init__(self, vit: VisionTransformer, pos_interpolation: str) -> None:
+        super().__init__(vit, weight_initialization="skip", pos_embed_initialization="skip")
+        self.pos_interpolation = pos_interpolation
+
+    def add_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        if self.pos_interpolation == "timm" or not vit.dynamic_img_size:
+            return super().add_pos_embed(x)  # timm's antialiased resample_abs_pos_embed
+        n = vit.num_prefix_tokens
+        prefix, patches = x[:, :n], x[:, n:]
+        side = math.isqrt(patches.shape[1])  # square grids, as lightly assumes
+        rows = 0 if vit.no_embed_class else n  # position rows of the prefix tokens
+        table = vit.pos_embed
+        old = tuple(vit.patch_embed.grid_size)
+        patch_pos = resize_patch_pos(table[:, rows:], old, (side, side), self.pos_interpolation)
+        if vit.no_embed_class:  # prefix tokens carry no position (DINOv2 with registers)
+            x = torch.cat([prefix, patches + patch_pos], dim=1)
+        else:  # DINOv2's prepare_tokens_with_masks: cat(cls, patches) + positions
+            x = torch.cat([prefix, patches], dim=1) + torch.cat([table[:, :rows], patch_pos], 1)
+        return vit.pos_drop(x)
+
+
 class ViTBackbone(nn.Module):
     """A timm ``VisionTransformer`` exposing CLS and patch tokens, with mask/keep support."""
 
-    def __init__(self, vit: VisionTransformer, name: str) -> None:
+    def __init__(self, vit: VisionTransformer, name: str, pos_interpolation: str = "timm") -> None:
         super().__init__()
         if not getattr(vit, "dynamic_img_size", False):
             raise ConfigError(f"{name}: the ViT must be built with dynamic_img_size=True")
-        # "skip": keep timm's own initialisation (learned, trunc-normal position
-        # embeddings as in DINOv2) instead of lightly's MAE-specific defaults.
-        self.encoder = MaskedVisionTransformerTIMM(
-            vit, weight_initialization="skip", pos_embed_initialization="skip"
-        )
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ConfigError(
+                f"{name}: pos_interpolation must be one of {', '.join(POS_INTERPOLATIONS)}, "
+                f"got {pos_interpolation!r}"
+            )
+        # "skip" (in _Encoder): keep timm's own initialisation (learned, trunc-normal
+        # position embeddings as in DINOv2) instead of lightly's MAE-specific defaults.
+        self.encoder = _Encoder(vit, pos_interpolation)
+        self.pos_interpolation = pos_interpolation
         self.name = name
         self.embed_dim = int(vit.embed_dim)
         patch = vit.patch_embed.patch_size
@@ -165,6 +197,7 @@ def build_vit(
     layer_scale_init: float | None = None,
     num_register_tokens: int = 0,
     swiglu: bool | None = None,
+    pos_interpolation: str = "timm",
     pretrained: bool = False,
 ) -> ViTBackbone:
     """Build a ViT of the given size (``tiny`` ... ``giant``).
@@ -176,8 +209,12 @@ def build_vit(
     this rate in every block (DINOv2); ``layer_scale_init`` LayerScale init value or
     None (no LayerScale); ``num_register_tokens`` extra tokens (Darcet et al.), excluded
     from the patches; ``swiglu`` SwiGLU FFN (default: only for giant, as DINOv2's
-    ViT-g); ``pretrained`` is not available for these configurations. The dinov2
-    objective sets drop-path 0.3 uniform and LayerScale 1e-5 unless told otherwise.
+    ViT-g); ``pos_interpolation`` how the position table is resized for other input
+    sizes: "timm" (antialiased bicubic), "dinov2" (DINOv2's hub models: bicubic with
+    scale factor (n + 0.1) / N, no antialias) or "bicubic" (to the size, no antialias,
+    as transformers' Dinov2Model); ``pretrained`` is not available for these
+    configurations. The dinov2 objective sets drop-path 0.3 uniform, LayerScale 1e-5
+    and pos_interpolation "dinov2" unless told otherwise.
     """
     if size not in VIT_SIZES:
         raise ConfigError(f"unknown ViT size {size!r}; valid: {', '.join(VIT_SIZES)}")
@@ -224,7 +261,7 @@ def build_vit(
         for block in vit.blocks:
             block.drop_path1 = DropPath(drop_path_rate)
             block.drop_path2 = DropPath(drop_path_rate)
-    return ViTBackbone(vit, name=f"vit_{size}")
+    return ViTBackbone(vit, name=f"vit_{size}", pos_interpolation=pos_interpolation)
 
 
 def _size_factory(size: str):
@@ -237,6 +274,7 @@ def _size_factory(size: str):
         layer_scale_init: float | None = None,
         num_register_tokens: int = 0,
         swiglu: bool | None = None,
+        pos_interpolation: str = "timm",
         pretrained: bool = False,
     ) -> ViTBackbone:
         return build_vit(
@@ -248,6 +286,7 @@ def _size_factory(size: str):
             layer_scale_init=layer_scale_init,
             num_register_tokens=num_register_tokens,
             swiglu=swiglu,
+            pos_interpolation=pos_interpolation,
             pretrained=pretrained,
         )
 
