@@ -104,6 +104,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     log_every: int = 10
+    export_hf: bool = False
+    """Also write ``export/hf/``, a Hugging Face transformers ``Dinov2Model`` folder
+    (``AutoModel.from_pretrained``). Off by default: it is a second copy of the weights
+    under transformers' key names, and the export's own folder is already a timm one."""
     profile_steps: int = 0
     """Profile this many steps with torch.profiler after 3 settling steps; writes
     ``profile/`` in the run folder (a Chrome trace and the costliest ops). 0: off."""

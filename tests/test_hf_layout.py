@@ -9,12 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+# A dev dependency, imported unconditionally: a broken install fails here, never skips.
+import transformers
+
 from biovfm_core.models.export import export_backbone
 from biovfm_core.models.normalisation import unwrapped
 from biovfm_core.models.specs import load_model
 from biovfm_core.registry import get_registry
-
-transformers = pytest.importorskip("transformers", reason="the hf extra: pip install 'biovfm[hf]'")
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> None:
@@ -88,7 +89,7 @@ def test_export_hf_folder_loads_in_transformers_with_our_features(
     _perturb(backbone, 3)
     export_backbone(
         backbone, tmp_path / "export", backbone_name="vit_tiny", backbone_options=options,
-        step=0, source="test",
+        step=0, source="test", hf=True,
     )  # fmt: skip
     model = transformers.AutoModel.from_pretrained(tmp_path / "export" / "hf").eval()
     assert type(model).__name__ == "Dinov2Model"

@@ -52,9 +52,11 @@ def export_backbone(
     input_norm: dict[str, list[float]] | None = None,
     init: dict[str, Any] | None = None,
     run_config: Any = None,
+    hf: bool = False,
 ) -> Path:
     """Write the weights and ``backbone.json`` into ``out_dir``; return the weights file
-    (``model.safetensors`` for a host-layout backbone, else ``backbone.safetensors``)."""
+    (``model.safetensors`` for a host-layout backbone, else ``backbone.safetensors``).
+    ``hf``: also a transformers folder in ``out_dir/hf`` (``train.export_hf``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     export = getattr(backbone, "export_state", None)
     if callable(export):
@@ -97,7 +99,8 @@ def export_backbone(
         (out_dir / other).unlink(missing_ok=True)
     if "timm" in description:
         write_timm_folder(out_dir, description, run_config=run_config)
-    write_hf_folder(out_dir / "hf", backbone, description)  # transformers' Dinov2Model
+    if hf:
+        write_hf_folder(out_dir / "hf", backbone, description)  # transformers' Dinov2Model
     return weights
 
 

@@ -352,6 +352,7 @@ class _Trainer:
                 input_norm=input_normalisation(p.data.batch_recipe),
                 init={"spec": cfg.init, "sha256": cfg.init_sha256} if cfg.init else None,
                 run_config=cfg,
+                hf=cfg.train.export_hf,
             )
             write_atomic(
                 self.run_dir / "summary.json",
