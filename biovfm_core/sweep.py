@@ -78,6 +78,10 @@ class Sweep:
     grid: dict[str, list[Any]]
     eval_args: list[str] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)
+    keep_checkpoints: bool = True
+    """False: a cell's checkpoints are deleted once it is done (its export and results
+    stay), so a grid of many cells does not keep gigabytes it will never resume from;
+    a cell made stale later then trains again from the start."""
     source: str = "sweep"
     root: Path = field(default_factory=Path.cwd)
     """The sweep file's folder: relative paths are relative to it, commands run in it."""
@@ -132,7 +136,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"sweep file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    known = {"name", "output", "data", "base", "grid", "eval", "slurm"}
+    known = {"name", "output", "data", "base", "grid", "eval", "slurm", "keep_checkpoints"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -155,6 +159,7 @@ def load_sweep(path: str | Path) -> Sweep:
         grid=grid,
         eval_args=_eval_args(raw.get("eval"), path),
         slurm=raw.get("slurm") or {},
+        keep_checkpoints=_flag(raw.get("keep_checkpoints", True), "keep_checkpoints", path),
         source=str(path),
         root=root,
     )
@@ -444,8 +449,27 @@ def run_local(sweep: Sweep, *, echo=print, keep_going: bool = False) -> SweepRun
                 break
             continue
         finish_cell(run_dir, fingerprints(sweep, cell))
+        if not sweep.keep_checkpoints:
+            drop_checkpoints(run_dir)
         outcome.ran.append(cell.id)
     return outcome
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete a done cell's checkpoints: renamed first, so an interrupted delete never
+    leaves a ``checkpoints/`` folder that looks whole but is not."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return
+    doomed = run_dir / f".deleting-checkpoints-{os.getpid()}"
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _flag(value: Any, key: str, path: Path) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be true or false, not {value!r}")
+    return value
 
 
 def run_logged(command: list[str], *, cwd: Path, log: Path) -> int:

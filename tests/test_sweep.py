@@ -427,6 +427,8 @@ shutil.copy(out / "configs" / f"{cell}.yaml", run / "config.yaml")
 (run / "summary.json").write_text(json.dumps({"steps": 3}))
 (run / "data_report.json").write_text(json.dumps({"images": 10}))
 (run / "export" / "backbone.json").write_text(json.dumps({"biovfm": {"num_parameters": 5500000}}))
+(run / "checkpoints" / "step_00000003").mkdir(parents=True, exist_ok=True)
+(run / "checkpoints" / "step_00000003" / "model.safetensors").write_bytes(b"weights")
 row = ResultRow("m", "demo:modality", "linear", "auc", 0.8, convention="study")
 write_results(run / "eval" / "results.csv", [row])
 """
@@ -470,6 +472,34 @@ def test_a_failed_cell_keeps_finished_results_and_keep_going_runs_the_rest(tmp_p
     assert {r.model for r in read_results(out / "results.csv")} == {ids[0], ids[2]}
     attempts = [line for line in log.read_text().splitlines() if line.startswith("cell seed=1")]
     assert len(attempts) == 2  # the log is appended to on every attempt
+
+
+def test_keep_checkpoints_false_deletes_a_done_cells_checkpoints_only(tmp_path, monkeypatch):
+    from biovfm_core.results import read_results
+
+    text = KEEP_GOING.replace("name: fake\n", "name: fake\nkeep_checkpoints: false\n")
+    path = write_sweep(tmp_path, text.replace("train.seed: [0, 1, 2]", "train.seed: [0, 2]"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.npz").write_bytes(b"")
+    monkeypatch.setattr(
+        S, "cell_commands",
+        lambda sweep, cell, launcher, train=True: [
+            [sys.executable, "-c", CELL, str(sweep.output), cell.id]
+        ],
+    )  # fmt: skip
+    outcome = S.run_local(S.load_sweep(path), echo=lambda _: None)
+    assert outcome.ran == ["backbone=vit_tiny,seed=0", "backbone=vit_tiny,seed=2"]
+    for cell in outcome.ran:
+        run = out / "cells" / cell
+        assert (run / "DONE.json").is_file() and (run / "export" / "backbone.json").is_file()
+        assert not (run / "checkpoints").exists()
+        assert not list(run.glob(".deleting-*"))
+    assert len(read_results(S.collect_results(S.load_sweep(path)))) == 2
+    # The default keeps them (a stale cell can then continue from its checkpoint).
+    assert S.load_sweep(write_sweep(tmp_path, KEEP_GOING)).keep_checkpoints is True
+    with pytest.raises(ConfigError, match="keep_checkpoints must be true or false"):
+        S.load_sweep(write_sweep(tmp_path, "keep_checkpoints: maybe\n" + KEEP_GOING))
 
 
 def test_dry_run_shows_a_killed_cell_as_resumable_from_its_step(tmp_path):

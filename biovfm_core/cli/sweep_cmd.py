@@ -54,7 +54,10 @@ def sweep(
             raise click.BadParameter(
                 f"no cell {finish!r} in {sweep_file}", param_hint="--finish-cell"
             )
-        click.echo(f"done: {S.finish_cell(match[0].folder(plan), S.fingerprints(plan, match[0]))}")
+        done = S.finish_cell(match[0].folder(plan), S.fingerprints(plan, match[0]))
+        if not plan.keep_checkpoints:
+            S.drop_checkpoints(match[0].folder(plan))
+        click.echo(f"done: {done}")
         return
     if dry_run:
         states = [S.describe_state(plan, cell) for cell in cells]
