@@ -228,11 +228,15 @@ def not_cached(what: str, spec: str, exc: BaseException) -> ConfigError:
     """The one-line error for ``timm:NAME`` weights that are not in the local cache."""
     name = spec.removeprefix("timm:")
     reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    # A model (eval, inspect) can also be used untrained; --init has no such way out.
+    untrained = (
+        "" if what == "--init" else "; or --opt backbone.pretrained=false for random weights"
+    )
     return ConfigError(
         f"{what} {spec}: timm's pretrained weights are not in the local Hugging Face "
         f"cache ({type(exc).__name__}: {reason}); download them first where there is "
         f"network (timm.create_model({name!r}, pretrained=True)) or pass the "
-        "downloaded file or folder"
+        f"downloaded file or folder{untrained}"
     )
 
 
