@@ -43,6 +43,17 @@ def biovfm(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """`biovfm ARGS` in this process, for commands that start no training themselves:
+    no second start-up of torch."""
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def test_cells_are_the_product_of_the_grid(tmp_path):
     sweep = S.load_sweep(write_sweep(tmp_path))
     cells = sweep.cells()
@@ -67,7 +78,7 @@ def test_bad_sweep_files_fail_at_once(tmp_path):
 
 def test_slurm_array_lists_pending_cells_and_is_valid_bash(tmp_path):
     path = write_sweep(tmp_path)
-    result = biovfm("sweep", str(path), "--scheduler", "slurm")
+    result = in_process("sweep", str(path), "--scheduler", "slurm")
     assert result.returncode == 0, result.stderr
     script = (tmp_path / "out" / "slurm" / "array.sbatch").read_text()
     assert "#SBATCH --array=0-1%2" in script
@@ -153,7 +164,7 @@ def test_tiny_real_sweep_end_to_end_with_interruption_and_report(tmp_path, objec
     ]
     assert all(d["steps"] == 4 for d in done)
     n = len(cells)
-    assert f"{n} cells, {n} done" in biovfm("sweep", str(path), "--dry-run").stdout
+    assert f"{n} cells, {n} done" in in_process("sweep", str(path), "--dry-run").stdout
 
     from biovfm_core.results import read_results
 
@@ -162,7 +173,7 @@ def test_tiny_real_sweep_end_to_end_with_interruption_and_report(tmp_path, objec
     assert {r.metric for r in rows} >= {"auc", "mcc", "balanced_acc"}
     assert all(r.params_m and r.params_m > 5 and r.images in (60, 120) for r in rows)
 
-    report = biovfm(
+    report = in_process(
         "analyze", "report", "--results", str(out / "results.csv"),
         "--medmnist-root", str(tmp_path), "--output", str(tmp_path / "report"),
     )  # fmt: skip

@@ -52,6 +52,18 @@ def biovfm(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+def in_process(*args: str) -> tuple[int, str]:
+    """`biovfm ARGS` in this process: the same command, without a second start-up of
+    torch (seconds per call on a busy CI machine). Only the killed run needs its own
+    process."""
+    from click.testing import CliRunner
+
+    from biovfm_core.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
 def finish(process: subprocess.Popen, timeout: int = 900) -> tuple[int, str]:
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out + err
@@ -89,8 +101,8 @@ def read_metrics(run: Path) -> list[dict]:
 
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     steps = "8"
-    code, log = finish(
-        biovfm("train", *TINY, "--max-steps", steps, "--output", str(tmp_path), "--name", "whole")
+    code, log = in_process(
+        "train", *TINY, "--max-steps", steps, "--output", str(tmp_path), "--name", "whole"
     )
     assert code == 0, log
 
@@ -108,7 +120,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     done = [p.name for p in ckpt.list_checkpoints(tmp_path / "killed")]
     assert "step_00000008" not in done, "killed too late to test anything"
 
-    code, log = finish(biovfm("train", "--resume", str(tmp_path / "killed")))
+    code, log = in_process("train", "--resume", str(tmp_path / "killed"))
     assert code == 0, log
     assert "resumed from" in log
 
@@ -272,12 +284,12 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
 
 
 def test_resuming_with_another_objective_says_what_the_checkpoint_holds(tmp_path):
-    code, log = finish(
-        biovfm("train", *TINY, "--max-steps", "2", "--output", str(tmp_path), "--name", "a")
+    code, log = in_process(
+        "train", *TINY, "--max-steps", "2", "--output", str(tmp_path), "--name", "a"
     )
     assert code == 0, log
-    code, log = finish(
-        biovfm("train", "--resume", str(tmp_path / "a"), "--objective", "mae", "--max-steps", "4")
+    code, log = in_process(
+        "train", "--resume", str(tmp_path / "a"), "--objective", "mae", "--max-steps", "4"
     )
     assert code == 2
     assert "holds objective 'dinov2' on backbone 'vit_tiny'" in log
@@ -287,8 +299,8 @@ def test_resuming_with_another_objective_says_what_the_checkpoint_holds(tmp_path
 def test_export_loads_in_timm_and_matches_the_teacher(tmp_path):
     import timm
 
-    code, log = finish(
-        biovfm("train", *TINY, "--max-steps", "2", "--output", str(tmp_path), "--name", "e")
+    code, log = in_process(
+        "train", *TINY, "--max-steps", "2", "--output", str(tmp_path), "--name", "e"
     )
     assert code == 0, log
     run = tmp_path / "e"

@@ -19,7 +19,7 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +76,33 @@ def per_gpu_batch(config: RunConfig) -> tuple[int, str]:
     return batch, f"train.batch_size {batch} on one GPU (under torchrun: / WORLD_SIZE)"
 
 
+# In-place ops that weight initialisers call; on meta tensors they compute nothing but
+# still cost a Python dispatch each (a ViT-g's init is thousands of them).
+_INIT_OPS = frozenset(
+    {"uniform_", "normal_", "erfinv_", "mul_", "add_", "clamp_", "fill_", "zero_", "copy_",
+     "div_", "sub_", "exponential_", "bernoulli_"}
+)  # fmt: skip
+
+
+class _MetaInitSkipped(torch.overrides.TorchFunctionMode):
+    """Skip weight initialisation on meta tensors: it cannot change a shape or dtype."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if (
+            getattr(func, "__name__", "") in _INIT_OPS
+            and args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].is_meta
+        ):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def run_preflight(config: RunConfig, registry: Any, *, check_init: bool = False) -> Preflight:
     """Build ``config``'s objective on the meta device and run one step's forward on it."""
     result = Preflight()
     result.per_gpu_batch, result.per_gpu_from = per_gpu_batch(config)
-    with _rng_untouched(), torch.device("meta"):
+    with _rng_untouched(), torch.device("meta"), _MetaInitSkipped():
         try:
             backbone = registry.build(
                 "backbones", config.backbone, options=config.options["backbone"]
@@ -233,6 +255,48 @@ def _acceleration_problems(config: RunConfig, objective: Any) -> list[str]:
     ]
 
 
+def _signature(block: torch.nn.Module) -> tuple:
+    return (type(block), tuple((n, tuple(p.shape)) for n, p in block.named_parameters()))
+
+
+def _run_repeats_once(blocks: list[torch.nn.Module]) -> Callable[[], None]:
+    """Meta tensors carry shapes only, and a ViT-g's 40 blocks map the same shape to
+    the same shape: once a block of one kind (class and parameter shapes) has been
+    seen to keep its input's shape, the other blocks of that kind return their input
+    unchanged. The block hooks still fire, so the memory estimate counts every block;
+    the step costs a block's Python per model instead of forty (seconds on a laptop).
+    Returns what puts the real forwards back."""
+    keeps_shape: dict[tuple, bool] = {}
+
+    def watch(kind: tuple) -> Callable:
+        def hook(module, args, output) -> None:
+            if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                same = output.shape == args[0].shape and output.dtype == args[0].dtype
+                keeps_shape.setdefault(kind, same)
+
+        return hook
+
+    hooks = []
+    for block in blocks:
+        kind = _signature(block)
+        hooks.append(block.register_forward_hook(watch(kind)))
+
+        def forward(x, *args, _real=block.forward, _kind=kind, **kwargs):
+            if keeps_shape.get(_kind) and isinstance(x, torch.Tensor) and not args:
+                return x
+            return _real(x, *args, **kwargs)
+
+        block.forward = forward
+
+    def restore() -> None:
+        for hook in hooks:
+            hook.remove()
+        for block in blocks:
+            del block.forward
+
+    return restore
+
+
 def _meta_step(config: RunConfig, objective: Any, backbone: Any, per_gpu: int) -> Estimate:
     """One forward of the step on meta tensors; what it keeps, scaled to ``per_gpu``."""
     views = objective.views
@@ -277,9 +341,11 @@ def _meta_step(config: RunConfig, objective: Any, backbone: Any, per_gpu: int) -
         and id(m) not in in_blocks
     ]
     objective.train()
+    restore = _run_repeats_once(blocks)
     try:
         out = objective.training_step(batch, StepInfo(step=0, total_steps=100, steps_per_epoch=10))
     finally:
+        restore()
         for hook in hooks:
             hook.remove()
     if not isinstance(out, dict) or "loss" not in out or out["loss"].dim() != 0:
