@@ -135,6 +135,10 @@ class RunConfig:
     init_sha256: str | None = None
     """The init weights' checksum, filled in by the run; when set, other weights are an
     error (a saved config re-runs from the same weights)."""
+    init_mode: Literal["backbone", "objective"] = "backbone"
+    """What ``--init`` carries over: ``backbone`` (its weights only) or ``objective``
+    (a biovfm run's whole objective state from its newest checkpoint: heads, EMA teacher,
+    centering), for a stage that continues a run, such as ``--recipe dinov2-highres``."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -202,6 +206,13 @@ class RunConfig:
         marked as the user's choice.
         """
         parts = key.split(".")
+        if parts[0] == "stages":
+            # Not built: a half-honoured stage list would silently train one stage.
+            raise ConfigError(
+                f"{source}: stages: a list of stages is not built; run each stage with "
+                "biovfm train --init PREVIOUS_RUN --set init_mode=objective (or "
+                "--recipe dinov2-highres), see docs/gram.md"
+            )
         if parts[0] == "options":
             self._set_option(parts[1:], value, source, record=record)
             return

@@ -104,6 +104,9 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     # Recipe first: the machine preset and the objective's backbone preset fill only
     # what neither the user nor the recipe set.
     from_recipe = {key: entry.value for key, entry in apply_recipe(config).items()}
+    from biovfm_core.train.stage_init import inherit_model_options
+
+    inherited = inherit_model_options(config, set(from_recipe))
     applied = apply_machine_preset(config, registry, device_type)
     backbone_preset = apply_objective_backbone_preset(config, registry)
     skipped = backbone_preset_skipped(config, registry)
@@ -112,6 +115,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
     config.validate(registry)
     for label, filled in (
         (f"recipe {config.recipe}", from_recipe),
+        (f"--init run {config.init}", inherited),
         (f"{device_type} preset", applied),
         (f"{config.objective} backbone preset", backbone_preset),
     ):

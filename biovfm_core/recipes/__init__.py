@@ -15,7 +15,8 @@ A recipe file (``biovfm_core/recipes/NAME.yaml``)::
       student.qkv_bias: {value: true, source: "...", why: "timm's ViT default"}
 
 A source is ``dinov2/PATH: key`` (facebookresearch/dinov2), ``mae/PATH: key``
-(facebookresearch/mae, ``mae/`` standing for its root), ``study: ...`` (what the
+(facebookresearch/mae, ``mae/`` standing for its root), ``dinov3/PATH: key``
+(facebookresearch/dinov3), ``study: ...`` (what the
 BioVFM-21M study or its public code states) or ``derived: why``.
 
 Precedence (``RunConfig``): defaults < machine preset < recipe < config file <
@@ -36,7 +37,7 @@ from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SOURCE_PREFIXES = ("dinov2/", "mae/", "study: ", "derived: ")
+SOURCE_PREFIXES = ("dinov2/", "dinov3/", "mae/", "study: ", "derived: ")
 
 
 @dataclass(frozen=True)

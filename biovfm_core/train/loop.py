@@ -170,7 +170,11 @@ class _Trainer:
             TaskInfo(num_classes=num_classes, multilabel=multilabel),
             options=cfg.options["objective"],
         )
-        if cfg.init and resumed is None:  # a resumed run's checkpoint already holds them
+        if cfg.init and resumed is None and cfg.init_mode == "objective":
+            from biovfm_core.train.stage_init import init_from_run
+
+            init_from_run(objective, cfg.objective, cfg.init, self._say)
+        elif cfg.init and resumed is None:  # a resumed run's checkpoint already holds them
             from biovfm_core.models import published
 
             source = published.read_init(cfg.init, self.registry)

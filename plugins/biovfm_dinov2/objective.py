@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from lightly.models.utils import update_momentum
@@ -34,8 +35,11 @@ from biovfm_core.protocols import (
     ViewSpec,
 )
 from biovfm_core.schedules import cosine_schedule, linspace_warmup
+from biovfm_dinov2.gram_anchor import SOURCES as GRAM_SOURCES
+from biovfm_dinov2.gram_anchor import GramTeacher, check_gram_options
 from biovfm_dinov2.head import DINOHead
 from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
+from biovfm_dinov2.loss.gram import gram_loss
 from biovfm_dinov2.loss.teacher_targets import CENTERINGS, TeacherTargets
 from biovfm_dinov2.masking import sample_ibot_masks
 
@@ -94,6 +98,7 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         mask_ratio_min_max: tuple[float, float],
         mask_sample_probability: float,
         views: ViewSpec,
+        gram: dict | None = None,
     ) -> None:
         super().__init__()
         self.views = views
@@ -152,6 +157,16 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         self.ibot_loss = IBOTPatchLoss(student_temp)
         self.koleo_loss = KoLeoLoss()
 
+        # DINOv3's Gram anchoring (biovfm_dinov2.gram_anchor); off with weight 0, and
+        # then the objective's state is exactly DINOv2's.
+        gram = dict(gram or {})
+        self.gram_loss_weight = float(gram.pop("weight", 0.0))
+        self.gram_settings = {k: gram.pop(k) for k in ("normalized", "img_level", "remove_neg")}
+        self.gram_tokens = gram.pop("tokens", "all")
+        self.gram_teacher = (
+            GramTeacher(self.teacher["backbone"], **gram) if self.gram_loss_weight > 0 else None
+        )
+
     # The teacher never uses dropout / stochastic depth (DINOv2 builds it without).
     def train(self, mode: bool = True) -> DINOv2Objective:
         super().train(mode)
@@ -184,6 +199,28 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         (dinov2/train/train.py do_train, ``for v in model.student.values()``)."""
         return dict(self.student.items())
 
+    def load_stage_state(self, weights: Mapping[str, Tensor]) -> list[str]:
+        """Carry on from a previous run's objective (``init_mode: objective``): student,
+        EMA teacher, heads and centering state. The Gram teacher is this stage's own
+        (taken from the carried-over EMA teacher at its ``gram_load_step``), so the
+        previous run's is left out; returns the keys not carried over."""
+        own = self.state_dict()
+        carried = {k: v for k, v in weights.items() if not k.startswith("gram_teacher.")}
+        missing = sorted(k for k in own if k not in carried and not k.startswith("gram_teacher."))
+        if missing:
+            raise ConfigError(
+                f"dinov2: the previous run's objective lacks {len(missing)} keys this one "
+                f"needs (first: {missing[0]}); its heads or backbone differ"
+            )
+        for key, value in carried.items():
+            if key in own and own[key].shape != value.shape:
+                raise ConfigError(
+                    f"dinov2: {key} is {tuple(value.shape)} in the previous run, "
+                    f"{tuple(own[key].shape)} here; keep the heads' and backbone's options"
+                )
+        self.load_state_dict({**own, **{k: v for k, v in carried.items() if k in own}})
+        return sorted(k for k in carried if k not in own)
+
     def current_momentum(self, info: StepInfo) -> float:
         return cosine_schedule(
             info.step, info.total_steps, self.momentum_teacher, self.final_momentum_teacher
@@ -197,6 +234,8 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         teacher_temp = self.current_teacher_temp(info)
 
         use_ibot = self.ibot_loss_weight > 0
+        if self.gram_teacher is not None:
+            self.gram_teacher.before_step(info.step, self.teacher["backbone"])
         masks = None
         if use_ibot:
             p = backbone.patch_size
@@ -240,15 +279,40 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
                 ibot = images.new_zeros(())
             loss = loss + self.ibot_loss_weight * ibot
             out["ibot_loss"] = ibot.detach()
+        if self.gram_teacher is not None and bool(self.gram_teacher.ready):
+            gram = self._gram_term(images, s_global.patches, t_out.patches, masks)
+            loss = loss + self.gram_loss_weight * gram
+            out["gram_loss"] = gram.detach()
         out["loss"] = loss
         return out
+
+    def _gram_term(
+        self, images: Tensor, student: Tensor, ema_patches: Tensor, masks: Tensor | None
+    ) -> Tensor:
+        """DINOv3's Gram loss between the student's patch features of the (masked)
+        global crops and the Gram teacher's of the same crops unmasked
+        (ssl_meta_arch.py get_gram_teacher_output, lines 476-527)."""
+        p = self.student["backbone"].patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        gt = self.gram_teacher
+        teacher = ema_patches if gt.uses_ema else gt.patch_features(images, grid)
+        if self.gram_tokens != "all":
+            chosen = masks if self.gram_tokens == "masked" else ~masks
+            student, teacher = student[chosen], teacher[chosen]
+        return gram_loss(student, teacher.to(student.dtype), **self.gram_settings)
 
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
         m = self.current_momentum(info)
         for name, module in self.student.items():
             update_momentum(module, self.teacher[name], m)
-        return {"teacher_momentum": m, "teacher_temp": self.current_teacher_temp(info)}
+        out = {"teacher_momentum": m, "teacher_temp": self.current_teacher_temp(info)}
+        if self.gram_teacher is not None:
+            # DINOv3 refreshes the Gram teacher after the EMA update (train.py 532-544).
+            out["gram_refreshed"] = float(
+                self.gram_teacher.after_step(info.step, self.teacher["backbone"])
+            )
+        return out
 
     def eval_backbone(self) -> Backbone:
         return self.teacher["backbone"]
@@ -288,6 +352,17 @@ def build_dinov2(
     local_crops: int = 8,
     global_scale: tuple[float, float] = (0.32, 1.0),
     local_scale: tuple[float, float] = (0.05, 0.32),
+    gram_loss_weight: float = 0.0,
+    gram_teacher: str = "snapshot",
+    gram_load_step: int = 0,
+    gram_update_frequency: int = 0,
+    gram_first_update: int = 0,
+    gram_max_updates: int | None = None,
+    gram_crop_size: int | None = None,
+    gram_img_level: bool = True,
+    gram_normalized: bool = True,
+    gram_remove_neg: bool = False,
+    gram_tokens: str = "all",
 ) -> DINOv2Objective:
     """DINOv2 self-distillation (DINO + iBOT + KoLeo) with an EMA teacher.
 
@@ -308,6 +383,45 @@ def build_dinov2(
     of ``global_size`` (224, scale ``global_scale``) and ``local_crops`` (8) local crops of
     ``local_size`` (96, scale ``local_scale``). CPU demo: prototypes=1024,
     local_crops=4, global_size=64, local_size=32 with vit_tiny, patch 16.
+
+    Gram anchoring (DINOv3) is off unless ``gram_loss_weight`` > 0; see docs/gram.md.
+    Sources are facebookresearch/dinov3 at 6876159a, ``D3`` = dinov3/configs/ssl_default_config.yaml.
+
+    Args:
+        gram_loss_weight: weight of DINOv3's Gram loss; 0 turns it off (D3 line 46
+            gram.use_loss false, line 48 gram.loss_weight 1.0; 2.0 at the end of
+            dinov3_vit7b16_gram_anchor.yaml lines 64-69, 1.5 in
+            dinov3_vit7b16_high_res_adapt.yaml lines 63-68).
+        gram_teacher: where the Gram targets come from: "snapshot" (a frozen copy of
+            the EMA teacher, D3 line 51 gram.it_load_ema_teacher), "ema" (the live EMA
+            teacher, D3 line 49 gram.ema_teacher) or a path: a biovfm run or export,
+            DINOv2 .pth or timm folder (D3 line 50 gram.ckpt).
+        gram_load_step: the step before which the snapshot is taken; no Gram term
+            until then (D3 line 51 gram.it_load_ema_teacher, -1 there = use gram.ckpt;
+            0 here = the teacher the run starts with, a previous stage's with --init).
+        gram_update_frequency: refresh the snapshot from the EMA teacher every this
+            many steps; 0 never (D3 lines 52-53 gram.rep_update true, update_frequency
+            50000; 10000 in dinov3_vit7b16_gram_anchor.yaml line 54; rep_update false in
+            dinov3_vit7b16_high_res_adapt.yaml line 52).
+        gram_first_update: no refresh before this step (D3 line 54
+            gram.it_first_update 0; 1010000 in dinov3_vit7b16_gram_anchor.yaml line 55).
+        gram_max_updates: at most this many refreshes; None unlimited (D3 line 55
+            gram.max_updates null; 3 in dinov3_vit7b16_gram_anchor.yaml line 56).
+        gram_crop_size: the Gram teacher sees the global crops resampled to this size,
+            its feature map resized back (bicubic) to the student's; None the student's
+            size (D3 line 159 crops.gram_teacher_crops_size null; 512 for 256 crops in
+            dinov3_vit7b16_gram_anchor.yaml line 165, 768 for 512 in
+            dinov3_vit7b16_high_res_adapt.yaml line 181; D3 lines 61-62 bicubic, no
+            antialias).
+        gram_img_level: one Gram matrix per image; false one over the batch's patches
+            (D3 line 57 gram.img_level false; true in dinov3_vit7b16_gram_anchor.yaml
+            line 58 and dinov3_vit7b16_high_res_adapt.yaml line 57).
+        gram_normalized: L2-normalise patch features first, so the Gram matrix holds
+            cosine similarities (D3 line 56 gram.normalized true).
+        gram_remove_neg: clamp negative similarities of both matrices to 0 (D3 line 58
+            gram.remove_neg false).
+        gram_tokens: the patches compared: all, masked or unmasked by iBOT (D3 line 60
+            gram.tokens_used all; masked/unmasked need gram_img_level=false).
     """
     del task  # self-supervised: labels, if any, are ignored
     if centering not in CENTERINGS:
@@ -329,6 +443,29 @@ def build_dinov2(
                 f"dinov2: global_size {global_size} must be a multiple of the patch size "
                 f"{backbone.patch_size}"
             )
+    check_gram_options(
+        weight=gram_loss_weight,
+        source=gram_teacher,
+        tokens=gram_tokens,
+        img_level=gram_img_level,
+        crop_size=gram_crop_size,
+        update_frequency=gram_update_frequency,
+        patch_size=backbone.patch_size,
+    )
+    if gram_loss_weight > 0 and gram_tokens != "all" and ibot_loss_weight <= 0:
+        raise ConfigError(
+            "dinov2: gram_tokens masked/unmasked needs iBOT's masks (ibot_loss_weight > 0)"
+        )
+    if (
+        gram_loss_weight > 0
+        and gram_teacher not in GRAM_SOURCES
+        and not gram_teacher.startswith("timm:")
+        and not Path(gram_teacher).expanduser().exists()
+    ):
+        raise ConfigError(
+            f"dinov2: gram_teacher {gram_teacher!r}: no such file or folder (expected "
+            f"{', '.join(GRAM_SOURCES)}, or a biovfm run/export, DINOv2 .pth or timm folder)"
+        )
     views = ViewSpec(
         global_crops=2,
         global_size=global_size,
@@ -367,6 +504,19 @@ def build_dinov2(
         mask_ratio_min_max=mask_ratio_min_max,
         mask_sample_probability=mask_sample_probability,
         views=views,
+        gram={
+            "weight": gram_loss_weight,
+            "normalized": gram_normalized,
+            "img_level": gram_img_level,
+            "remove_neg": gram_remove_neg,
+            "tokens": gram_tokens,
+            "source": gram_teacher,
+            "load_step": gram_load_step,
+            "update_frequency": gram_update_frequency,
+            "first_update": gram_first_update,
+            "max_updates": gram_max_updates,
+            "crop_size": gram_crop_size,
+        },
     )
 
 
@@ -382,4 +532,19 @@ build_dinov2.kit_exempt_options = {  # type: ignore[attr-defined]
     "ibot_head_bottleneck_dim": _SEPARATE,
     "ibot_head_nlayers": _SEPARATE,
     "center_momentum": "used only with centering='centering'; the default is sinkhorn_knopp",
+    **{
+        name: "Gram anchoring is off by default (gram_loss_weight=0)"
+        for name in (
+            "gram_teacher",
+            "gram_load_step",
+            "gram_update_frequency",
+            "gram_first_update",
+            "gram_max_updates",
+            "gram_crop_size",
+            "gram_img_level",
+            "gram_normalized",
+            "gram_remove_neg",
+            "gram_tokens",
+        )
+    },
 }
