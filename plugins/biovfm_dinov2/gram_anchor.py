@@ -102,11 +102,13 @@ class GramTeacher(nn.Module):
         return True
 
     def refreshes_before(self, done: int) -> int:
-        """Refreshes made after steps 1..done-1 (multiples of the frequency >= first)."""
+        """Refreshes made after steps 1..done-1: the multiples of the frequency from
+        ``first_update`` on, at most ``max_updates``."""
         f = self.update_frequency
         first_multiple = -(-max(self.first_update, 1) // f) * f
         last = done - 1
-        return 0 if last < first_multiple else (last - first_multiple) // f + 1
+        due = 0 if last < first_multiple else (last - first_multiple) // f + 1
+        return due if self.max_updates is None else min(due, self.max_updates)
 
     def _load(self, spec: str) -> None:
         from biovfm_core.models import published
