@@ -179,6 +179,52 @@ for _model, _patch in (
     )
 OFFICIAL["mae/PRETRAIN.md: --model"] = "mae_vit_{base,large}_patch16, mae_vit_huge_patch14"
 
+# facebookresearch/dinov3 at 6876159a, dinov3/configs/train/dinov3_vit7b16_high_res_adapt.yaml
+HRA = "dinov3/configs/train/dinov3_vit7b16_high_res_adapt.yaml"
+OFFICIAL.update(
+    {
+        f"{HRA}: crops.global_crops_size": [512, 768, 768, 768, 768],
+        f"{HRA}: crops.local_crops_size": [112, 112, 168, 224, 336],
+        f"{HRA}: crops.local_crops_number": 8,
+        f"{HRA}: crops.global_crops_scale": [0.32, 1.0],
+        f"{HRA}: crops.local_crops_scale": [0.05, 0.32],
+        f"{HRA}: crops.gram_teacher_crops_size": [768, 1152, 1152, 1152, 1152],
+        f"{HRA}: crops.global_local_crop_pairs_ratios": [0.3, 0.3, 0.3, 0.05, 0.05],
+        f"{HRA}: crops.gram_teacher_no_distortions": True,
+        f"{HRA}: schedules.teacher_temp.start": 0.07,
+        f"{HRA}: schedules.teacher_temp.end": 0.07,
+        f"{HRA}: schedules.teacher_temp.warmup_epochs": 0,
+        f"{HRA}: schedules.momentum.start": 0.999,
+        f"{HRA}: schedules.momentum.end": 0.999,
+        f"{HRA}: schedules.lr.freeze_last_layer_epochs": 0,
+        f"{HRA}: schedules.lr.end": 1.25e-05,
+        f"{HRA}: schedules.lr.cosine_epochs": 10,
+        f"{HRA}: schedules.lr": "start 0, peak 0, end 1.25e-05, cosine_epochs 10",
+        f"{HRA}: schedules.weight_decay.start": 0.04,
+        f"{HRA}: schedules.weight_decay.end": 0.04,
+        f"{HRA}: dino.loss_weight": 1.0,
+        f"{HRA}: dino.koleo_loss_weight": 0.1,
+        f"{HRA}: dino.head_n_prototypes": "dino 262144 prototypes, iBOT separate head 98304, "
+        "vit_7b patch 16",
+        f"{HRA}: dino.local_loss_weight_schedule": 0.5,
+        f"{HRA}: ibot.loss_weight": 1.0,
+        f"{HRA}: ibot.mask_sample_probability": 0.5,
+        f"{HRA}: ibot.mask_ratio_min_max": [0.1, 0.5],
+        f"{HRA}: gram.loss_weight_schedule": 1.5,  # start = peak = end = 1.5
+        f"{HRA}: gram.rep_update": False,
+        f"{HRA}: gram.img_level": True,
+        f"{HRA}: gram.normalized": True,
+        f"{HRA}: gram.remove_neg": False,
+        f"{HRA}: gram.tokens_used": "all",
+        f"{HRA}: optim.epochs": 30,
+        f"{HRA}: train.OFFICIAL_EPOCH_LENGTH": 1000,
+        f"{HRA}: optim.clip_grad": 30.0,
+        f"{HRA}: optim.layerwise_decay": 0.98,
+        f"{HRA}: optim.patch_embed_lr_mult": 0.2,
+        f"{HRA}: optim.adamw_beta1, optim.adamw_beta2": [0.9, 0.99],
+    }
+)
+
 # Official spellings that are ours in another form: (our key, official source) -> value.
 TRANSLATED = {
     ("backbone", f"{SSL}: student.arch"): "vit_large",
@@ -205,6 +251,15 @@ TRANSLATED = {
         "mae/models_mae.py: MaskedAutoencoderViT.initialize_weights",
     ): True,
     ("clip_grad", "mae/engine_pretrain.py: loss_scaler.clip_grad"): None,
+    # biovfm draws one crop size per run: the recipe takes the first (most frequent) pair
+    ("options.objective.global_size", f"{HRA}: crops.global_crops_size"): 512,
+    ("options.objective.local_size", f"{HRA}: crops.local_crops_size"): 112,
+    ("options.objective.gram_crop_size", f"{HRA}: crops.gram_teacher_crops_size"): 768,
+    ("options.objective.gram_update_frequency", f"{HRA}: gram.rep_update"): 0,  # never
+    ("optim.warmup_epochs", f"{HRA}: schedules.lr.cosine_epochs"): 10,
+    ("crops.mixed_sizes", f"{HRA}: crops.global_local_crop_pairs_ratios"): "global "
+    "512/768/768/768/768, local 112/112/168/224/336, Gram 768/1152x4, loader ratios "
+    "0.3/0.3/0.3/0.05/0.05",
     ("layer_decay", "mae/main_pretrain.py: optim_factory.add_weight_decay"): None,
     (
         "no_weight_decay",
@@ -228,7 +283,7 @@ def _entries(recipe):
 @pytest.mark.parametrize("name", ALL)
 def test_every_value_is_the_official_one(name: str) -> None:
     for entry in _entries(load(name)):
-        if not entry.source.startswith(("dinov2/", "mae/")):
+        if not entry.source.startswith(("dinov2/", "dinov3/", "mae/")):
             assert entry.source.startswith(("study: ", "derived: ")), entry
             continue
         assert entry.source in OFFICIAL, f"{name}: {entry.key}: {entry.source} not transcribed"

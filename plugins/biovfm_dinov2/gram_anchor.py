@@ -13,7 +13,7 @@ Sources (dinov3/train/ssl_meta_arch.py lines 178-227, dinov3/train/train.py 441-
   run or export, a DINOv2 ``.pth``, a timm folder), on the first step.
 
 The snapshot is a submodule, so checkpoints hold it and a resumed run anchors to the
-same features; whether it has been taken is a buffer, for the same reason. Refreshes
+same features; whether it has been taken is its extra state, for the same reason. Refreshes
 are a function of the step (as DINOv3 recounts them at start-up), not a counter.
 """
 
@@ -58,7 +58,16 @@ class GramTeacher(nn.Module):
             self.backbone = copy.deepcopy(teacher_backbone)
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        self.register_buffer("ready", torch.tensor(self.uses_ema))
+        self.ready = self.uses_ema
+
+    # Whether the snapshot exists is checkpointed with it (``gram_teacher._extra_state``)
+    # but read as a Python bool, so that no step synchronises with the device for it
+    # and the preflight's meta-device step can branch on it.
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.ready)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.ready = bool(state)
 
     def train(self, mode: bool = True) -> GramTeacher:
         super().train(mode)
@@ -73,14 +82,14 @@ class GramTeacher(nn.Module):
     @torch.no_grad()
     def before_step(self, step: int, teacher_backbone: nn.Module) -> None:
         """Take the snapshot or load the checkpoint, once, before the step that needs it."""
-        if self.uses_ema or bool(self.ready):
+        if self.ready:
             return
         if self.from_path:
             self._load(self.source)
-            self.ready.fill_(True)
+            self.ready = True
         elif step >= self.load_step:
             self.backbone.load_state_dict(teacher_backbone.state_dict())
-            self.ready.fill_(True)
+            self.ready = True
 
     @torch.no_grad()
     def after_step(self, step: int, teacher_backbone: nn.Module) -> bool:
@@ -98,7 +107,7 @@ class GramTeacher(nn.Module):
         if self.max_updates is not None and self.refreshes_before(done) >= self.max_updates:
             return False
         self.backbone.load_state_dict(teacher_backbone.state_dict())
-        self.ready.fill_(True)
+        self.ready = True
         return True
 
     def refreshes_before(self, done: int) -> int:

@@ -279,7 +279,7 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
                 ibot = images.new_zeros(())
             loss = loss + self.ibot_loss_weight * ibot
             out["ibot_loss"] = ibot.detach()
-        if self.gram_teacher is not None and bool(self.gram_teacher.ready):
+        if self.gram_teacher is not None and self.gram_teacher.ready:
             gram = self._gram_term(images, s_global.patches, t_out.patches, masks)
             loss = loss + self.gram_loss_weight * gram
             out["gram_loss"] = gram.detach()
