@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biovfm_core.errors import ConfigError
+from biovfm_core.frozen_weights import load_backbone_weights
 from biovfm_core.protocols import Backbone
 
 SOURCES = ("ema", "snapshot")
@@ -120,10 +121,7 @@ class GramTeacher(nn.Module):
         return due if self.max_updates is None else min(due, self.max_updates)
 
     def _load(self, spec: str) -> None:
-        from biovfm_core.models import published
-
-        source = published.read_init(spec, what="objective.gram_teacher")
-        published.load_init(source, self.backbone, f"the Gram teacher ({spec})")
+        load_backbone_weights(self.backbone, spec, what="objective.gram_teacher")
 
     @torch.no_grad()
     def patch_features(self, images: Tensor, student_grid: tuple[int, int]) -> Tensor:
