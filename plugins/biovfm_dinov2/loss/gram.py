@@ -26,6 +26,7 @@ happens, so it equals clamping the teacher alone; we offer only ``remove_neg``.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -62,9 +63,14 @@ def gram_loss(
     teacher = teacher.detach()
     if not img_level and student.dim() == 3:
         student, teacher = student.flatten(0, 1), teacher.flatten(0, 1)
-    g_student = gram_matrix(student, normalized=normalized)
-    g_teacher = gram_matrix(teacher, normalized=normalized)
-    if remove_neg:
-        g_student = g_student.clamp(min=0.0)
-        g_teacher = g_teacher.clamp(min=0.0)
-    return (g_student - g_teacher).pow(2).mean()
+    # float32 throughout, as the official loss casts (gram_loss.py line 50): under bf16
+    # autocast the similarities would lose the small differences the loss is about.
+    # The preflight's meta device has no autocast to turn off.
+    device_type = "cpu" if student.device.type == "meta" else student.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        g_student = gram_matrix(student, normalized=normalized)
+        g_teacher = gram_matrix(teacher, normalized=normalized)
+        if remove_neg:
+            g_student = g_student.clamp(min=0.0)
+            g_teacher = g_teacher.clamp(min=0.0)
+        return (g_student - g_teacher).pow(2).mean()
