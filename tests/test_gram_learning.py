@@ -4,6 +4,7 @@ well with the Gram term as without it. Slow: two DINOv2 runs on the demo data.""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -53,6 +54,11 @@ def test_gram_anchoring_keeps_the_ct_body_iou_of_a_longer_run(tmp_path):
     }
     plain = _run_and_score(tmp_path, "plain", {})
     anchored = _run_and_score(tmp_path, "gram", gram)
+    # The anchored run did anchor: a Gram term from the snapshot step on, none before.
+    with open(tmp_path / "gram" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    terms = [row["gram_loss"] for row in rows]
+    assert not any(terms[:quarter]) and all(float(t) > 0 for t in terms[quarter:]), terms
     record = {"steps": STEPS, "plain_body_iou": plain, "gram_body_iou": anchored}
     print(json.dumps(record))
     assert anchored >= plain, record
