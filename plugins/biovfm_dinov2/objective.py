@@ -279,9 +279,13 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
                 ibot = images.new_zeros(())
             loss = loss + self.ibot_loss_weight * ibot
             out["ibot_loss"] = ibot.detach()
-        if self.gram_teacher is not None and self.gram_teacher.ready:
-            gram = self._gram_term(images, s_global.patches, t_out.patches, masks)
-            loss = loss + self.gram_loss_weight * gram
+        if self.gram_teacher is not None:
+            # Logged as 0 before the snapshot exists: metrics.csv takes its columns
+            # from the first step, and a column that appears later would be lost.
+            gram = images.new_zeros(())
+            if self.gram_teacher.ready:
+                gram = self._gram_term(images, s_global.patches, t_out.patches, masks)
+                loss = loss + self.gram_loss_weight * gram
             out["gram_loss"] = gram.detach()
         out["loss"] = loss
         return out
