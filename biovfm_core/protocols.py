@@ -12,7 +12,7 @@ This module must stay importable without torch: `biovfm --help` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -260,6 +260,32 @@ class TaskInfo:
 
     num_classes: int | None = None
     multilabel: bool = False
+    load_model: Callable[[str], FrozenModel] | None = None
+    """Turns a model spec (run, export, hub ``.pth``, timm/HF folder, ``random:NAME``)
+    into a ``FrozenModel``, for objectives that learn from another model (distillation).
+    The engine, preflight and conformance kit pass it; ``None`` where no model can be
+    loaded."""
+
+
+@runtime_checkable
+class FrozenModel(Protocol):
+    """A model an objective learns from but never trains (a distillation teacher).
+
+    It is not a sub-module of the objective: its weights are in neither the optimizer
+    nor the objective's ``state_dict``, and a deep copy of the objective shares it.
+    ``spec`` is how the user named it; ``identity`` a hash of its weights (checkpoints
+    record it, so a resume refuses another teacher). ``backbone`` is a ``Backbone`` in
+    eval mode with ``requires_grad`` off; ``heads`` the modules its own objective kept
+    beside it (a DINOv2 run's ``dino_head`` and ``ibot_head``), empty for a bare model.
+    ``to(device)`` moves both and returns the model.
+    """
+
+    spec: str
+    identity: str
+    backbone: Any
+    heads: Mapping[str, Any]
+
+    def to(self, device: Any) -> FrozenModel: ...
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,15 @@ def _run_objective(run: Path) -> str:
 def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None) -> LoadedModel:
     """The eval backbone of a run's latest checkpoint (no export yet): rebuild objective
     and backbone from ``config.yaml`` and ask the objective for ``eval_backbone()``."""
+    return load_checkpoint_objective(run, registry, checkpoint)[0]
+
+
+def load_checkpoint_objective(run: Path, registry, checkpoint: Path | None = None):
+    """``(LoadedModel, objective)`` of a run's latest (or the given) checkpoint: the
+    objective rebuilt from ``config.yaml`` with the checkpoint's weights, for callers
+    that need more of it than the eval backbone (a distillation teacher's heads)."""
     from biovfm_core.config import RunConfig
+    from biovfm_core.models.frozen import frozen_loader
     from biovfm_core.protocols import TaskInfo
 
     latest = checkpoint or ckpt.latest_checkpoint(run)
@@ -104,11 +112,12 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
     config = RunConfig.from_yaml(run / "config.yaml")
     weights = read_safetensors(latest / "model.safetensors")
     backbone = registry.build("backbones", config.backbone, options=config.options["backbone"])
-    task = TaskInfo()
+    # A distilled run rebuilds its objective with its teacher.
+    task = TaskInfo(load_model=frozen_loader(registry))
     heads = [v for k, v in weights.items() if k.startswith("head") and v.ndim == 2]
     if heads:
         # A supervised run's head fixes the class count its objective is built with.
-        task = TaskInfo(num_classes=int(heads[-1].shape[0]))
+        task = TaskInfo(num_classes=int(heads[-1].shape[0]), load_model=task.load_model)
     objective = registry.build(
         "objectives", config.objective, backbone, task, options=config.options["objective"]
     )
@@ -128,4 +137,4 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
         str(latest),
         {"step": step},
     )
-    return with_input(model, training_normalisation(config, objective, registry))
+    return with_input(model, training_normalisation(config, objective, registry)), objective

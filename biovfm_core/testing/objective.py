@@ -27,14 +27,19 @@ def check_objective(
     backbone_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     registry: Any = None,
+    load_model: Callable[[str], Any] | None = None,
 ) -> None:
     """Check an objective: options, a real step on demo views, resumption, evaluation.
 
     ``name_or_factory`` is a registered objective name or the factory itself
     (``factory(backbone, task, *, <options>)``). It is built with its ``"cpu"``
     preset (``preset=`` replaces that preset for a bare factory) plus ``options``.
+    ``load_model`` is the ``TaskInfo.load_model`` it gets (default: the engine's, so an
+    objective that learns from a teacher can be given ``teacher="random:vit_tiny"``).
     """
     import torch
+
+    from biovfm_core.models.frozen import frozen_loader
 
     plugin = _Plugin(
         "objective", name_or_factory, preset=preset, options=options, registry=registry
@@ -44,6 +49,7 @@ def check_objective(
     from biovfm_core.registry import get_registry
 
     reg = plugin.registry or get_registry()
+    load_model = load_model or frozen_loader(reg)
     # As `biovfm train` on a CPU: the backbone's own "cpu" preset, then the given options.
     bb_options = {**reg.preset("backbones", backbone, "cpu"), **(backbone_options or {})}
     accepted = reg.options("backbones", backbone)
@@ -58,12 +64,12 @@ def check_objective(
     def build(build_seed: int) -> tuple[Any, Any, TaskInfo]:
         torch.manual_seed(build_seed)
         net = reg.build("backbones", backbone, options=bb_options)
-        task = TaskInfo()
+        task = TaskInfo(load_model=load_model)
         try:
             return plugin.build(net, task), net, task
         except ConfigError:
             # An objective that needs labels says so without them (hookspecs); retry.
-            task = TaskInfo(num_classes=2)
+            task = TaskInfo(num_classes=2, load_model=load_model)
             torch.manual_seed(build_seed)
             net = reg.build("backbones", backbone, options=bb_options)
             return plugin.build(net, task), net, task

@@ -28,6 +28,7 @@ from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.files import write_atomic
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.models.export import export_backbone
+from biovfm_core.models.frozen import frozen_loader
 from biovfm_core.models.normalisation import input_normalisation
 from biovfm_core.protocols import OptimRecipe, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
@@ -167,7 +168,11 @@ class _Trainer:
             "objectives",
             cfg.objective,
             backbone,
-            TaskInfo(num_classes=num_classes, multilabel=multilabel),
+            TaskInfo(
+                num_classes=num_classes,
+                multilabel=multilabel,
+                load_model=frozen_loader(self.registry),
+            ),
             options=cfg.options["objective"],
         )
         if cfg.init and resumed is None:  # a resumed run's checkpoint already holds them
