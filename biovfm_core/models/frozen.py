@@ -11,6 +11,7 @@ sub-module it would enter the optimizer's parameter scan, the checkpoint (a ViT-
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,10 @@ def load_frozen(spec: str, registry: Any, *, what: str = "teacher") -> FrozenTea
 
     # Loading a random: or timm: model seeds torch; the caller's streams (the student's
     # initialisation) must not depend on which teacher it names.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # The preflight builds the teacher on the meta device, where loading weights is
+        # a no-op by design; torch warns once per tensor.
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
         path = Path(spec).expanduser()
         run = path if (path / "config.yaml").is_file() else None
         if run is not None and ckpt.latest_checkpoint(run) is not None:
