@@ -1,8 +1,8 @@
 """A model an objective learns from but never trains: a distillation teacher.
 
-``frozen_loader(registry)`` is the ``TaskInfo.load_model`` the engine, preflight and
-conformance kit hand to objectives: any model spec ``biovfm eval`` takes (run, export,
-DINOv2 hub ``.pth``, timm/HF folder, ``random:NAME``) becomes a ``FrozenTeacher``.
+``specs.frozen_loader(registry)`` is the ``TaskInfo.load_model`` the engine, preflight
+and conformance kit hand to objectives: any model spec ``biovfm eval`` takes (run,
+export, DINOv2 hub ``.pth``, timm/HF folder, ``random:NAME``) becomes a ``FrozenTeacher``.
 
 The teacher is kept outside the objective's module tree on purpose: registered as a
 sub-module it would enter the optimizer's parameter scan, the checkpoint (a ViT-g's
@@ -11,15 +11,11 @@ sub-module it would enter the optimizer's parameter scan, the checkpoint (a ViT-
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
-
-from biovfm_core.models.normalisation import unwrapped
 
 
 class FrozenTeacher:
@@ -63,46 +59,10 @@ class FrozenTeacher:
         return f"FrozenTeacher({self.spec!r}, identity {self.identity}{heads})"
 
 
-def _heads(objective: Any) -> dict[str, nn.Module]:
+def teacher_heads(objective: Any) -> dict[str, nn.Module]:
     """The modules a self-distillation objective keeps beside its eval backbone in its
     ``teacher`` ModuleDict (DINOv2's ``dino_head`` and ``ibot_head``)."""
     teacher = getattr(objective, "teacher", None)
     if not isinstance(teacher, nn.ModuleDict):
         return {}
     return {name: module for name, module in teacher.items() if name != "backbone"}
-
-
-def load_frozen(spec: str, registry: Any, *, what: str = "teacher") -> FrozenTeacher:
-    """``spec`` as a frozen model; a biovfm run with a checkpoint brings its heads."""
-    from biovfm_core.models import checkpoint as ckpt
-    from biovfm_core.models.runs import load_checkpoint_objective
-    from biovfm_core.models.specs import load_model
-
-    # Loading a random: or timm: model seeds torch; the caller's streams (the student's
-    # initialisation) must not depend on which teacher it names.
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # The preflight builds the teacher on the meta device, where loading weights is
-        # a no-op by design; torch warns once per tensor.
-        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
-        path = Path(spec).expanduser()
-        run = path if (path / "config.yaml").is_file() else None
-        if run is not None and ckpt.latest_checkpoint(run) is not None:
-            model, objective = load_checkpoint_objective(run, registry)
-            heads = _heads(objective)
-        else:
-            model, heads = load_model(spec, registry, what=what), {}
-    return FrozenTeacher(
-        spec, model.identity, unwrapped(model.backbone), heads, model.extra.get("input")
-    )
-
-
-def frozen_loader(registry: Any, *, what: str = "objective.teacher") -> Callable[[str], Any]:
-    """The ``TaskInfo.load_model`` for ``registry``; loads each spec once per loader."""
-    cache: dict[str, FrozenTeacher] = {}
-
-    def load(spec: str) -> FrozenTeacher:
-        if spec not in cache:
-            cache[spec] = load_frozen(spec, registry, what=what)
-        return cache[spec]
-
-    return load

@@ -39,7 +39,7 @@ def check_objective(
     """
     import torch
 
-    from biovfm_core.models.frozen import frozen_loader
+    from biovfm_core.models.specs import frozen_loader
 
     plugin = _Plugin(
         "objective", name_or_factory, preset=preset, options=options, registry=registry

@@ -28,8 +28,8 @@ from biovfm_core.errors import BiovfmError, ConfigError
 from biovfm_core.files import write_atomic
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.models.export import export_backbone
-from biovfm_core.models.frozen import frozen_loader
 from biovfm_core.models.normalisation import input_normalisation
+from biovfm_core.models.specs import frozen_loader
 from biovfm_core.protocols import OptimRecipe, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
 from biovfm_core.train import run_state

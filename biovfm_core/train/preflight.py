@@ -28,7 +28,7 @@ import torch
 
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import BiovfmError, ConfigError
-from biovfm_core.models.frozen import frozen_loader
+from biovfm_core.models.specs import frozen_loader
 from biovfm_core.protocols import Batch, FrozenModel, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
 from biovfm_core.train.memory import CARDS_GB, Estimate, Pass, gb
