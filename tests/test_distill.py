@@ -5,6 +5,7 @@ teacher, feature targets across patch sizes, the teacher kept out of the student
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import signal
 import time
@@ -31,8 +32,15 @@ def vit(patch: int = 16, size: int = 32):
     )
 
 
-def dinov2_teacher(spec: str, identity: str = "kit-teacher", separate: bool = True):
+def dinov2_teacher(spec: str, identity: str = "kit-teacher"):
     """A DINOv2 objective's teacher (backbone + heads), as a run's checkpoint gives it."""
+    backbone, heads = _dinov2_teacher_modules()
+    return FrozenTeacher(spec, identity, backbone, heads)
+
+
+@functools.cache
+def _dinov2_teacher_modules():
+    # Built once: frozen, so tests may share it.
     torch.manual_seed(1)
     obj = get_registry().build(
         "objectives",
@@ -43,14 +51,13 @@ def dinov2_teacher(spec: str, identity: str = "kit-teacher", separate: bool = Tr
             "prototypes": 64,
             "head_hidden_dim": 32,
             "head_bottleneck_dim": 16,
-            "ibot_separate_head": separate,
+            "ibot_separate_head": True,
             "ibot_head_n_prototypes": 48,
             "ibot_head_hidden_dim": 32,
             "ibot_head_bottleneck_dim": 16,
         },
     )
-    heads = {k: v for k, v in obj.teacher.items() if k != "backbone"}
-    return FrozenTeacher(spec, identity, obj.teacher["backbone"], heads)
+    return obj.teacher["backbone"], {k: v for k, v in obj.teacher.items() if k != "backbone"}
 
 
 def views(batch: int = 2, size: int = 32, local: int = 2) -> Batch:
