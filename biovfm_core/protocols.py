@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -474,3 +475,48 @@ def image_contract_error(image: Any) -> str | None:
             hint = " (channels first: move them last, or drop a single channel)"
         return f"returned shape {tuple(shape)}{hint}, not {IMAGE_SHAPES}"
     return None
+
+
+# --------------------------------------------------------------------------- loggers
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a logger learns about the run when it starts (rank 0 only)."""
+
+    run_dir: Path
+    """The run folder; a logger may keep its own state there (an id to resume)."""
+    name: str
+    """The run folder's name, a natural run name for a tracking server."""
+    resume_step: int = 0
+    """0 for a new run; else the checkpoint's step: rows after it will be logged again."""
+
+
+@runtime_checkable
+class ExperimentLogger(Protocol):
+    """Where a run's config, metrics and export go (``train.loggers``, ``--logger``).
+
+    biovfm calls, on rank 0 only and in this order: ``start`` once; ``log_config``
+    once; ``log_metrics`` once per optimizer step; ``log_artifact`` for files worth
+    keeping (``config.yaml`` at the start, the ``export/`` folder at the end);
+    ``finish`` once, with ``"done"``, ``"failed"`` or ``"interrupted"``.
+
+    A row holds every column of ``metrics.csv`` at that step: losses, schedules,
+    throughput, and whatever sentinel (``sentinel/...``) and monitor
+    (``monitor/...``) columns the run computes; a value not computed at this step is
+    ``None`` or NaN, and some cells may be non-numbers. Keep what you can use.
+
+    A logger that raises is warned about once and switched off for the rest of the
+    run; training goes on (only the built-in ``csv`` logger, the run's own record, is
+    never switched off). ``biovfm_core.testing.check_logger`` exercises all of this.
+    """
+
+    def start(self, run: RunInfo) -> None: ...
+
+    def log_config(self, config: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, step: int, row: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: Path, name: str) -> None: ...
+
+    def finish(self, status: str) -> None: ...

@@ -39,13 +39,14 @@ DEBUG_ENV = "BIOVFM_DEBUG"
 # registration with ``override=True`` is used instead of biovfm's own.
 ALLOW_OVERRIDE_ENV = "BIOVFM_ALLOW_OVERRIDE"
 
-KINDS: tuple[str, ...] = ("backbones", "objectives", "augmentations", "datasets")
+KINDS: tuple[str, ...] = ("backbones", "objectives", "augmentations", "datasets", "loggers")
 # The singular, as users meet it in `--opt objective.x=1` and in messages.
 KIND_SINGULAR = {
     "backbones": "backbone",
     "objectives": "objective",
     "augmentations": "augmentation",
     "datasets": "dataset",
+    "loggers": "logger",
 }
 
 # What can go wrong with a plugin, as `biovfm plugins` names it.

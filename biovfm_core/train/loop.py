@@ -29,14 +29,14 @@ from biovfm_core.files import write_atomic
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.models.export import export_backbone
 from biovfm_core.models.normalisation import input_normalisation
-from biovfm_core.protocols import OptimRecipe, StepInfo, TaskInfo
+from biovfm_core.protocols import OptimRecipe, RunInfo, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
 from biovfm_core.train import run_state
 from biovfm_core.train.bad_images import BadImages
 from biovfm_core.train.batching import BatchStream, batch_text, step_shape
 from biovfm_core.train.checkpoints import RunCheckpoints, TrainingDiverged, pick_resume
 from biovfm_core.train.data import open_index, order_record, training_data
-from biovfm_core.train.metrics import MetricsLog
+from biovfm_core.train.loggers import RunLoggers
 from biovfm_core.train.numerics import clip_gradients, mean_over_ranks, weights_checksum
 from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
 from biovfm_core.train.preflight import run_preflight
@@ -102,7 +102,7 @@ class _Parts:
     steps_per_epoch: int
     total_steps: int
     step: int
-    metrics: MetricsLog | None = None
+    metrics: RunLoggers | None = None
     stream: BatchStream | None = None
 
 
@@ -121,6 +121,7 @@ class _Trainer:
         self.steps_done = 0  # by this process
         self.feed = LoaderWait()
         self.last: dict[str, float] = {}
+        self.loggers: RunLoggers | None = None
 
     def run(self) -> RunResult:
         try:
@@ -132,8 +133,11 @@ class _Trainer:
             self.rt.barrier()
             parts = self._set_up(resumed)
             self._loop(parts)
-            return self._finish(parts)
+            result = self._finish(parts)
+            self._finish_loggers("done")
+            return result
         except OSError as exc:
+            self._finish_loggers("failed")
             self._abandon()
             reason = ckpt.write_failure_reason(exc)
             if reason is None:
@@ -144,11 +148,16 @@ class _Trainer:
                 "writable --output with free space"
                 + (", then resume the run" if self.steps_done else "")
             ) from None
-        except BaseException:
+        except BaseException as exc:
+            self._finish_loggers("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             self._abandon()
             raise
         finally:
             self.folder.release()
+
+    def _finish_loggers(self, status: str) -> None:
+        if self.loggers is not None:
+            self.loggers.finish(status)
 
     def _abandon(self) -> None:
         """A run that failed before its first step leaves no folder it created behind."""
@@ -233,7 +242,12 @@ class _Trainer:
         else:
             torch.manual_seed(cfg.train.seed + rt.rank)  # per-rank masks and drop-path
 
-        parts.metrics = MetricsLog(self.run_dir, resume_step=parts.step, enabled=rt.is_main)
+        parts.metrics = self.loggers = RunLoggers(
+            cfg,
+            self.registry,
+            RunInfo(self.run_dir, self.run_dir.name, resume_step=parts.step),
+            enabled=rt.is_main,
+        )
         parts.stream = BatchStream(
             data, cfg, rt, micro=micro, epoch=epoch, batch_in_epoch=batch_in_epoch, bad=self.bad
         )
@@ -255,6 +269,12 @@ class _Trainer:
                 self.run_dir / "data_report.json",
                 json.dumps(summary, indent=2, default=str).encode(),
             )
+            # The resolved recipe: the config as run, and the plan it resolved to
+            # (peak lr after batch scaling, warm-up steps, ...).
+            parts.metrics.log_config(
+                {**cfg.to_dict(), "plan": json.loads(json.dumps(plan.__dict__))}
+            )
+            parts.metrics.log_artifact(self.run_dir / "config.yaml", "config.yaml")
             self._say(
                 f"training {cfg.objective} on {cfg.backbone} "
                 f"({backbone.num_parameters() / 1e6:.1f}M parameters) with {data.num_images} "
@@ -314,7 +334,6 @@ class _Trainer:
         finally:
             profiled = profiler.close()
             report.close()
-            p.metrics.close()
         p.step = step
         if profiled is not None:
             self._say(f"profile of {profiler.recorded} steps written to {profiled}")
@@ -367,6 +386,8 @@ class _Trainer:
                     indent=2,
                 ).encode(),
             )
+            self.loggers.log_artifact(self.run_dir / "export", "export")
+            self.loggers.log_artifact(self.run_dir / "summary.json", "summary.json")
             if len(set(checksums)) > 1:
                 raise BiovfmError(f"ranks ended with different weights: checksums {checksums}")
             skipped = self.bad.summary(self.run_dir)
