@@ -293,10 +293,13 @@ class RunConfig:
             plugin_names["augmentation"] = self.augmentation
         for kind, name in plugin_names.items():
             self.options[kind] = registry.validate(kind + "s", name, self.options[kind])
-        self.options["logger"] = {
-            name: registry.validate("loggers", name, options)
-            for name, options in self.logger_options().items()
-        }
+        # A registry assembled by hand (tests) has no loggers; the run then falls back
+        # to the built-in classes (biovfm_core.train.loggers).
+        if registry.names("loggers"):
+            self.options["logger"] = {
+                name: registry.validate("loggers", name, options)
+                for name, options in self.logger_options().items()
+            }
         self.check_crop_sizes(registry)
 
     def loggers_in_use(self) -> list[str]:
