@@ -273,6 +273,50 @@ class _FlakyPlugin:
         register("flaky", _Flaky)
 
 
+def test_a_failing_logger_is_switched_off_once_and_the_others_go_on(tmp_path, capsys):
+    from biovfm_core.protocols import RunInfo
+    from biovfm_core.train.loggers import RunLoggers
+
+    registry = get_registry()
+    registry.add_plugin(_FlakyPlugin(), name="flaky_plugin")
+    _Flaky.calls = []
+    config = RunConfig()
+    config.set("train.loggers", ["flaky", "tensorboard"])
+    config.validate(registry)
+    loggers = RunLoggers(config, registry, RunInfo(tmp_path, "run"))
+    loggers.log_config(config.to_dict())
+    for step in (1, 2, 3):
+        loggers.log({"step": step, "loss": 10.0 - step, "monitor/knn_acc": None})
+    loggers.finish("done")
+    assert _Flaky.calls == [
+        "start",
+        "log_config",
+        "log_metrics 1",
+        "log_metrics 2",
+        "finish failed",  # let it release what it holds, then never again
+    ]
+    assert loggers.disabled == {"flaky": "ConnectionError: tracking server unreachable"}
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: logger 'flaky' failed in log_metrics() (ConnectionError: tracking server "
+        "unreachable); it is switched off for the rest of this run, training goes on"
+    ]
+    assert {s: r["loss"] for s, r in read_csv(tmp_path).items()} == {1: 9.0, 2: 8.0, 3: 7.0}
+    assert {s: r["loss"] for s, r in read_tensorboard(tmp_path).items()} == {1: 9.0, 2: 8.0, 3: 7.0}
+
+
+def test_csv_logger_errors_still_stop_the_run(tmp_path):
+    """metrics.csv is what resume and the report read: a run that cannot write it stops."""
+    from biovfm_core.protocols import RunInfo
+    from biovfm_core.train.loggers import RunLoggers
+
+    config = RunConfig()
+    config.set("train.loggers", ["csv"])
+    loggers = RunLoggers(config, get_registry(), RunInfo(tmp_path / "missing", "run"))
+    with pytest.raises(OSError):
+        loggers.log({"step": 1, "loss": 1.0})
+
+
+@pytest.mark.slow
 def test_a_real_run_reaches_every_logger_and_a_failing_one_does_not_stop_it(tmp_path, capsys):
     """One tiny CPU run: MLflow (file store) and W&B (offline) hold the metrics
     metrics.csv holds; a logger that fails at step 2 is warned about once and
@@ -319,3 +363,11 @@ def test_a_real_run_reaches_every_logger_and_a_failing_one_does_not_stop_it(tmp_
     assert client.get_run(run_id).data.params["plan.total_steps"] == "3"
     exported = {a.path for a in client.list_artifacts(run_id, "export")}
     assert "export/model.safetensors" in exported
+    # The run report of the same real run: its loss parts, schedules and config.
+    report = CliRunner().invoke(cli, ["report", str(run)])
+    assert report.exit_code == 0, report.output
+    page = (run / "report.html").read_text()
+    for title in ("Loss and its parts", "Schedules: lr", "Throughput and data wait"):
+        assert f'<img alt="{title}' in page
+    assert "<pre>objective: dinov2" in page
+    assert "<td>state</td><td>finished</td>" in page
