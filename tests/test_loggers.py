@@ -371,3 +371,21 @@ def test_a_real_run_reaches_every_logger_and_a_failing_one_does_not_stop_it(tmp_
         assert f'<img alt="{title}' in page
     assert "<pre>objective: dinov2" in page
     assert "<td>state</td><td>finished</td>" in page
+
+
+def test_metrics_csv_widens_for_a_column_first_seen_mid_run(tmp_path):
+    """A monitor that first reports at step 2 still gets its column, earlier rows blank."""
+    from biovfm_core.train.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    log.log({"step": 1, "loss": 2.0})
+    log.log({"step": 2, "loss": 1.5, "monitor/knn_acc": 0.25})
+    log.log({"step": 3, "loss": 1.0})
+    log.close()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "step,loss,monitor/knn_acc",
+        "1,2,",
+        "2,1.5,0.25",
+        "3,1,",
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name != "metrics.csv"]  # no temp file

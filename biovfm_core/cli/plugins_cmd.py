@@ -27,7 +27,8 @@ from biovfm_core.errors import PluginError, UnknownNameError
     "e.g. torch); exit 1 if any plugin has a problem.",
 )
 def plugins(as_json: bool, options_of: str | None, check: bool) -> None:
-    """List plugins and the backbones, objectives, augmentations and datasets they register.
+    """List plugins and the backbones, objectives, augmentations, datasets and loggers
+    they register.
 
     A PROBLEMS section names each plugin that has one and its distribution: a name
     registered twice (clash), a plugin that does not import, a registration hook that

@@ -143,6 +143,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
         from biovfm_core.train.batching import batch_text
 
+        click.echo(f"# loggers: {', '.join(config.loggers_in_use())}")
         world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; 1 without it
         click.echo(f"# {batch_text(config.train.batch_size, world, config.optim.accumulate)}")
         click.echo("\n".join(data_lines))
