@@ -556,7 +556,8 @@ class Registry:
             registration.options(),
             options,
             where=f"{KIND_SINGULAR[kind]} {name!r} (plugin {registration.plugin!r})",
-            prefix=f"{KIND_SINGULAR[kind]}.",
+            # A logger's options are per logger: --opt logger.mlflow.experiment=...
+            prefix=f"{KIND_SINGULAR[kind]}." + (f"{name}." if kind == "loggers" else ""),
         )
 
     def build(self, kind: str, name: str, *args: Any, options: Mapping[str, Any] | None = None):

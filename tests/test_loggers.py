@@ -221,7 +221,10 @@ def test_logger_option_errors_name_the_option():
     config = RunConfig()
     config.set("train.loggers", ["mlflow"])
     config.apply_opts(["logger.mlflow.experimnt=x"])
-    with pytest.raises(ConfigError, match=r"experimnt.*experiment"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown option logger.mlflow.experimnt .*did you mean logger.mlflow.experiment\?",
+    ):
         config.validate(get_registry())
     config = RunConfig()
     config.apply_opts(["logger.wandb.mode=offline"])

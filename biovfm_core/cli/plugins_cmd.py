@@ -175,11 +175,13 @@ def _show_options(registry, name: str, as_json: bool) -> None:
             click.echo(f"  {entry['description']}")
         for paragraph in entry["doc"].split("\n\n"):
             click.echo(textwrap.indent(paragraph, "  ") + "\n")
+        # A logger's options are per logger: --opt logger.mlflow.experiment=...
+        where = entry["kind"] + (f".{entry['name']}" if entry["kind"] == "logger" else "")
         for option, spec in entry["options"].items():
             default = "required" if spec["required"] else f"default {spec['default']!r}"
             if spec["cpu_preset"] is not None:
                 default += f"; cpu preset {spec['cpu_preset']!r}"
-            click.echo(f"  --opt {entry['kind']}.{option}=<{spec['type']}>  ({default})")
+            click.echo(f"  --opt {where}.{option}=<{spec['type']}>  ({default})")
             if spec["description"]:
                 click.echo(
                     textwrap.fill(
