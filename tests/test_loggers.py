@@ -35,8 +35,12 @@ TINY_RUN = [
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    # No network, no ~/.config/wandb: W&B offline, its settings under the test's tmp.
+def _offline(monkeypatch, tmp_path_factory):
+    # No network, nothing under ~: W&B offline, its settings, cache and artifact
+    # staging under the test's tmp.
+    home = tmp_path_factory.mktemp("wandb-home")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(home / name.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
