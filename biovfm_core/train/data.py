@@ -143,7 +143,8 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
         else None
     )
     return TrainData(
-        dataset=ImageDataset(index, recipes),
+        # Light views: the loop finishes them on the device (Batch.finish).
+        dataset=ImageDataset(index, recipes, light_views=True),
         batch_recipe=recipes["default"],
         num_images=len(index),
         shard_chunks=chunks,

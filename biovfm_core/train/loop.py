@@ -394,7 +394,7 @@ class _Trainer:
             with profiler.phase("data"):
                 batch = next(p.stream)
                 waited += _clock() - start_wait
-                batch = batch.to(rt.device)
+                batch = batch.to(rt.device).finish()
             with profiler.phase("augment"):
                 batch = data.batch_recipe.batch_transform(batch)
             with D.no_sync(model, m < cfg.optim.accumulate - 1):
