@@ -227,7 +227,8 @@ def cmd_loader(args: argparse.Namespace) -> list[LoaderRow]:
                     print(f"  {name} {read_from} {cache} {workers}w: {shown}", file=sys.stderr)
     print(
         f"loader, views 2x{args.global_size} + {args.local_crops}x{args.local_size} (light), "
-        f"batch {args.batch_size}, each of {args.images} images read once a run; cold = every "
+        f"batch {args.batch_size}, {min(args.images, args.loader_images)} of the {args.images} "
+        f"images a run, each read once; cold = every "
         f"file evicted from the page cache before the run; {bs._load()}"
     )
     print("| source | read from | cache | workers | images/s (each run) | shards / files |")
