@@ -143,8 +143,9 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
         else None
     )
     return TrainData(
-        # Light views: the loop finishes them on the device (Batch.finish).
-        dataset=ImageDataset(index, recipes, light_views=True),
+        # Light views are switched on per device by BatchStream; the loop finishes
+        # them (Batch.finish).
+        dataset=ImageDataset(index, recipes),
         batch_recipe=recipes["default"],
         num_images=len(index),
         shard_chunks=chunks,
