@@ -24,7 +24,7 @@ from biovfm_core.testing import (
 # The CPU presets, made smaller still so each check takes about a second.
 TINY = {
     "dinov2": {
-        "global_size": 32, "local_size": 16, "local_crops": 2, "prototypes": 64,
+        "global_size": 48, "local_size": 16, "local_crops": 2, "prototypes": 64,
         "head_hidden_dim": 64, "ibot_head_n_prototypes": 64, "ibot_head_hidden_dim": 64,
     },
     "mae": {"image_size": 32},

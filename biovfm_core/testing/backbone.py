@@ -9,7 +9,7 @@ from typing import Any
 from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.errors import _fail
 from biovfm_core.testing.options import check_options
-from biovfm_core.testing.samples import KIT_TRY_SIZES
+from biovfm_core.testing.samples import KIT_BACKBONE_DEPTH, KIT_TRY_SIZES
 
 
 def _check_backbone_object(backbone: Any, what: str) -> None:
@@ -48,6 +48,8 @@ def check_backbone(
     plugin = _Plugin("backbone", name_or_factory, preset=preset, options=options, registry=registry)
     check_options(plugin)
     what = plugin.what
+    if "depth" in plugin.specs():
+        plugin.options.setdefault("depth", KIT_BACKBONE_DEPTH)  # as check_objective
     net = _smallest_working(plugin, seed)
     _check_backbone_object(net, what)
     if not callable(getattr(net, "num_parameters", None)):
