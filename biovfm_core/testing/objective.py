@@ -15,7 +15,12 @@ from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.backbone import _check_backbone_object
 from biovfm_core.testing.errors import _fail
 from biovfm_core.testing.options import check_options, check_options_matter
-from biovfm_core.testing.samples import KIT_BACKBONE_SIZE, _batch, _default_recipe
+from biovfm_core.testing.samples import (
+    KIT_BACKBONE_DEPTH,
+    KIT_BACKBONE_SIZE,
+    _batch,
+    _default_recipe,
+)
 
 
 def check_objective(
@@ -50,6 +55,9 @@ def check_objective(
     if "image_size" in accepted:
         # Tiny: the eval check runs at the backbone's own size, which this sets.
         bb_options.setdefault("image_size", KIT_BACKBONE_SIZE)
+    if "depth" in accepted:
+        # Two blocks show every protocol fault twelve do, in a fraction of the time.
+        bb_options.setdefault("depth", KIT_BACKBONE_DEPTH)
     for option, value in plugin.presets.get("backbone", {}).items():
         if option in accepted:
             bb_options.setdefault(option, value)
