@@ -127,3 +127,26 @@ SENTINELS: tuple[Sentinel, ...] = (
 
 BY_COLUMN: dict[str, Sentinel] = {s.column: s for s in SENTINELS}
 COLUMNS: tuple[str, ...] = tuple(BY_COLUMN)
+
+
+def markdown_table() -> str:
+    """The table docs/monitoring.md shows (a test keeps the two equal)."""
+    rules = {
+        "value": "{side} {t:g}",
+        "of_best": "{side} {t:g} x best so far",
+        "held": "{side} {t:g} for {n} log steps",
+    }
+    lines = [
+        "| column | statistic | alarm when | judged | stops with `stop_on=collapse` "
+        "| meaning | likely cause and knob |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in SENTINELS:
+        side = "<" if s.direction == "below" else ">"
+        alarm = rules[s.rule].format(side=side, t=s.threshold, n=HOLD_STEPS)
+        judged = "after warm-up" if s.after_warmup else "from step 1"
+        stops = "yes" if s.kind == "collapse" else f"no ({s.kind})"
+        lines.append(
+            f"| `{s.column}` | {s.label} | {alarm} | {judged} | {stops} | {s.meaning} | {s.cause} |"
+        )
+    return "\n".join(lines)

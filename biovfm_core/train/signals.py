@@ -74,7 +74,7 @@ def koleo_max(crops: Tensor) -> Tensor:
     distances = torch.cdist(x, x)
     eye = torch.eye(b, dtype=torch.bool, device=x.device)
     nearest = distances.masked_fill(eye, math.inf).amin(dim=-1)
-    return -(nearest + _KOLEO_EPS).log().max()
+    return (-(nearest + _KOLEO_EPS).log()).max()
 
 
 def sentinel_values(signals: Mapping[str, Tensor]) -> dict[str, Tensor]:
