@@ -182,3 +182,11 @@ def test_shard_pack_and_loader_parts_run_on_tiny_sources(tmp_path, capsys):
     }  # fmt: skip
     assert all(r.images_s > 0 for r in rows)
     assert [r.images for r in rows if r.stage == "loader"] == [4] * 10
+
+
+def test_monitor_benchmark_times_one_evaluation_against_the_steps(capsys):
+    bench = _load("bench_monitor")
+    rows = bench.main(["--samples", "8", "--batch-size", "2", "--steps", "1", "--every", "10"])
+    assert len(rows) == 1 and rows[0].monitor_s > 0 and rows[0].step_s > 0
+    assert rows[0].share == rows[0].monitor_s / (10 * rows[0].step_s)
+    assert "| cost share |" in capsys.readouterr().out
