@@ -331,7 +331,7 @@ class _Trainer:
                         "bad_images": self.bad.count,
                         **self._watch(p, step, grad_norm, sentinels),
                     }
-                    if p.monitor is not None:
+                    if cfg.train.monitor:
                         row.update(self._monitor(p, step, report))
                         tick = _clock()  # the next step's speed leaves the monitor out
                     p.metrics.log(row)
@@ -367,9 +367,7 @@ class _Trainer:
                 "code; run `biovfm train`, or pass monitor_factory="
                 "biovfm_core.eval.monitor.build_monitor to train()"
             )
-        # Sharded (FSDP) weights are gathered by every rank together, so every rank
-        # extracts features then (rank 0 alone scores them); otherwise rank 0 only.
-        if not (rt.is_main or self.sharded):
+        if not rt.is_main:
             return None
         monitor = self.monitor_factory(cfg, self.registry, rt.device, objective.views.global_size)
         self._say(monitor.describe() + f", every {cfg.train.monitor_every} steps")
@@ -377,12 +375,23 @@ class _Trainer:
 
     def _monitor(self, p: _Parts, step: int, report: ProgressReport) -> dict[str, Any]:
         """The monitor's columns: its scores on a due step, empty cells otherwise."""
-        row: dict[str, Any] = dict.fromkeys(p.monitor.columns)
+        rt = self.rt
         if not is_due(step, self.config.train.monitor_every, p.total_steps):
-            return row
-        scores = p.monitor.measure(self._eval_backbone(p.objective, None))
-        if not self.rt.is_main:
-            return row
+            return dict.fromkeys(p.monitor.columns) if p.monitor else {}
+        if self.sharded:
+            # Sharded (FSDP) weights are gathered by every rank together; rank 0 then
+            # evaluates a whole copy, built without touching the training streams.
+            full_state = self.checkpoints.full_model_state(p.model, p.objective)
+            if not rt.is_main:
+                return {}
+            with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
+                backbone = self._eval_backbone(p.objective, full_state).to(rt.device)
+        elif rt.is_main:
+            backbone = p.objective.eval_backbone()
+        else:
+            return {}  # DDP: the other ranks wait for rank 0 at the next all-reduce
+        row: dict[str, Any] = dict.fromkeys(p.monitor.columns)
+        scores = p.monitor.measure(backbone)
         row.update(scores)
         auc, low, high = (scores.get(f"monitor/knn_auc{b}") for b in ("", "_low", "_high"))
         if auc is not None:
