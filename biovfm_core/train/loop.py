@@ -85,6 +85,12 @@ def train(
         from biovfm_core.registry import get_registry
 
         registry = get_registry()
+    if config.train.monitor and monitor_factory is None:
+        raise ConfigError(
+            f"train.monitor={config.train.monitor}: the monitor is built by the evaluation "
+            "code; run `biovfm train`, or pass monitor_factory="
+            "biovfm_core.eval.monitor.build_monitor to train()"
+        )
     resolve_auto_resume(config)
     if config.resume:
         check_resume_names(config)
@@ -359,15 +365,7 @@ class _Trainer:
 
     def _build_monitor(self, objective) -> Monitor | None:
         cfg, rt = self.config, self.rt
-        if not cfg.train.monitor:
-            return None
-        if self.monitor_factory is None:
-            raise ConfigError(
-                f"train.monitor={cfg.train.monitor}: the monitor is built by the evaluation "
-                "code; run `biovfm train`, or pass monitor_factory="
-                "biovfm_core.eval.monitor.build_monitor to train()"
-            )
-        if not rt.is_main:
+        if not (cfg.train.monitor and rt.is_main):
             return None
         monitor = self.monitor_factory(cfg, self.registry, rt.device, objective.views.global_size)
         self._say(monitor.describe() + f", every {cfg.train.monitor_every} steps")
