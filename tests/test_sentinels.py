@@ -94,7 +94,7 @@ def test_held_and_warmup_sentinels_wait_for_the_end_of_warmup():
     for step in range(1, 11):
         assert watch.check({"sentinel/loss_at_lnk": 1.0, "sentinel/koleo_max": 18.0}, step) == []
     assert len(watch.check({"sentinel/koleo_max": 18.0}, 11)) == 1
-    alarms = [watch.check({"sentinel/loss_at_lnk": 0.99}, 10 + i) for i in range(1, HOLD_STEPS + 1)]
+    alarms = [watch.check({"sentinel/loss_at_lnk": 1.01}, 10 + i) for i in range(1, HOLD_STEPS + 1)]
     assert [len(a) for a in alarms] == [0] * (HOLD_STEPS - 1) + [1]
 
 

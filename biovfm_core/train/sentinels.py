@@ -114,10 +114,14 @@ SENTINELS: tuple[Sentinel, ...] = (
     Sentinel(
         column="sentinel/loss_at_lnk",
         label="DINO loss / ln K",
-        threshold=0.98,
+        # At or above ln K, not "near" it: against a uniform teacher the loss is ln K plus
+        # KL(uniform || student) >= ln K, while a learning run sits just below (the slow
+        # CPU check in tests/test_pretraining_helps.py stays within 0.04 of ln K for 600
+        # steps and still learns), so a band below ln K would alarm on healthy runs.
+        threshold=1.0,
         direction="above",
         rule="held",
-        meaning=f"the DINO loss stayed above 98% of ln K (a uniform guess's loss) for "
+        meaning=f"the DINO loss stayed above ln K (a uniform guess's loss) for "
         f"{HOLD_STEPS} log steps after warm-up: the student learns nothing from the teacher",
         cause="uniform teacher: teacher temperature too high, or the learning rate too low",
         kind="stall",
