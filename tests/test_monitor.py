@@ -60,15 +60,14 @@ def test_a_monitored_demo_run_logs_monitor_and_sentinel_columns_and_no_alarm(tmp
 def _tiny(tmp_path: Path, name: str, **sets) -> RunConfig:
     config = RunConfig(backbone="vit_tiny", output=str(tmp_path), name=name)
     for key, value in {
-        "train.batch_size": 8,
+        "train.batch_size": 4,
         "train.max_steps": 3,
         "train.checkpoint_every": 2,
         "data.num_workers": 0,
         "options.objective.prototypes": 128,
         "options.objective.head_hidden_dim": 64,
         "options.objective.head_bottleneck_dim": 32,
-        "options.objective.local_crops": 1,
-        "options.objective.local_size": 16,
+        "options.objective.local_crops": 0,
         "options.objective.global_size": 32,
         "options.backbone.drop_path_rate": 0.1,  # the student draws random numbers
         **sets,
