@@ -354,7 +354,13 @@ class Objective(Protocol):
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar tensor, ...}``; other entries (detached
-        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv."""
+        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv.
+
+        Optionally ``"signals"``: a dict of detached tensors the loop turns into the
+        collapse sentinels on log steps only (``embeddings`` ``(N, D)``,
+        ``teacher_probs`` ``(T, K)``, ``koleo_embeddings`` ``(C, B, D)``, or any
+        0-dim tensor, logged as ``sentinel/<name>``; docs/monitoring.md). Hand
+        references to tensors the step computed anyway, not statistics."""
         ...
 
     def before_optimizer_step(self, info: StepInfo) -> None:

@@ -228,3 +228,11 @@ def test_data_path_parts_run_on_tiny_sources(tmp_path, capsys):
     assert [r.batch_mb for r in rows][::2] == pytest.approx(
         [3 * m for m in [r.batch_mb for r in rows][1::2]]
     )
+
+
+def test_monitor_benchmark_times_one_evaluation_against_the_steps(capsys):
+    bench = _load("bench_monitor")
+    rows = bench.main(["--samples", "8", "--batch-size", "2", "--steps", "1", "--every", "10"])
+    assert len(rows) == 1 and rows[0].monitor_s > 0 and rows[0].step_s > 0
+    assert rows[0].share == rows[0].monitor_s / (10 * rows[0].step_s)
+    assert "| cost share |" in capsys.readouterr().out

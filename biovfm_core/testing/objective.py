@@ -401,6 +401,9 @@ def _step(objective: Any, batch: Batch, step: int, what: str) -> dict[str, Any]:
     for key, value in out.items():
         if key == "loss":
             continue
+        if key == "signals":
+            _check_signals(value, what)
+            continue
         try:
             number = float(value.detach() if isinstance(value, torch.Tensor) else value)
         except (TypeError, ValueError, RuntimeError):
@@ -413,6 +416,26 @@ def _step(objective: Any, batch: Batch, step: int, what: str) -> dict[str, Any]:
             raise _fail(what, f"logged entry {key!r} requires grad", f"return {key}.detach()")
         del number
     return dict(out)
+
+
+def _check_signals(signals: Any, what: str) -> None:
+    """``out["signals"]``: a mapping of name -> detached tensor (see
+    ``biovfm_core.train.signals`` for the names the loop turns into sentinels)."""
+    import torch
+
+    if not isinstance(signals, Mapping):
+        raise _fail(
+            what,
+            f"training_step's 'signals' is {type(signals).__name__}",
+            'return {"signals": {"embeddings": tensor, ...}}',
+        )
+    for name, value in signals.items():
+        if not isinstance(value, torch.Tensor) or value.requires_grad:
+            raise _fail(
+                what,
+                f"signal {name!r} is not a detached tensor",
+                f"return {name}.detach() in out['signals']",
+            )
 
 
 def _optimizer(objective: Any) -> Any:
