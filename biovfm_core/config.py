@@ -118,6 +118,19 @@ class TrainConfig:
     """Experiment loggers (``biovfm plugins``: csv, tensorboard, mlflow, wandb, ...);
     ``--logger NAME`` (repeatable) replaces the list. ``csv`` (metrics.csv) is always
     on. Options: ``--opt logger.<name>.<option>=VALUE``."""
+    stop_on: Literal["nan", "collapse", "never"] = "nan"
+    """What stops a run (docs/monitoring.md). ``nan`` (default): a non-finite loss; the
+    collapse sentinels only warn, since a false alarm would end a healthy week-long run.
+    ``collapse``: also a collapse sentinel's crossing (``TrainingCollapsed``, naming the
+    last good checkpoint). ``never``: nothing; a non-finite step is skipped (no update)."""
+    monitor: str | None = None
+    """Benchmark the in-training monitor scores the evaluation backbone on: ``demo``
+    (``demo:TASK``), ``medmnist:FLAG[:N]`` (``$BIOVFM_MEDMNIST_ROOT``, or a ``.npz``
+    path; ``N`` images per split) or ``KIND:LOCATION[:N]``. ``None``: off."""
+    monitor_every: int = 1000
+    """Optimizer steps between monitor evaluations (and one at the last step)."""
+    monitor_linear: bool = False
+    """Also fit a linear probe at each monitor evaluation (kNN always)."""
 
 
 @dataclass
@@ -371,6 +384,7 @@ class RunConfig:
             "train.keep_last": 1,
             "train.log_every": 1,
             "train.profile_steps": 0,
+            "train.monitor_every": 1,
             "data.num_workers": 0,
             "data.max_image_pixels": 1,
             "optim.accumulate": 1,

@@ -105,7 +105,9 @@ def biovfm_register_objectives(register: Register) -> None:
 
     The result follows ``biovfm_core.protocols.Objective``: a ``torch.nn.Module``
     with a ``views: ViewSpec`` attribute (which crops the data pipeline must make),
-    ``training_step(batch, info) -> {"loss": ..., ...}``,
+    ``training_step(batch, info) -> {"loss": ..., ...}`` (with an optional
+    ``"signals"`` dict of detached tensors for the collapse sentinels:
+    docs/monitoring.md),
     ``before_optimizer_step(info)``, ``after_optimizer_step(info) -> dict`` and
     ``eval_backbone()`` (the module ``biovfm eval`` and export use). Mixing in
     ``biovfm_core.protocols.ObjectiveBase`` gives no-op step hooks. An objective

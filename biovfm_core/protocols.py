@@ -126,10 +126,41 @@ class Batch:
     modality: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """``(uri, reason)`` of the images the loader dropped from this batch."""
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """``(mean, std)`` while the views are light (as loader workers ship them: float32
+    in [0, 1] before clipping, one channel where the images have one); ``finish``
+    clips, normalises and repeats them to 3 channels on the device. ``None``: finished."""
 
     @property
     def size(self) -> int:
         return int(self.global_views[0].shape[0])
+
+    def finish(self) -> Batch:
+        """The views clipped to [0, 1], normalised and 3-channel, where the loader left
+        that to the device (biovfm_core/data/light_views.py); bitwise what the recipe
+        would have made in its workers, in float32. A finished batch is returned as is."""
+        if self.norm is None:
+            return self
+        import torch
+
+        device = self.global_views[0].device
+        mean = torch.tensor(self.norm[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.norm[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+        def done(v: torch.Tensor) -> torch.Tensor:
+            # The same float32 operations in the same order as the recipe's own finish.
+            v = v.float().clamp(0.0, 1.0)
+            if v.shape[1] != mean.shape[1]:
+                v = v.expand(-1, mean.shape[1], -1, -1)
+            return (v - mean) / std
+
+        return Batch(
+            global_views=[done(v) for v in self.global_views],
+            local_views=[done(v) for v in self.local_views],
+            labels=self.labels,
+            modality=list(self.modality),
+            skipped=list(self.skipped),
+        )
 
     def to(self, device: Any, non_blocking: bool = True) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -145,6 +176,7 @@ class Batch:
             labels=None if self.labels is None else fn(self.labels),
             modality=list(self.modality),
             skipped=list(self.skipped),
+            norm=self.norm,
         )
 
 
@@ -323,7 +355,13 @@ class Objective(Protocol):
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar tensor, ...}``; other entries (detached
-        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv."""
+        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv.
+
+        Optionally ``"signals"``: a dict of detached tensors the loop turns into the
+        collapse sentinels on log steps only (``embeddings`` ``(N, D)``,
+        ``teacher_probs`` ``(T, K)``, ``koleo_embeddings`` ``(C, B, D)``, or any
+        0-dim tensor, logged as ``sentinel/<name>``; docs/monitoring.md). Hand
+        references to tensors the step computed anyway, not statistics."""
         ...
 
     def before_optimizer_step(self, info: StepInfo) -> None:

@@ -23,8 +23,8 @@ from biovfm_core.errors import PluginError, UnknownNameError
 @click.option(
     "--check",
     is_flag=True,
-    help="Also import every factory and check every preset (imports plugin code, "
-    "e.g. torch); exit 1 if any plugin has a problem.",
+    help="Also import every factory and check every preset and option (a default and "
+    "a type hint each; imports plugin code, e.g. torch); exit 1 if any plugin has a problem.",
 )
 def plugins(as_json: bool, options_of: str | None, check: bool) -> None:
     """List plugins and the backbones, objectives, augmentations, datasets and loggers

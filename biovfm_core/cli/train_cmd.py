@@ -159,7 +159,10 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         return
     from biovfm_core.train.loop import train as run_training
 
-    run_training(config, registry)
+    monitor_factory = None
+    if config.train.monitor:
+        from biovfm_core.eval.monitor import build_monitor as monitor_factory
+    run_training(config, registry, monitor_factory=monitor_factory)
 
 
 def _augmentation_line(config, registry) -> str:

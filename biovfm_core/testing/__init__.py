@@ -2,7 +2,7 @@
 
 In the manner of scikit-learn's ``check_estimator`` and gymnasium's ``check_env``,
 each check builds your plugin the way ``biovfm train`` would on a CPU (its ``"cpu"``
-preset, a tiny ``vit_tiny``, views of the built-in demo images) and exercises the
+preset, a ``vit_tiny`` of 32 px and 2 blocks, views of the built-in demo images) and exercises the
 protocol of ``biovfm_core.protocols`` with real values::
 
     from biovfm_core.testing import check_objective
