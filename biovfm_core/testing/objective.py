@@ -15,7 +15,12 @@ from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.backbone import _check_backbone_object
 from biovfm_core.testing.errors import _fail
 from biovfm_core.testing.options import check_options, check_options_matter
-from biovfm_core.testing.samples import KIT_BACKBONE_SIZE, _batch, _default_recipe
+from biovfm_core.testing.samples import (
+    KIT_BACKBONE_DEPTH,
+    KIT_BACKBONE_SIZE,
+    _batch,
+    _default_recipe,
+)
 
 
 def check_objective(
@@ -56,6 +61,9 @@ def check_objective(
     if "image_size" in accepted:
         # Tiny: the eval check runs at the backbone's own size, which this sets.
         bb_options.setdefault("image_size", KIT_BACKBONE_SIZE)
+    if "depth" in accepted:
+        # Two blocks show every protocol fault twelve do, in a fraction of the time.
+        bb_options.setdefault("depth", KIT_BACKBONE_DEPTH)
     for option, value in plugin.presets.get("backbone", {}).items():
         if option in accepted:
             bb_options.setdefault(option, value)
@@ -399,6 +407,9 @@ def _step(objective: Any, batch: Batch, step: int, what: str) -> dict[str, Any]:
     for key, value in out.items():
         if key == "loss":
             continue
+        if key == "signals":
+            _check_signals(value, what)
+            continue
         try:
             number = float(value.detach() if isinstance(value, torch.Tensor) else value)
         except (TypeError, ValueError, RuntimeError):
@@ -411,6 +422,26 @@ def _step(objective: Any, batch: Batch, step: int, what: str) -> dict[str, Any]:
             raise _fail(what, f"logged entry {key!r} requires grad", f"return {key}.detach()")
         del number
     return dict(out)
+
+
+def _check_signals(signals: Any, what: str) -> None:
+    """``out["signals"]``: a mapping of name -> detached tensor (see
+    ``biovfm_core.train.signals`` for the names the loop turns into sentinels)."""
+    import torch
+
+    if not isinstance(signals, Mapping):
+        raise _fail(
+            what,
+            f"training_step's 'signals' is {type(signals).__name__}",
+            'return {"signals": {"embeddings": tensor, ...}}',
+        )
+    for name, value in signals.items():
+        if not isinstance(value, torch.Tensor) or value.requires_grad:
+            raise _fail(
+                what,
+                f"signal {name!r} is not a detached tensor",
+                f"return {name}.detach() in out['signals']",
+            )
 
 
 def _optimizer(objective: Any) -> Any:
