@@ -212,6 +212,10 @@ def test_distill_from_a_run_trains_on_cpu_and_exports_the_student_for_timm(tmp_p
     assert any(k.startswith("student.dino_head") for k in weights)
     assert not any(k.startswith("teacher.") for k in weights)
     assert_export_is_the_student(tmp_path / "whole", weights)
+    # The student feeds the collapse sentinels (the frozen teacher has no entropy one).
+    first = read_metrics(tmp_path / "whole")[0]
+    assert float(first["sentinel/rankme"]) > 1 and float(first["sentinel/loss_at_lnk"]) > 0
+    assert first.get("sentinel/teacher_entropy", "") == ""
 
 
 @pytest.mark.slow

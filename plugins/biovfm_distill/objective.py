@@ -30,6 +30,7 @@ no patch tokens and only the CLS term is used. The teacher runs once per batch u
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -263,6 +264,13 @@ class DistillObjective(ObjectiveBase, nn.Module):
             loss = loss + self.ibot_loss_weight * ibot
             out["ibot_loss"] = ibot.detach()
         out["loss"] = loss
+        # The student is the evaluation backbone, so its embeddings feed the collapse
+        # sentinels; the frozen teacher's entropy says nothing about the student.
+        out["signals"] = {
+            "embeddings": s_global.cls.detach(),
+            "koleo_embeddings": s_global.cls.detach().unflatten(0, (n_global, -1)),
+            "loss_at_lnk": dino.detach() / math.log(max(2, t_cls.shape[-1])),
+        }
         return out
 
     def _features_step(self, batch: Batch, images: Tensor) -> dict[str, Tensor]:
@@ -294,6 +302,10 @@ class DistillObjective(ObjectiveBase, nn.Module):
             loss = loss + self.ibot_loss_weight * patch_loss
             out["patch_loss"] = patch_loss.detach()
         out["loss"] = loss
+        out["signals"] = {
+            "embeddings": s_global.cls.detach(),
+            "koleo_embeddings": s_global.cls.detach().unflatten(0, (n_global, -1)),
+        }
         return out
 
     def after_optimizer_step(self, info: StepInfo) -> Mapping[str, float]:
