@@ -15,7 +15,7 @@ Five parts, each printing one Markdown table:
   manifest, a litdata ``index.json`` with the chunk count ``counts`` gives; no
   chunk files) opened in a fresh process, alone and followed by a 1% subset;
   wall time and peak RSS of each.
-* ``pack``: ``biovfm data pack`` throughput (images/s) on realistic sources
+* ``pack``: ``biovfm data pack`` throughput (images/s, default encoding) on realistic sources
   (512x512 CT DICOMs, a CT NIfTI volume, a folder of 1024x1024 X-ray PNGs) at
   1 and 2 workers. The shards it writes are kept for ``loader``.
 * ``loader``: images/s of the training loader (decode + DINOv2 views + collate,
@@ -869,7 +869,9 @@ def cmd_pack(args: argparse.Namespace) -> list[PackRow]:
                     _bytes_under(os.path.join(args.dir, name)) / 2**20, _bytes_under(out) / 2**20,
                 )
             )  # fmt: skip
-    print(f"pack (scan + decode + PNG encode + write), {args.images} images a source; {_load()}")
+    print(
+        f"pack (scan + decode + encode (the default encoding) + write), {args.images} images a source; {_load()}"
+    )
     print("| source | workers | images | s | images/s | original MB | shards MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -26,7 +26,10 @@ from biovfm_core.files import write_atomic
 from biovfm_core.options import coerce, parse_assignment
 from biovfm_core.protocols import DEFAULT_MAX_PIXELS
 
-PLUGIN_KINDS = ("backbone", "objective", "augmentation", "dataset")
+PLUGIN_KINDS = ("backbone", "objective", "augmentation", "dataset", "logger")
+# metrics.csv is the run's own record (resume, `biovfm report`, sweeps read it): the
+# `csv` logger runs whatever `train.loggers` lists.
+ALWAYS_LOGGED = "csv"
 
 
 @dataclass
@@ -111,6 +114,23 @@ class TrainConfig:
     profile_steps: int = 0
     """Profile this many steps with torch.profiler after 3 settling steps; writes
     ``profile/`` in the run folder (a Chrome trace and the costliest ops). 0: off."""
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    """Experiment loggers (``biovfm plugins``: csv, tensorboard, mlflow, wandb, ...);
+    ``--logger NAME`` (repeatable) replaces the list. ``csv`` (metrics.csv) is always
+    on. Options: ``--opt logger.<name>.<option>=VALUE``."""
+    stop_on: Literal["nan", "collapse", "never"] = "nan"
+    """What stops a run (docs/monitoring.md). ``nan`` (default): a non-finite loss; the
+    collapse sentinels only warn, since a false alarm would end a healthy week-long run.
+    ``collapse``: also a collapse sentinel's crossing (``TrainingCollapsed``, naming the
+    last good checkpoint). ``never``: nothing; a non-finite step is skipped (no update)."""
+    monitor: str | None = None
+    """Benchmark the in-training monitor scores the evaluation backbone on: ``demo``
+    (``demo:TASK``), ``medmnist:FLAG[:N]`` (``$BIOVFM_MEDMNIST_ROOT``, or a ``.npz``
+    path; ``N`` images per split) or ``KIND:LOCATION[:N]``. ``None``: off."""
+    monitor_every: int = 1000
+    """Optimizer steps between monitor evaluations (and one at the last step)."""
+    monitor_linear: bool = False
+    """Also fit a linear probe at each monitor evaluation (kNN always)."""
 
 
 @dataclass
@@ -297,7 +317,42 @@ class RunConfig:
             plugin_names["augmentation"] = self.augmentation
         for kind, name in plugin_names.items():
             self.options[kind] = registry.validate(kind + "s", name, self.options[kind])
+        # A registry assembled by hand (tests) has no loggers; the run then falls back
+        # to the built-in classes (biovfm_core.train.loggers).
+        if registry.names("loggers"):
+            self.options["logger"] = {
+                name: registry.validate("loggers", name, options)
+                for name, options in self.logger_options().items()
+            }
         self.check_crop_sizes(registry)
+
+    def loggers_in_use(self) -> list[str]:
+        """``train.loggers`` without repeats, ``csv`` first whether listed or not."""
+        names = [ALWAYS_LOGGED, *self.train.loggers]
+        return list(dict.fromkeys(names))
+
+    def logger_options(self) -> dict[str, dict[str, Any]]:
+        """Options per logger in use, from ``--opt logger.NAME.OPTION=V`` (stored as
+        ``{"NAME.OPTION": V}``) or YAML (``{NAME: {OPTION: V}}``)."""
+        in_use = self.loggers_in_use()
+        grouped: dict[str, dict[str, Any]] = {name: {} for name in in_use}
+        for key, value in self.options["logger"].items():
+            name, _, option = str(key).partition(".")
+            if name not in grouped:
+                raise ConfigError(
+                    f"options.logger.{key}: logger {name!r} is not in train.loggers "
+                    f"({', '.join(in_use)}); add it with --logger {name}"
+                )
+            if option:
+                grouped[name][option] = value
+            elif isinstance(value, dict):
+                grouped[name].update(value)
+            else:
+                raise ConfigError(
+                    f"options.logger.{key} must be a mapping of option to value, "
+                    f"or be written options.logger.{key}.OPTION"
+                )
+        return grouped
 
     def check_crop_sizes(self, registry: Any) -> None:
         """Crop sides that patches do not tile fail here, before anything is built.
@@ -340,6 +395,7 @@ class RunConfig:
             "train.keep_last": 1,
             "train.log_every": 1,
             "train.profile_steps": 0,
+            "train.monitor_every": 1,
             "data.num_workers": 0,
             "data.max_image_pixels": 1,
             "optim.accumulate": 1,

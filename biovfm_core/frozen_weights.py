@@ -1,9 +1,13 @@
-"""Weights for a plugin's frozen model (a Gram teacher, a distillation teacher).
+"""Weights for a frozen copy of a plugin's own backbone (a Gram teacher from a path).
 
 Plugins may not import ``biovfm_core.models`` (the import contract in pyproject.toml);
 this is the public door to it: any ``--init`` spec (a biovfm run or export, a DINOv2
-hub ``.pth``, a timm or Hugging Face folder, ``timm:NAME``) into a built backbone,
-checked and strict, with the same one-line errors ``--init`` gives.
+hub ``.pth``, a timm or Hugging Face folder, ``timm:NAME``) into a backbone the plugin
+already built, checked and strict, with the same one-line errors ``--init`` gives.
+
+The other door is ``TaskInfo.load_model``: a whole frozen model of the spec's own
+architecture, with its heads (a distillation teacher). Use this one when the weights
+must fit the architecture you built (DINOv3's ``gram.ckpt`` is the student's).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The four extension points of biovfm.
+"""The five extension points of biovfm.
 
 A plugin is a module (or object) with functions marked ``@biovfm_core.hookimpl``
 named after the hooks below; it is found through the ``biovfm`` entry-point group
@@ -105,7 +105,9 @@ def biovfm_register_objectives(register: Register) -> None:
 
     The result follows ``biovfm_core.protocols.Objective``: a ``torch.nn.Module``
     with a ``views: ViewSpec`` attribute (which crops the data pipeline must make),
-    ``training_step(batch, info) -> {"loss": ..., ...}``,
+    ``training_step(batch, info) -> {"loss": ..., ...}`` (with an optional
+    ``"signals"`` dict of detached tensors for the collapse sentinels:
+    docs/monitoring.md),
     ``before_optimizer_step(info)``, ``after_optimizer_step(info) -> dict`` and
     ``eval_backbone()`` (the module ``biovfm eval`` and export use). Mixing in
     ``biovfm_core.protocols.ObjectiveBase`` gives no-op step hooks. An objective
@@ -148,4 +150,30 @@ def biovfm_register_datasets(register: Register) -> None:
     Users set the reader's options per source (``--data KIND:PATH?key=value``, a
     catalog entry's ``options:``) or for every source (``--opt dataset.key=value``);
     the per-source value wins, and an option the reader lacks is an error.
+    """
+
+
+@hookspec
+def biovfm_register_loggers(register: Register) -> None:
+    """Register experiment loggers, the names in ``train.loggers`` and ``--logger``.
+
+    Factory signature: ``factory(*, <options>) -> ExperimentLogger``. The user sets
+    options per logger with ``--opt logger.<name>.<option>=VALUE`` (YAML:
+    ``options: {logger: {<name>: {<option>: VALUE}}}``). Import the tracking library
+    inside the factory, not at module level, and raise
+    ``biovfm_core.errors.ConfigError`` naming the extra to install when it is missing
+    (``pip install 'biovfm[mlflow]'``): the run then stops before its first step.
+
+    The result follows ``biovfm_core.protocols.ExperimentLogger``: ``start(run)``,
+    ``log_config(config)``, ``log_metrics(step, row)``, ``log_artifact(path, name)``
+    and ``finish(status)``, called on rank 0 only. An exception from any of them
+    after the factory is warned about once and switches that logger off; the run
+    goes on. Check yours with ``biovfm_core.testing.check_logger``.
+
+    Example::
+
+        @hookimpl
+        def biovfm_register_loggers(register):
+            register("neptune", "my_pkg.logger:NeptuneLogger",
+                     description="Neptune.ai runs")
     """

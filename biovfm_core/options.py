@@ -72,6 +72,42 @@ def factory_options(factory: Callable[..., Any]) -> dict[str, OptionSpec]:
     return specs
 
 
+@dataclass(frozen=True)
+class OptionFault:
+    """An option a run cannot set or check: the kit and ``biovfm plugins --check``
+    both report these, with one wording."""
+
+    option: str
+    problem: str
+    fix: str
+
+
+def option_faults(specs: Mapping[str, OptionSpec]) -> list[OptionFault]:
+    """What is wrong with the declared options themselves, before any value is tried:
+    no default (a run that does not set it cannot build the plugin) or no type hint
+    (``--opt`` strings cannot be checked or converted)."""
+    faults = []
+    for name, spec in specs.items():
+        if spec.required:
+            faults.append(
+                OptionFault(
+                    name,
+                    "has no default, so a run that does not set it cannot build the plugin",
+                    f"give `{name}` a default value in the factory's signature",
+                )
+            )
+        elif spec.annotation is Any or spec.annotation is _MISSING:
+            faults.append(
+                OptionFault(
+                    name,
+                    "has no type hint, so biovfm cannot check or convert `--opt` strings",
+                    f"annotate `{name}` (int, float, bool, str, Literal[...], tuple[...], "
+                    "X | None)",
+                )
+            )
+    return faults
+
+
 def parse_assignment(text: str) -> tuple[str, str]:
     """Split ``"objective.teacher_temp=0.07"`` into key and raw value."""
     key, sep, value = text.partition("=")

@@ -12,8 +12,9 @@ This module must stay importable without torch: `biovfm --help` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -125,10 +126,41 @@ class Batch:
     modality: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """``(uri, reason)`` of the images the loader dropped from this batch."""
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """``(mean, std)`` while the views are light (as loader workers ship them: float32
+    in [0, 1] before clipping, one channel where the images have one); ``finish``
+    clips, normalises and repeats them to 3 channels on the device. ``None``: finished."""
 
     @property
     def size(self) -> int:
         return int(self.global_views[0].shape[0])
+
+    def finish(self) -> Batch:
+        """The views clipped to [0, 1], normalised and 3-channel, where the loader left
+        that to the device (biovfm_core/data/light_views.py); bitwise what the recipe
+        would have made in its workers, in float32. A finished batch is returned as is."""
+        if self.norm is None:
+            return self
+        import torch
+
+        device = self.global_views[0].device
+        mean = torch.tensor(self.norm[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.norm[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+        def done(v: torch.Tensor) -> torch.Tensor:
+            # The same float32 operations in the same order as the recipe's own finish.
+            v = v.float().clamp(0.0, 1.0)
+            if v.shape[1] != mean.shape[1]:
+                v = v.expand(-1, mean.shape[1], -1, -1)
+            return (v - mean) / std
+
+        return Batch(
+            global_views=[done(v) for v in self.global_views],
+            local_views=[done(v) for v in self.local_views],
+            labels=self.labels,
+            modality=list(self.modality),
+            skipped=list(self.skipped),
+        )
 
     def to(self, device: Any, non_blocking: bool = True) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -144,6 +176,7 @@ class Batch:
             labels=None if self.labels is None else fn(self.labels),
             modality=list(self.modality),
             skipped=list(self.skipped),
+            norm=self.norm,
         )
 
 
@@ -260,6 +293,32 @@ class TaskInfo:
 
     num_classes: int | None = None
     multilabel: bool = False
+    load_model: Callable[[str], FrozenModel] | None = None
+    """Turns a model spec (run, export, hub ``.pth``, timm/HF folder, ``random:NAME``)
+    into a ``FrozenModel``, for objectives that learn from another model (distillation).
+    The engine, preflight and conformance kit pass it; ``None`` where no model can be
+    loaded."""
+
+
+@runtime_checkable
+class FrozenModel(Protocol):
+    """A model an objective learns from but never trains (a distillation teacher).
+
+    It is not a sub-module of the objective: its weights are in neither the optimizer
+    nor the objective's ``state_dict``, and a deep copy of the objective shares it.
+    ``spec`` is how the user named it; ``identity`` a hash of its weights (checkpoints
+    record it, so a resume refuses another teacher). ``backbone`` is a ``Backbone`` in
+    eval mode with ``requires_grad`` off; ``heads`` the modules its own objective kept
+    beside it (a DINOv2 run's ``dino_head`` and ``ibot_head``), empty for a bare model.
+    ``to(device)`` moves both and returns the model.
+    """
+
+    spec: str
+    identity: str
+    backbone: Any
+    heads: Mapping[str, Any]
+
+    def to(self, device: Any) -> FrozenModel: ...
 
 
 @dataclass(frozen=True)
@@ -322,7 +381,13 @@ class Objective(Protocol):
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar tensor, ...}``; other entries (detached
-        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv."""
+        scalars such as ``"dino_loss"``, ``"ibot_loss"``) are logged to metrics.csv.
+
+        Optionally ``"signals"``: a dict of detached tensors the loop turns into the
+        collapse sentinels on log steps only (``embeddings`` ``(N, D)``,
+        ``teacher_probs`` ``(T, K)``, ``koleo_embeddings`` ``(C, B, D)``, or any
+        0-dim tensor, logged as ``sentinel/<name>``; docs/monitoring.md). Hand
+        references to tensors the step computed anyway, not statistics."""
         ...
 
     def before_optimizer_step(self, info: StepInfo) -> None:
@@ -474,3 +539,48 @@ def image_contract_error(image: Any) -> str | None:
             hint = " (channels first: move them last, or drop a single channel)"
         return f"returned shape {tuple(shape)}{hint}, not {IMAGE_SHAPES}"
     return None
+
+
+# --------------------------------------------------------------------------- loggers
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a logger learns about the run when it starts (rank 0 only)."""
+
+    run_dir: Path
+    """The run folder; a logger may keep its own state there (an id to resume)."""
+    name: str
+    """The run folder's name, a natural run name for a tracking server."""
+    resume_step: int = 0
+    """0 for a new run; else the checkpoint's step: rows after it will be logged again."""
+
+
+@runtime_checkable
+class ExperimentLogger(Protocol):
+    """Where a run's config, metrics and export go (``train.loggers``, ``--logger``).
+
+    biovfm calls, on rank 0 only and in this order: ``start`` once; ``log_config``
+    once; ``log_metrics`` once per optimizer step; ``log_artifact`` for files worth
+    keeping (``config.yaml`` at the start, the ``export/`` folder at the end);
+    ``finish`` once, with ``"done"``, ``"failed"`` or ``"interrupted"``.
+
+    A row holds every column of ``metrics.csv`` at that step: losses, schedules,
+    throughput, and whatever sentinel (``sentinel/...``) and monitor
+    (``monitor/...``) columns the run computes; a value not computed at this step is
+    ``None`` or NaN, and some cells may be non-numbers. Keep what you can use.
+
+    A logger that raises is warned about once and switched off for the rest of the
+    run; training goes on (only the built-in ``csv`` logger, the run's own record, is
+    never switched off). ``biovfm_core.testing.check_logger`` exercises all of this.
+    """
+
+    def start(self, run: RunInfo) -> None: ...
+
+    def log_config(self, config: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, step: int, row: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: Path, name: str) -> None: ...
+
+    def finish(self, status: str) -> None: ...

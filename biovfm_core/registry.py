@@ -28,7 +28,7 @@ import pluggy
 
 from biovfm_core import hookspecs
 from biovfm_core.errors import BiovfmError, ConfigError, PluginError, UnknownNameError
-from biovfm_core.options import OptionSpec, factory_options, validate_options
+from biovfm_core.options import OptionSpec, factory_options, option_faults, validate_options
 
 ENTRY_POINT_GROUP = "biovfm"
 BUILTIN_DISTRIBUTION = "biovfm"
@@ -39,13 +39,14 @@ DEBUG_ENV = "BIOVFM_DEBUG"
 # registration with ``override=True`` is used instead of biovfm's own.
 ALLOW_OVERRIDE_ENV = "BIOVFM_ALLOW_OVERRIDE"
 
-KINDS: tuple[str, ...] = ("backbones", "objectives", "augmentations", "datasets")
+KINDS: tuple[str, ...] = ("backbones", "objectives", "augmentations", "datasets", "loggers")
 # The singular, as users meet it in `--opt objective.x=1` and in messages.
 KIND_SINGULAR = {
     "backbones": "backbone",
     "objectives": "objective",
     "augmentations": "augmentation",
     "datasets": "dataset",
+    "loggers": "logger",
 }
 
 # What can go wrong with a plugin, as `biovfm plugins` names it.
@@ -57,6 +58,7 @@ PROBLEM_KINDS = (
     "invalid-factory",
     "invalid-preset",
     "factory",  # found by `biovfm plugins --check`: the factory does not import
+    "option",  # found by `biovfm plugins --check`: an option without default or type hint
 )
 # Problems that may have kept a plugin's names from being registered at all.
 _LOAD_FAILURES = ("import", "hook")
@@ -445,7 +447,7 @@ class Registry:
         for kind in KINDS:
             for name, registration in sorted(self._entries[kind].items()):
                 try:
-                    registration.options()
+                    specs = registration.options()
                 except PluginError as exc:
                     self._record(
                         Problem(
@@ -458,6 +460,19 @@ class Registry:
                         )
                     )
                     continue
+                # The conformance kit's own rule (testing.check_options), without a run.
+                for fault in option_faults(specs):
+                    self._record(
+                        Problem(
+                            "option",
+                            registration.plugin,
+                            registration.distribution,
+                            f"{KIND_SINGULAR[kind]} {name!r}, option {fault.option!r} "
+                            f"{fault.problem}. Fix: {fault.fix}",
+                            name,
+                            kind,
+                        )
+                    )
                 for preset in registration.presets:
                     with contextlib.suppress(PluginError):  # preset() records it
                         self.preset(kind, name, preset)
@@ -555,7 +570,8 @@ class Registry:
             registration.options(),
             options,
             where=f"{KIND_SINGULAR[kind]} {name!r} (plugin {registration.plugin!r})",
-            prefix=f"{KIND_SINGULAR[kind]}.",
+            # A logger's options are per logger: --opt logger.mlflow.experiment=...
+            prefix=f"{KIND_SINGULAR[kind]}." + (f"{name}." if kind == "loggers" else ""),
         )
 
     def build(self, kind: str, name: str, *args: Any, options: Mapping[str, Any] | None = None):

@@ -8,6 +8,8 @@ A sweep file::
                                     # (shards:DIR sets are read directly: each is an index)
     base:                           # a run config applied to every cell
       train: {max_steps: 20000, batch_size: 1024}
+      options:                      # by_objective: only that objective's cells get these
+        by_objective: {dinov2: {objective: {global_size: 224}}, mae: {objective: {image_size: 224}}}
     grid:                           # dotted config keys -> values; the cells are the product
       backbone: [vit_small, vit_base, vit_large]
       objective: [dinov2, mae]
@@ -98,10 +100,18 @@ class Sweep:
 
     def cells(self) -> list[Cell]:
         keys = list(self.grid)
+        base, by_objective = _split_by_objective(self.base, self.source)
         cells = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
             overrides = dict(zip(keys, values, strict=True))
-            config = RunConfig.from_dict(self.base, source=f"{self.source}: base")
+            config = RunConfig.from_dict(base, source=f"{self.source}: base")
+            objective = str(overrides.get("objective", config.objective))
+            # Between base and grid: an objective's own names for a shared concept
+            # (dinov2's global_size is mae's image_size); a grid key still wins.
+            for key, value in _flat(by_objective.get(objective, {}), "options"):
+                config.set(
+                    key, value, source=f"{self.source}: base.options.by_objective.{objective}"
+                )
             for key, value in overrides.items():
                 config.set(key, value, source=f"{self.source}: grid.{key}")
             apply_recipe(config)  # a cell's `recipe:` fills what base and grid leave unset
@@ -114,7 +124,45 @@ class Sweep:
             cells.append(Cell(cell_id, overrides, config))
         if len({c.id for c in cells}) != len(cells):
             raise ConfigError(f"{self.source}: two grid cells map to the same folder name")
+        unused = sorted(set(by_objective) - {c.config.objective for c in cells})
+        if unused:
+            used = sorted({c.config.objective for c in cells})
+            raise ConfigError(
+                f"{self.source}: base.options.by_objective.{unused[0]}: no cell trains "
+                f"objective {unused[0]!r} (the grid's objectives: {', '.join(used)})"
+            )
         return cells
+
+
+def _split_by_objective(
+    base: dict[str, Any], source: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``base`` without ``options.by_objective``, and that mapping: objective name ->
+    ``{kind: {option: value}}``, options only the cells of that objective get."""
+    options = base.get("options")
+    if not isinstance(options, dict) or "by_objective" not in options:
+        return base, {}
+    by_objective = options["by_objective"]
+    where = f"{source}: base.options.by_objective"
+    if not isinstance(by_objective, dict) or not all(
+        isinstance(v, dict) and all(isinstance(o, dict) for o in v.values())
+        for v in by_objective.values()
+    ):
+        raise ConfigError(
+            f"{where} must map objective names to {{kind: {{option: value}}}}, e.g. "
+            "{dinov2: {objective: {global_size: 64}}, mae: {objective: {image_size: 64}}}"
+        )
+    rest = {k: v for k, v in options.items() if k != "by_objective"}
+    return {**base, "options": rest}, {str(k): v for k, v in by_objective.items()}
+
+
+def _flat(tree: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """``{objective: {image_size: 64}}`` -> ``[("options.objective.image_size", 64)]``."""
+    return [
+        (f"{prefix}.{kind}.{option}", value)
+        for kind, options in tree.items()
+        for option, value in options.items()
+    ]
 
 
 def cell_name(overrides: dict[str, Any]) -> str:

@@ -241,6 +241,26 @@ def test_single_model_size_is_a_clear_error(tmp_path):
     assert "only one params_m value" in result.output
 
 
+def test_fit_of_a_data_fraction_sweep_names_kind_data(tmp_path):
+    rows = [
+        ResultRow(
+            f"m{f}", "pathmnist", "linear", "auc", 0.8 + f / 10, objective="mae",
+            params_m=5.7, data_fraction=f,
+        )
+        for f in (0.25, 0.5, 1.0)
+    ]  # fmt: skip
+    path = write_results(tmp_path / "fractions.csv", rows)
+    result = invoke("fit", "--results", str(path))
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert message.count("\n") == 0, message
+    assert message.endswith(
+        "--kind model: no curve has two params_m values to fit; these results vary along "
+        "the data axis: use --kind data"
+    )
+    assert invoke("fit", "--results", str(path), "--kind", "data").exit_code == 0
+
+
 def test_table_without_sizes_is_a_clear_error(tmp_path):
     path = write_results(tmp_path / "t.csv", [ResultRow("m", "pathmnist", "linear", "auc", 0.9)])
     result = invoke("fit", "--results", str(path))

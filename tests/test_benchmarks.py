@@ -182,3 +182,57 @@ def test_shard_pack_and_loader_parts_run_on_tiny_sources(tmp_path, capsys):
     }  # fmt: skip
     assert all(r.images_s > 0 for r in rows)
     assert [r.images for r in rows if r.stage == "loader"] == [4] * 10
+
+
+def test_data_path_ceiling_counts_workers_per_gpu(capsys):
+    bench = _load("bench_data_path")
+    rows = bench.main(
+        ["ceiling", "--recipes", "default", "ct", "--seconds", "0", "--batch-size", "2",
+         "--global-size", "32", "--local-size", "16", "--local-crops", "2"]
+    )  # fmt: skip
+    assert [r.recipe for r in rows] == ["default", "ct"] and all(r.per_worker > 0 for r in rows)
+    table = capsys.readouterr().out
+    # workers needed = ceil(GPU images/s / images/s per worker), per published rate
+    need = [int(-(-rate // rows[0].per_worker)) for rate in bench.GPU_RATES.values()]
+    assert f"| default | uint8 gray 512² | {rows[0].per_worker:.1f} | " in table
+    assert all(str(n) in table for n in need)
+
+
+def test_data_path_evict_drops_files_from_the_page_cache(tmp_path):
+    bench = _load("bench_data_path")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"\1" * 5000)
+    (tmp_path / "y.bin").write_bytes(b"\2" * 300)
+    bench.warm(str(tmp_path))
+    assert bench.evict(str(tmp_path)) == 5300
+    assert (tmp_path / "a" / "x.bin").read_bytes() == b"\1" * 5000  # files are untouched
+
+
+@pytest.mark.slow
+def test_data_path_parts_run_on_tiny_sources(tmp_path, capsys):
+    bench = _load("bench_data_path")
+    common = ["--dir", str(tmp_path), "--images", "4", "--sources", "dicom", "png",
+              "--batch-size", "2", "--global-size", "32", "--local-size", "16",
+              "--local-crops", "2", "--repeat", "1"]  # fmt: skip
+    rows = bench.main(["encodings", *common, "--decode-seconds", "0.01"])
+    assert {(r.source, r.encoding) for r in rows} == {
+        ("dicom", "zstd"), ("dicom", "png"), ("png", "zstd"), ("png", "png"),
+    }  # fmt: skip
+    assert all(r.decode_s > 0 and r.shards_mb > 0 for r in rows)
+    rows = bench.main(["loader", *common, "--workers", "1"])
+    assert {(r.source, r.read_from, r.cache) for r in rows} >= {
+        ("dicom", "files", "cold"), ("png", "shards (zstd)", "warm"),
+    }  # fmt: skip
+    assert all(x > 0 for r in rows for x in r.rates)
+    rows = bench.main(["light", *common, "--workers", "1"])
+    assert [r.batch_mb for r in rows][::2] == pytest.approx(
+        [3 * m for m in [r.batch_mb for r in rows][1::2]]
+    )
+
+
+def test_monitor_benchmark_times_one_evaluation_against_the_steps(capsys):
+    bench = _load("bench_monitor")
+    rows = bench.main(["--samples", "8", "--batch-size", "2", "--steps", "1", "--every", "10"])
+    assert len(rows) == 1 and rows[0].monitor_s > 0 and rows[0].step_s > 0
+    assert rows[0].share == rows[0].monitor_s / (10 * rows[0].step_s)
+    assert "| cost share |" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from biovfm_core.testing import (
 # The CPU presets, made smaller still so each check takes about a second.
 TINY = {
     "dinov2": {
-        "global_size": 32, "local_size": 16, "local_crops": 2, "prototypes": 64,
+        "global_size": 48, "local_size": 16, "local_crops": 2, "prototypes": 64,
         "head_hidden_dim": 64, "ibot_head_n_prototypes": 64, "ibot_head_hidden_dim": 64,
     },
     "mae": {"image_size": 32},
@@ -39,6 +39,43 @@ def test_builtin_objectives_pass_the_kit(name):
 
 def test_builtin_backbone_passes_the_kit():
     check_backbone("vit_tiny")
+
+
+def test_a_cnn_is_checked_at_the_smallest_size_it_runs_at():
+    # convnext_atto downsamples 32x: at 32 px its half-size check (16 px) cannot run.
+    check_backbone("timm:convnext_atto")
+
+
+def _needs_huge(*, image_size: int = 224):
+    """A backbone refusing every input under 512 px, as a deep CNN would."""
+    from torch import nn
+
+    from biovfm_core.protocols import BackboneOutput
+
+    class Net(nn.Module):
+        embed_dim, patch_size, in_chans = 8, 1, 3
+
+        def __init__(self):
+            super().__init__()
+            self.image_size = image_size
+            self.proj = nn.Linear(3, 8)
+
+        def forward_tokens(self, images, *, mask=None, keep=None):
+            if images.shape[-1] < 512:
+                raise RuntimeError("Kernel size can't be greater than actual input size")
+            x = self.proj(images.mean((2, 3)))
+            return BackboneOutput(cls=x, patches=x[:, None])
+
+    return Net()
+
+
+def test_a_backbone_running_at_no_kit_size_says_so():
+    with pytest.raises(
+        ConformanceError,
+        match=r"runs at none of 32, 64, 128, 256 px .*32 px: Kernel size.*"
+        r"Fix: .*options=\{'image_size': N\}",
+    ):
+        check_backbone(_needs_huge)
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ def test_example_objective_trains_on_a_real_backbone(example_site, monkeypatch):
         "barlow_twins",
         backbone,
         TaskInfo(),
-        options={"projection_dim": 64, "image_size": 32},
+        options={"projection_dim": 64, "global_size": 32},
     )
     assert objective.views.global_crops == 2 and objective.views.global_size == 32
     images = torch.rand(8, 3, 32, 32)

@@ -397,3 +397,27 @@ def test_check_finds_factories_that_do_not_import_and_bad_presets(tmp_path, monk
     assert result.exit_code == 1
     found = {(p["kind"], p["name"]) for p in _rows(result.stdout)["crash"]["problems"]}
     assert found == {("factory", "ghosty"), ("factory", "raisy"), ("invalid-preset", "tiny_typo")}
+
+
+def test_check_runs_the_kits_option_rules(tmp_path, monkeypatch):
+    """An untyped option and one without a default: `plugins --check` says what the kit
+    would (testing.check_options), without running anything."""
+    source = """
+from biovfm_core import hookimpl
+
+def build(backbone, task, *, scale=2.0, size: int):
+    return None
+
+@hookimpl
+def biovfm_register_objectives(register):
+    register('loose', build)
+"""
+    _install(tmp_path, monkeypatch, {"thirdparty-loose": (source, "loose")})
+    result = CliRunner().invoke(cli, ["plugins", "--check", "--json"])
+    assert result.exit_code == 1
+    problems = _rows(result.stdout)["loose"]["problems"]
+    assert [(p["kind"], p["name"]) for p in problems] == [("option", "loose")] * 2
+    messages = sorted(p["message"] for p in problems)
+    assert messages[0].startswith("objective 'loose', option 'scale' has no type hint")
+    assert "Fix: annotate `scale`" in messages[0]
+    assert messages[1].startswith("objective 'loose', option 'size' has no default")

@@ -80,7 +80,7 @@ def _items(out: Path):
     return [ds[i] for i in range(len(ds))]
 
 
-def _image(item: dict, encoding: str = "png") -> np.ndarray:
+def _image(item: dict, encoding: str = fmt.DEFAULT_ENCODING) -> np.ndarray:
     stored = fmt.decode(item["image"], encoding, item["uri"])
     return fmt.from_stored(stored, item["scale"], item["offset"])
 

@@ -526,3 +526,46 @@ def test_dry_run_shows_a_killed_cell_as_resumable_from_its_step(tmp_path):
     assert result.exit_code == 0, result.output
     assert "resumable from step 4 objective=mae,backbone=vit_tiny" in result.output
     assert "1 cells, 1 resumable" in result.output
+
+
+def test_options_by_objective_reach_only_that_objectives_cells(tmp_path):
+    """dinov2 calls its crop global_size and mae image_size: one grid holds both."""
+    text = f"""
+output: {tmp_path / "out"}
+base:
+  train: {{max_steps: 2, batch_size: 8, device: cpu}}
+  options:
+    backbone: {{patch_size: 16}}
+    by_objective:
+      dinov2: {{objective: {{global_size: 32, local_size: 16}}}}
+      mae: {{objective: {{image_size: 48}}, backbone: {{drop_path_rate: 0.1}}}}
+grid:
+  objective: [dinov2, mae]
+  options.objective.local_size: [16]
+"""
+    sweep = S.load_sweep(
+        write_sweep(tmp_path, text.replace("  options.objective.local_size: [16]\n", ""))
+    )
+    dinov2, mae = sweep.cells()
+    assert dinov2.config.options["objective"] == {"global_size": 32, "local_size": 16}
+    assert mae.config.options["objective"] == {"image_size": 48}
+    assert dinov2.config.options["backbone"] == {"patch_size": 16}
+    assert mae.config.options["backbone"] == {"patch_size": 16, "drop_path_rate": 0.1}
+    S.check_sweep(sweep)  # each cell's options are its objective's own
+
+    # A grid key beats by_objective; by_objective beats base.
+    text_with_grid = text.replace("[dinov2, mae]", "[dinov2]").replace(
+        "      mae: {objective: {image_size: 48}, backbone: {drop_path_rate: 0.1}}\n", ""
+    )
+    text_with_grid = text_with_grid.replace("local_size: [16]", "local_size: [24]")
+    (only,) = S.load_sweep(write_sweep(tmp_path, text_with_grid)).cells()
+    assert only.config.options["objective"] == {"global_size": 32, "local_size": 24}
+
+    with pytest.raises(ConfigError, match=r"by_objective\.mae: no cell trains objective 'mae'"):
+        S.load_sweep(write_sweep(tmp_path, text.replace("[dinov2, mae]", "[dinov2]")))
+    with pytest.raises(ConfigError, match=r"base\.options\.by_objective must map objective names"):
+        S.load_sweep(
+            write_sweep(
+                tmp_path, text.replace("dinov2: {objective", "dinov2: 3\n      x: {objective")
+            )
+        )

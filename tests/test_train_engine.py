@@ -158,7 +158,9 @@ def torchrun(tmp_path: Path, name: str, *extra: str) -> tuple[int, str]:
 
 
 def test_two_gloo_processes_end_with_identical_weights_under_ddp_and_fsdp(tmp_path):
-    code, log = torchrun(tmp_path, "ddp")
+    # With the monitor on: rank 0 evaluates at steps 2 and 3 while rank 1 waits.
+    monitor = ("--set", "train.monitor=demo:16", "--set", "train.monitor_every=2")
+    code, log = torchrun(tmp_path, "ddp", *monitor)
     # No deprecated DDP argument, and DINOv2 (which uses every parameter in every step)
     # does not make DDP search for unused parameters and warn that it found none.
     assert code == 0, log
@@ -168,10 +170,13 @@ def test_two_gloo_processes_end_with_identical_weights_under_ddp_and_fsdp(tmp_pa
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     report = json.loads((tmp_path / "ddp" / "data_report.json").read_text())
     assert report["world_size"] == 2 and report["micro_batch_per_rank"] == 4
+    monitored = [r["monitor/knn_auc"] != "" for r in read_metrics(tmp_path / "ddp")]
+    assert monitored == [False, True, True]
 
     # FSDP shards the same model over the same data: the same training, to rounding.
-    code, log = torchrun(tmp_path, "fsdp", "--set", "train.distributed=fsdp")
+    code, log = torchrun(tmp_path, "fsdp", "--set", "train.distributed=fsdp", *monitor)
     assert code == 0, log
+    assert [r["monitor/knn_auc"] != "" for r in read_metrics(tmp_path / "fsdp")] == monitored
     ddp_weights, _ = final_state(tmp_path / "ddp")
     fsdp_weights, fsdp_state = final_state(tmp_path / "fsdp")
     assert fsdp_state["optimizer_layout"] == "fsdp_full"

@@ -146,7 +146,8 @@ def analyze() -> None:
     type=click.Choice(["model", "data"]),
     default="model",
     show_default=True,
-    help="x = params_m (model) or images / data_fraction (data).",
+    help="x = params_m (model: a model-size sweep) or images / data_fraction (data: a "
+    "data-fraction sweep).",
 )
 @click.option(
     "--metric",
@@ -166,7 +167,19 @@ def fit_cmd(
     from biovfm_core.analysis.fits import fit_scaling
     from biovfm_core.analysis.report import read_tables, write_table
 
-    fitset = fit_scaling(read_tables(results), kind, metrics=metrics)
+    rows = read_tables(results)
+    try:
+        fitset = fit_scaling(rows, kind, metrics=metrics)
+    except ConfigError:
+        other = "data" if kind == "model" else "model"
+        if not fit_scaling(rows, other, metrics=metrics, require=False).fits:
+            raise
+        # The commonest mistake: a data-fraction sweep fitted with the default kind.
+        x = "params_m" if kind == "model" else "images / data_fraction"
+        raise ConfigError(
+            f"--kind {kind}: no curve has two {x} values to fit; these results vary "
+            f"along the {other} axis: use --kind {other}"
+        ) from None
     if output:
         write_table(Path(output), fitset.fits)
     click.echo(

@@ -53,6 +53,7 @@ def cli() -> None:
     biovfm recipes                      the official recipes: train --recipe NAME
     biovfm train --objective mae --backbone vit_base --data catalog.yaml
     biovfm eval  RUN --benchmark medmnist:all
+    biovfm report RUN                   a run's curves as one HTML page
     """
     warnings.showwarning = _show_plugin_warning
 
@@ -64,10 +65,11 @@ def _register_commands() -> None:
     from biovfm_core.cli.inspect_cmd import inspect
     from biovfm_core.cli.plugins_cmd import plugins
     from biovfm_core.cli.recipes_cmd import recipes
+    from biovfm_core.cli.report_cmd import report
     from biovfm_core.cli.sweep_cmd import sweep
     from biovfm_core.cli.train_cmd import train
 
-    for command in (plugins, recipes, train, eval_, data, sweep, analyze, inspect):
+    for command in (plugins, recipes, train, eval_, data, sweep, analyze, inspect, report):
         cli.add_command(command)
 
 

@@ -23,11 +23,12 @@ from biovfm_core.errors import PluginError, UnknownNameError
 @click.option(
     "--check",
     is_flag=True,
-    help="Also import every factory and check every preset (imports plugin code, "
-    "e.g. torch); exit 1 if any plugin has a problem.",
+    help="Also import every factory and check every preset and option (a default and "
+    "a type hint each; imports plugin code, e.g. torch); exit 1 if any plugin has a problem.",
 )
 def plugins(as_json: bool, options_of: str | None, check: bool) -> None:
-    """List plugins and the backbones, objectives, augmentations and datasets they register.
+    """List plugins and the backbones, objectives, augmentations, datasets and loggers
+    they register.
 
     A PROBLEMS section names each plugin that has one and its distribution: a name
     registered twice (clash), a plugin that does not import, a registration hook that
@@ -174,11 +175,13 @@ def _show_options(registry, name: str, as_json: bool) -> None:
             click.echo(f"  {entry['description']}")
         for paragraph in entry["doc"].split("\n\n"):
             click.echo(textwrap.indent(paragraph, "  ") + "\n")
+        # A logger's options are per logger: --opt logger.mlflow.experiment=...
+        where = entry["kind"] + (f".{entry['name']}" if entry["kind"] == "logger" else "")
         for option, spec in entry["options"].items():
             default = "required" if spec["required"] else f"default {spec['default']!r}"
             if spec["cpu_preset"] is not None:
                 default += f"; cpu preset {spec['cpu_preset']!r}"
-            click.echo(f"  --opt {entry['kind']}.{option}=<{spec['type']}>  ({default})")
+            click.echo(f"  --opt {where}.{option}=<{spec['type']}>  ({default})")
             if spec["description"]:
                 click.echo(
                     textwrap.fill(

@@ -62,6 +62,15 @@ from biovfm_core.train.presets import (
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--seed", type=int)
+@click.option(
+    "--logger",
+    "loggers",
+    multiple=True,
+    metavar="NAME",
+    help="Experiment logger (csv, tensorboard, mlflow, wandb; biovfm plugins lists them); "
+    "repeatable, replaces train.loggers; metrics.csv is always written. Options: "
+    "--opt logger.NAME.OPTION=VALUE.",
+)
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the step.")
 @config_options
 @click.option("--dry-run", is_flag=True, help="Resolve and check the config, print it, and stop.")
@@ -86,6 +95,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         "train.precision": flags["precision"],
         "train.seed": flags["seed"],
         "train.compile": compile_,
+        "train.loggers": flags["loggers"],
     }
     config = resolve_config(config_path, sets, opts, named, resume_from_run=True)
     from biovfm_core.train.run_folder import check_resume_names, resolve_auto_resume
@@ -137,6 +147,7 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
             click.echo(f"#   {', '.join(f'{k}={v}' for k, v in resolved.items())}")
         from biovfm_core.train.batching import batch_text
 
+        click.echo(f"# loggers: {', '.join(config.loggers_in_use())}")
         world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; 1 without it
         click.echo(f"# {batch_text(config.train.batch_size, world, config.optim.accumulate)}")
         click.echo("\n".join(data_lines))
@@ -152,7 +163,10 @@ def train(dry_run: bool, config_path, sets, opts, compile_, **flags) -> None:
         return
     from biovfm_core.train.loop import train as run_training
 
-    run_training(config, registry)
+    monitor_factory = None
+    if config.train.monitor:
+        from biovfm_core.eval.monitor import build_monitor as monitor_factory
+    run_training(config, registry, monitor_factory=monitor_factory)
 
 
 def _augmentation_line(config, registry) -> str:

@@ -27,6 +27,7 @@ from biovfm_core.protocols import (
 )
 
 from .index import SampleIndex
+from .light_views import NORM_KEY, batch_norm, finish_views, same_channels
 from .shards.reader import OFFSET_KEY, ROWS_KEY
 
 
@@ -42,7 +43,8 @@ class ImageDataset:
     ``recipe`` is one recipe, or a mapping modality id → recipe with a ``"default"``
     entry (``--augmentation auto``). ``open_reader(index, source)`` builds readers;
     by default the registry rebuilds them from what the index recorded. Readers are
-    built lazily per worker process.
+    built lazily per worker process. ``light_views``: recipes that can ship light
+    views do (light_views.py); the batches then need ``Batch.finish`` on the device.
     """
 
     def __init__(
@@ -50,8 +52,11 @@ class ImageDataset:
         index: SampleIndex,
         recipe: AugmentationRecipe | Mapping[str, AugmentationRecipe],
         open_reader: Callable[[SampleIndex, str], Any] | None = None,
+        *,
+        light_views: bool = False,
     ) -> None:
         self.index = index
+        self.light_views = light_views
         self.recipes = dict(recipe) if isinstance(recipe, Mapping) else {"default": recipe}
         if "default" not in self.recipes:
             raise BiovfmError("a per-modality recipe mapping needs a 'default' entry")
@@ -128,7 +133,11 @@ class ImageDataset:
                     "(protocols.DatasetReader): fix the reader, or check it with "
                     "biovfm_core.testing.check_reader"
                 )
-            views = self.recipe_for(record.modality).sample_views(image, record, rng)
+            recipe = self.recipe_for(record.modality)
+            if self.light_views and getattr(recipe, "supports_light_views", False):
+                views = recipe.sample_views(image, record, rng, light=True)
+            else:
+                views = recipe.sample_views(image, record, rng)
         except BadImageError as exc:
             return Skipped(record.uri, exc.reason)
         except (ValueError, OSError) as exc:  # e.g. a degenerate image the crop cannot handle
@@ -158,13 +167,20 @@ def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | EmptyBatch:
         return EmptyBatch(skipped)
     from torch.utils.data import default_collate
 
+    all_views = [s["views"] for s in good]
+    norm = batch_norm(all_views)
+    if norm is not None:
+        all_views = same_channels(all_views)
+    else:
+        all_views = [finish_views(v) if NORM_KEY in v else v for v in all_views]
+
     def stack(kind: str, k: int) -> torch.Tensor:
         # torch's collate stacks straight into shared memory inside a loader worker;
         # a plain np.stack would be copied a second time on its way to the queue.
-        return default_collate([torch.from_numpy(s["views"][kind][k]) for s in good])
+        return default_collate([torch.from_numpy(v[kind][k]) for v in all_views])
 
-    global_views = [stack("global", k) for k in range(len(good[0]["views"]["global"]))]
-    local_views = [stack("local", k) for k in range(len(good[0]["views"]["local"]))]
+    global_views = [stack("global", k) for k in range(len(all_views[0]["global"]))]
+    local_views = [stack("local", k) for k in range(len(all_views[0]["local"]))]
     labels_raw = [s["label"] for s in good]
     labels = None
     if all(lb is not None for lb in labels_raw):
@@ -178,6 +194,7 @@ def collate(samples: list[dict[str, Any] | Skipped]) -> Batch | EmptyBatch:
         labels=labels,
         modality=[s["modality"] for s in good],
         skipped=skipped,
+        norm=norm,
     )
 
 

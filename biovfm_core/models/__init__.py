@@ -14,4 +14,6 @@ imports none of them.
   folder, model card).
 - ``normalisation``: the input normalisation a backbone was trained with.
 - ``loaded``: ``LoadedModel``, what identifies a loaded backbone for caches and tables.
+- ``frozen``: ``FrozenTeacher``, a model an objective learns from but never trains;
+  ``specs.frozen_loader`` is the ``TaskInfo.load_model`` the engine hands to objectives.
 """

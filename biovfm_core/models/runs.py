@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from biovfm_core.errors import ConfigError
 from biovfm_core.models import checkpoint as ckpt
@@ -27,9 +28,10 @@ def is_biovfm_folder(path: Path) -> bool:
     )
 
 
-def load_biovfm(path: Path, registry) -> LoadedModel:
+def load_biovfm(path: Path, registry, load_model=None) -> LoadedModel:
     """The evaluation backbone of an export, a run (its export if it has one) or a
-    checkpoint folder, in eval mode."""
+    checkpoint folder, in eval mode. ``load_model`` is the ``TaskInfo.load_model`` a
+    run's objective is rebuilt with (a distilled run's teacher)."""
     if (path / "backbone.json").is_file():
         return ready(load_export(path, registry))
     if (path / "config.yaml").is_file():
@@ -37,9 +39,13 @@ def load_biovfm(path: Path, registry) -> LoadedModel:
             model = load_export(path / "export", registry)
             model.name = path.name
             return ready(model)
-        return ready(load_checkpoint_backbone(path, registry))
+        return ready(load_checkpoint_backbone(path, registry, load_model=load_model))
     if (path / "state.pt").is_file() and (path.parent.parent / "config.yaml").is_file():
-        return ready(load_checkpoint_backbone(path.parent.parent, registry, checkpoint=path))
+        return ready(
+            load_checkpoint_backbone(
+                path.parent.parent, registry, checkpoint=path, load_model=load_model
+            )
+        )
     raise ConfigError(f"{path}: neither a biovfm run (config.yaml) nor an export (backbone.json)")
 
 
@@ -92,9 +98,20 @@ def _run_objective(run: Path) -> str:
         return ""
 
 
-def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None) -> LoadedModel:
+def load_checkpoint_backbone(
+    run: Path, registry, checkpoint: Path | None = None, load_model=None
+) -> LoadedModel:
     """The eval backbone of a run's latest checkpoint (no export yet): rebuild objective
     and backbone from ``config.yaml`` and ask the objective for ``eval_backbone()``."""
+    return load_checkpoint_objective(run, registry, checkpoint, load_model)[0]
+
+
+def load_checkpoint_objective(
+    run: Path, registry, checkpoint: Path | None = None, load_model=None
+) -> tuple[LoadedModel, Any]:
+    """``(LoadedModel, objective)`` of a run's latest (or the given) checkpoint: the
+    objective rebuilt from ``config.yaml`` with the checkpoint's weights, for callers
+    that need more of it than the eval backbone (a distillation teacher's heads)."""
     from biovfm_core.config import RunConfig
     from biovfm_core.protocols import TaskInfo
 
@@ -104,11 +121,12 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
     config = RunConfig.from_yaml(run / "config.yaml")
     weights = read_safetensors(latest / "model.safetensors")
     backbone = registry.build("backbones", config.backbone, options=config.options["backbone"])
-    task = TaskInfo()
+    # A distilled run rebuilds its objective with its teacher.
+    task = TaskInfo(load_model=load_model)
     heads = [v for k, v in weights.items() if k.startswith("head") and v.ndim == 2]
     if heads:
         # A supervised run's head fixes the class count its objective is built with.
-        task = TaskInfo(num_classes=int(heads[-1].shape[0]))
+        task = TaskInfo(num_classes=int(heads[-1].shape[0]), load_model=task.load_model)
     objective = registry.build(
         "objectives", config.objective, backbone, task, options=config.options["objective"]
     )
@@ -128,4 +146,4 @@ def load_checkpoint_backbone(run: Path, registry, checkpoint: Path | None = None
         str(latest),
         {"step": step},
     )
-    return with_input(model, training_normalisation(config, objective, registry))
+    return with_input(model, training_normalisation(config, objective, registry)), objective

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from biovfm_core.errors import ConfigError, PluginError
+from biovfm_core.models import checkpoint as ckpt
+from biovfm_core.models.frozen import FrozenTeacher, teacher_heads
 from biovfm_core.models.loaded import LoadedModel, model_hash, ready, with_input
 from biovfm_core.models.normalisation import unwrapped
 from biovfm_core.models.published import (
@@ -23,7 +27,7 @@ from biovfm_core.models.published import (
     not_cached,
     read_init,
 )
-from biovfm_core.models.runs import is_biovfm_folder, load_biovfm
+from biovfm_core.models.runs import is_biovfm_folder, load_biovfm, load_checkpoint_objective
 
 MODEL_HELP = (
     "a biovfm run or export folder (or its backbone.json), a DINOv2 hub or MAE .pth, a "
@@ -136,7 +140,7 @@ def load_model(
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
     if is_biovfm_folder(path):
-        return load_biovfm(path, registry)
+        return load_biovfm(path, registry, frozen_loader(registry))
     if path.is_file() or (path / "config.json").is_file():
         return ready(load_published(spec, registry, what))
     raise ConfigError(
@@ -162,3 +166,38 @@ def load_published(spec: str, registry, what: str = "model") -> LoadedModel:
         {"init": source.record()},
     )
     return with_input(model, source.input_norm)
+
+
+def load_frozen(spec: str, registry, *, what: str = "teacher") -> FrozenTeacher:
+    """``spec`` as a frozen model; a biovfm run with a checkpoint brings its heads."""
+    # Loading a random: or timm: model seeds torch; the caller's streams (the student's
+    # initialisation) must not depend on which teacher it names.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # The preflight builds the teacher on the meta device, where loading weights is
+        # a no-op by design; torch warns once per tensor.
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+        path = Path(spec).expanduser()
+        run = path if (path / "config.yaml").is_file() else None
+        if run is not None and ckpt.latest_checkpoint(run) is not None:
+            model, objective = load_checkpoint_objective(
+                run, registry, None, frozen_loader(registry)
+            )
+            heads = teacher_heads(objective)
+        else:
+            model, heads = load_model(spec, registry, what=what), {}
+    return FrozenTeacher(
+        spec, model.identity, unwrapped(model.backbone), heads, model.extra.get("input")
+    )
+
+
+def frozen_loader(registry, *, what: str = "objective.teacher") -> Callable[[str], FrozenTeacher]:
+    """The ``TaskInfo.load_model`` for ``registry`` (protocols.FrozenModel); loads each
+    spec once per loader."""
+    cache: dict[str, FrozenTeacher] = {}
+
+    def load(spec: str) -> FrozenTeacher:
+        if spec not in cache:
+            cache[spec] = load_frozen(spec, registry, what=what)
+        return cache[spec]
+
+    return load

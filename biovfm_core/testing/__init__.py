@@ -2,7 +2,7 @@
 
 In the manner of scikit-learn's ``check_estimator`` and gymnasium's ``check_env``,
 each check builds your plugin the way ``biovfm train`` would on a CPU (its ``"cpu"``
-preset, a tiny ``vit_tiny``, views of the built-in demo images) and exercises the
+preset, a ``vit_tiny`` of 32 px and 2 blocks, views of the built-in demo images) and exercises the
 protocol of ``biovfm_core.protocols`` with real values::
 
     from biovfm_core.testing import check_objective
@@ -27,6 +27,9 @@ The checks, one per extension point (each also runs ``check_options``):
   seeded reproducibility (no global generators) and ``batch_transform``.
 - ``check_reader(name_or_factory, location)``: scan, the modality contract, load,
   pickling, and ``BadImageError`` on a broken file.
+- ``check_logger(name_or_factory, folder, read_back=...)``: a short run's config,
+  rows (sentinel and monitor columns, blanks, NaN), artifacts, finish and a resume;
+  with ``read_back``, every number sent is found stored at its step.
 - ``check_options(plugin)``: every option has a default and a type hint, and its
   default survives ``--opt kind.name=VALUE`` and a saved-and-reloaded config.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 from biovfm_core.testing.augmentation import check_augmentation
 from biovfm_core.testing.backbone import check_backbone
 from biovfm_core.testing.errors import ConformanceError
+from biovfm_core.testing.logger import check_logger
 from biovfm_core.testing.objective import check_objective
 from biovfm_core.testing.options import check_options
 from biovfm_core.testing.reader import check_reader
@@ -51,6 +55,7 @@ __all__ = [
     "ConformanceError",
     "check_augmentation",
     "check_backbone",
+    "check_logger",
     "check_objective",
     "check_options",
     "check_reader",

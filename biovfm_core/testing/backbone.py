@@ -9,7 +9,7 @@ from typing import Any
 from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.errors import _fail
 from biovfm_core.testing.options import check_options
-from biovfm_core.testing.samples import KIT_BACKBONE_SIZE
+from biovfm_core.testing.samples import KIT_BACKBONE_DEPTH, KIT_TRY_SIZES
 
 
 def _check_backbone_object(backbone: Any, what: str) -> None:
@@ -47,11 +47,10 @@ def check_backbone(
 
     plugin = _Plugin("backbone", name_or_factory, preset=preset, options=options, registry=registry)
     check_options(plugin)
-    if "image_size" in plugin.specs():
-        plugin.options.setdefault("image_size", KIT_BACKBONE_SIZE)  # tiny, so it is quick
     what = plugin.what
-    torch.manual_seed(seed)
-    net = plugin.build()
+    if "depth" in plugin.specs():
+        plugin.options.setdefault("depth", KIT_BACKBONE_DEPTH)  # as check_objective
+    net = _smallest_working(plugin, seed)
     _check_backbone_object(net, what)
     if not callable(getattr(net, "num_parameters", None)):
         raise _fail(what, "it has no num_parameters()", "add num_parameters() -> int")
@@ -64,8 +63,7 @@ def check_backbone(
         )
     net.eval()
     d, p = net.embed_dim, net.patch_size
-    small = max(p, (net.image_size // 2) // p * p)
-    for size in (net.image_size, small):
+    for size in _sizes(net):
         images = torch.rand(2, net.in_chans, size, size)
         with torch.no_grad():
             out = net.forward_tokens(images)
@@ -130,6 +128,46 @@ def check_backbone(
                 "a fresh backbone loaded with this one's state_dict gives other outputs",
                 "keep all weights in parameters or buffers",
             )
+
+
+def _sizes(net: Any) -> tuple[int, int]:
+    """The backbone's own size and a smaller one (half, in whole patches)."""
+    p = net.patch_size
+    return net.image_size, max(p, (net.image_size // 2) // p * p)
+
+
+def _smallest_working(plugin: _Plugin, seed: int) -> Any:
+    """The backbone built at the smallest of ``KIT_TRY_SIZES`` it runs at (both its
+    size and half of it), so the checks are quick; a CNN whose downsampling outruns
+    a 16 px input (timm:convnext_atto needs 64) is tried bigger, not failed."""
+    import torch
+
+    given = "image_size" in plugin.options or "image_size" not in plugin.specs()
+    errors: list[str] = []
+    for size in () if given else KIT_TRY_SIZES:
+        plugin.options["image_size"] = size
+        torch.manual_seed(seed)
+        net = plugin.build()
+        _check_backbone_object(net, plugin.what)
+        try:
+            net.eval()
+            with torch.no_grad():
+                for side in _sizes(net):
+                    net.forward_tokens(torch.rand(2, net.in_chans, side, side))
+        except RuntimeError as exc:  # e.g. "Kernel size can't be greater than actual input size"
+            errors.append(f"{size} px: {str(exc).splitlines()[0]}")
+            continue
+        return net
+    if errors:
+        raise _fail(
+            plugin.what,
+            f"it runs at none of {', '.join(map(str, KIT_TRY_SIZES))} px (with half that "
+            f"size too): {'; '.join(errors)}",
+            "accept inputs of at least 256 px and half that, or give the kit the size it "
+            "needs: check_backbone(name, options={'image_size': N})",
+        )
+    torch.manual_seed(seed)
+    return plugin.build()
 
 
 def _check_tokens(out: Any, b: int, d: int, n: int | None, what: str, size: int) -> None:

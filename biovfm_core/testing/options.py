@@ -3,14 +3,13 @@ and a saved config unchanged."""
 
 from __future__ import annotations
 
-import inspect
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
 from biovfm_core.errors import ConfigError
-from biovfm_core.options import OptionSpec, validate_options
+from biovfm_core.options import OptionSpec, option_faults, validate_options
 from biovfm_core.testing._plugin import _Plugin
 from biovfm_core.testing.errors import _fail
 
@@ -20,20 +19,11 @@ def check_options(plugin: _Plugin) -> None:
     ``--opt kind.name=VALUE`` and a saved-and-reloaded config unchanged."""
     from biovfm_core.config import RunConfig
 
-    for name, spec in plugin.specs().items():
+    specs = plugin.specs()
+    for fault in option_faults(specs):
+        raise _fail(f"{plugin.what}, option {fault.option!r}", fault.problem, fault.fix)
+    for name, spec in specs.items():
         where = f"{plugin.what}, option {name!r}"
-        if spec.required:
-            raise _fail(
-                where,
-                "has no default, so a run that does not set it cannot build the plugin",
-                f"give `{name}` a default value in the factory's signature",
-            )
-        if spec.annotation is Any or spec.annotation is inspect.Parameter.empty:
-            raise _fail(
-                where,
-                "has no type hint, so biovfm cannot check or convert `--opt` strings",
-                f"annotate `{name}` (int, float, bool, str, Literal[...], tuple[...], X | None)",
-            )
         text = _render(spec.default)
         config = RunConfig()
         config.apply_opts([f"{plugin.kind}.{name}={text}"])

@@ -12,6 +12,10 @@ from biovfm_core.protocols import Batch, SampleRecord, SourceTags, ViewSpec
 KIT_VIEWS = ViewSpec(global_crops=2, global_size=32, local_crops=2, local_size=16)
 BATCH = 4
 KIT_BACKBONE_SIZE = 32
+# Blocks of the kit's ViT where the backbone has a `depth` option (vit_tiny has 12).
+KIT_BACKBONE_DEPTH = 2
+# check_backbone tries these image sizes, smallest first, until the backbone runs.
+KIT_TRY_SIZES = (KIT_BACKBONE_SIZE, 64, 128, 256)
 
 
 _DEMO_2D = "skimage"

@@ -125,8 +125,10 @@ class RunCheckpoints:
         position: list[int],
         bad_images: int,
         data_order: dict,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        """Write the checkpoint of ``step``; ``position`` is (epoch, batch in it)."""
+        """Write the checkpoint of ``step``; ``position`` is (epoch, batch in it);
+        ``extra`` entries join its state (the sentinel watch's)."""
         rt = self.rt
         rngs = [run_state.rng_state()]
         if rt.distributed:
@@ -165,6 +167,7 @@ class RunCheckpoints:
                 "identity": p.identity.to_dict(),
                 "world_size": rt.world_size,
                 "data_order": data_order,
+                **(extra or {}),
             }
             written = ckpt.save_checkpoint(
                 self.run_dir,
@@ -270,20 +273,25 @@ class RunCheckpoints:
             ckpt.confirm(path, finite_steps_after=step - written, through_step=step)
             self.unconfirmed = None
 
-    def last_good_text(self) -> str:
-        """Which checkpoint to resume after a divergence, and why that one."""
+    def last_good_text(
+        self,
+        what: str = "the loss stayed finite",
+        advice: str = "perhaps with a lower optim.lr",
+        event: str = "the divergence",
+        risk: str = "exploding weights",
+    ) -> str:
+        """Which checkpoint to resume after a divergence (or a collapse), and why that one."""
         good = ckpt.last_confirmed(self.run_dir)
         newest = ckpt.latest_checkpoint(self.run_dir)
         text = (
-            f"Last good checkpoint: {good} (the loss stayed finite for the steps after it); "
-            f"resume it with --resume {good}, perhaps with a lower optim.lr"
+            f"Last good checkpoint: {good} ({what} for the steps after it); "
+            f"resume it with --resume {good}, {advice}"
             if good is not None
             else "No checkpoint of this run is confirmed good yet"
         )
         if newest is not None and newest != good:
             text += (
-                f". The newer {newest.name} was written shortly before the divergence and may "
-                "hold exploding weights"
+                f". The newer {newest.name} was written shortly before {event} and may hold {risk}"
             )
         return text
 

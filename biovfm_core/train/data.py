@@ -143,6 +143,8 @@ def training_data(index, views: ViewSpec, config: RunConfig, registry) -> TrainD
         else None
     )
     return TrainData(
+        # Light views are switched on per device by BatchStream; the loop finishes
+        # them (Batch.finish).
         dataset=ImageDataset(index, recipes),
         batch_recipe=recipes["default"],
         num_images=len(index),

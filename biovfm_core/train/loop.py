@@ -29,14 +29,16 @@ from biovfm_core.files import write_atomic
 from biovfm_core.models import checkpoint as ckpt
 from biovfm_core.models.export import export_backbone
 from biovfm_core.models.normalisation import input_normalisation
-from biovfm_core.protocols import OptimRecipe, StepInfo, TaskInfo
+from biovfm_core.models.specs import frozen_loader
+from biovfm_core.protocols import OptimRecipe, RunInfo, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
 from biovfm_core.train import run_state
 from biovfm_core.train.bad_images import BadImages
 from biovfm_core.train.batching import BatchStream, batch_text, step_shape
 from biovfm_core.train.checkpoints import RunCheckpoints, TrainingDiverged, pick_resume
 from biovfm_core.train.data import open_index, order_record, training_data
-from biovfm_core.train.metrics import MetricsLog
+from biovfm_core.train.loggers import RunLoggers
+from biovfm_core.train.monitoring import Monitor, MonitorFactory, is_due
 from biovfm_core.train.numerics import clip_gradients, mean_over_ranks, weights_checksum
 from biovfm_core.train.optim import apply_schedule, build_optimizer, make_plan
 from biovfm_core.train.preflight import run_preflight
@@ -49,6 +51,10 @@ from biovfm_core.train.run_folder import (
     resolve_auto_resume,
     run_folder,
 )
+from biovfm_core.train.sentinels import COLUMNS as SENTINEL_COLUMNS
+from biovfm_core.train.signals import PREFIX as SENTINEL
+from biovfm_core.train.signals import sentinel_values
+from biovfm_core.train.watch import GRAD_SPIKE, SentinelWatch, TrainingCollapsed
 
 
 @dataclass
@@ -65,12 +71,27 @@ class RunResult:
 _clock = time.perf_counter
 
 
-def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResult:
-    """Run (or resume) the training ``config`` describes; return where it left things."""
+def train(
+    config: RunConfig,
+    registry=None,
+    *,
+    progress: bool = True,
+    monitor_factory: MonitorFactory | None = None,
+) -> RunResult:
+    """Run (or resume) the training ``config`` describes; return where it left things.
+
+    ``monitor_factory`` builds the ``train.monitor`` (``biovfm_core.eval.monitor.
+    build_monitor``; the CLI passes it, as training cannot import evaluation)."""
     if registry is None:
         from biovfm_core.registry import get_registry
 
         registry = get_registry()
+    if config.train.monitor and monitor_factory is None:
+        raise ConfigError(
+            f"train.monitor={config.train.monitor}: the monitor is built by the evaluation "
+            "code; run `biovfm train`, or pass monitor_factory="
+            "biovfm_core.eval.monitor.build_monitor to train()"
+        )
     resolve_auto_resume(config)
     if config.resume:
         check_resume_names(config)
@@ -82,7 +103,7 @@ def train(config: RunConfig, registry=None, *, progress: bool = True) -> RunResu
         raise ConfigError("; ".join(problems))
     runtime = D.start(config.train.device, config.train.precision)
     try:
-        return _Trainer(config, registry, runtime, progress).run()
+        return _Trainer(config, registry, runtime, progress, monitor_factory).run()
     finally:
         D.stop(runtime)
 
@@ -102,15 +123,25 @@ class _Parts:
     steps_per_epoch: int
     total_steps: int
     step: int
-    metrics: MetricsLog | None = None
+    metrics: RunLoggers | None = None
     stream: BatchStream | None = None
+    watch: SentinelWatch = field(default_factory=SentinelWatch)
+    monitor: Monitor | None = None
 
 
 class _Trainer:
     """One run as this process takes part in it (every rank has one)."""
 
-    def __init__(self, config: RunConfig, registry, runtime: D.Runtime, progress: bool) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        registry,
+        runtime: D.Runtime,
+        progress: bool,
+        monitor_factory: MonitorFactory | None = None,
+    ) -> None:
         self.config = config
+        self.monitor_factory = monitor_factory
         self.registry = registry
         self.rt = runtime
         self.progress = progress and runtime.is_main
@@ -121,6 +152,8 @@ class _Trainer:
         self.steps_done = 0  # by this process
         self.feed = LoaderWait()
         self.last: dict[str, float] = {}
+        self.loggers: RunLoggers | None = None
+        self.collapsed: list = []  # this step's collapse alarms
 
     def run(self) -> RunResult:
         try:
@@ -132,8 +165,11 @@ class _Trainer:
             self.rt.barrier()
             parts = self._set_up(resumed)
             self._loop(parts)
-            return self._finish(parts)
+            result = self._finish(parts)
+            self._finish_loggers("done")
+            return result
         except OSError as exc:
+            self._finish_loggers("failed")
             self._abandon()
             reason = ckpt.write_failure_reason(exc)
             if reason is None:
@@ -144,11 +180,16 @@ class _Trainer:
                 "writable --output with free space"
                 + (", then resume the run" if self.steps_done else "")
             ) from None
-        except BaseException:
+        except BaseException as exc:
+            self._finish_loggers("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
             self._abandon()
             raise
         finally:
             self.folder.release()
+
+    def _finish_loggers(self, status: str) -> None:
+        if self.loggers is not None:
+            self.loggers.finish(status)
 
     def _abandon(self) -> None:
         """A run that failed before its first step leaves no folder it created behind."""
@@ -167,7 +208,11 @@ class _Trainer:
             "objectives",
             cfg.objective,
             backbone,
-            TaskInfo(num_classes=num_classes, multilabel=multilabel),
+            TaskInfo(
+                num_classes=num_classes,
+                multilabel=multilabel,
+                load_model=frozen_loader(self.registry),
+            ),
             options=cfg.options["objective"],
         )
         if cfg.init and resumed is None and cfg.init_mode == "objective":
@@ -227,8 +272,11 @@ class _Trainer:
             total_steps=total_steps,
             step=0,
         )
+        parts.watch = SentinelWatch(plan.warmup_steps)
+        parts.monitor = self._build_monitor(objective)
         epoch, batch_in_epoch = 0, 0
         if resumed is not None:
+            parts.watch.load_state_dict(resumed.state.get("sentinels", {}))
             parts.step, epoch, batch_in_epoch, self.bad.count = self.checkpoints.restore(
                 resumed, parts, self.data_order
             )
@@ -237,7 +285,12 @@ class _Trainer:
         else:
             torch.manual_seed(cfg.train.seed + rt.rank)  # per-rank masks and drop-path
 
-        parts.metrics = MetricsLog(self.run_dir, resume_step=parts.step, enabled=rt.is_main)
+        parts.metrics = self.loggers = RunLoggers(
+            cfg,
+            self.registry,
+            RunInfo(self.run_dir, self.run_dir.name, resume_step=parts.step),
+            enabled=rt.is_main,
+        )
         parts.stream = BatchStream(
             data, cfg, rt, micro=micro, epoch=epoch, batch_in_epoch=batch_in_epoch, bad=self.bad
         )
@@ -259,6 +312,12 @@ class _Trainer:
                 self.run_dir / "data_report.json",
                 json.dumps(summary, indent=2, default=str).encode(),
             )
+            # The resolved recipe: the config as run, and the plan it resolved to
+            # (peak lr after batch scaling, warm-up steps, ...).
+            parts.metrics.log_config(
+                {**cfg.to_dict(), "plan": json.loads(json.dumps(plan.__dict__))}
+            )
+            parts.metrics.log_artifact(self.run_dir / "config.yaml", "config.yaml")
             self._say(
                 f"training {cfg.objective} on {cfg.backbone} "
                 f"({backbone.num_parameters() / 1e6:.1f}M parameters) with {data.num_images} "
@@ -285,7 +344,7 @@ class _Trainer:
             while step < total_steps:
                 info = StepInfo(step, total_steps, p.steps_per_epoch)
                 lr, wd = apply_schedule(p.optimizer, p.plan, step)
-                values, grad_norm, logged, waited = self._step(p, info, profiler)
+                values, grad_norm, logged, waited, sentinels = self._step(p, info, profiler)
                 step += 1
                 self.steps_done += 1
 
@@ -305,8 +364,13 @@ class _Trainer:
                         "data_wait_s": waited,
                         "memory_gb": _memory_gb(rt.device),
                         "bad_images": self.bad.count,
+                        **self._watch(p, step, grad_norm, sentinels),
                     }
+                    if cfg.train.monitor:
+                        row.update(self._monitor(p, step, report))
+                        tick = _clock()  # the next step's speed leaves the monitor out
                     p.metrics.log(row)
+                    self._stop_on_collapse(step)
                     self.last = row
                     report.update(
                         step, values, lr, row["images_per_s"], waited / seconds, now - started
@@ -318,7 +382,6 @@ class _Trainer:
         finally:
             profiled = profiler.close()
             report.close()
-            p.metrics.close()
         p.step = step
         if profiled is not None:
             self._say(f"profile of {profiler.recorded} steps written to {profiled}")
@@ -327,6 +390,71 @@ class _Trainer:
             self._say(held_up)
 
     # ---------------------------------------------------------------- finish
+
+    def _build_monitor(self, objective) -> Monitor | None:
+        cfg, rt = self.config, self.rt
+        if not (cfg.train.monitor and rt.is_main):
+            return None
+        monitor = self.monitor_factory(cfg, self.registry, rt.device, objective.views.global_size)
+        self._say(monitor.describe() + f", every {cfg.train.monitor_every} steps")
+        return monitor
+
+    def _monitor(self, p: _Parts, step: int, report: ProgressReport) -> dict[str, Any]:
+        """The monitor's columns: its scores on a due step, empty cells otherwise."""
+        rt = self.rt
+        if not is_due(step, self.config.train.monitor_every, p.total_steps):
+            return dict.fromkeys(p.monitor.columns) if p.monitor else {}
+        if self.sharded:
+            # Sharded (FSDP) weights are gathered by every rank together; rank 0 then
+            # evaluates a whole copy, built without touching the training streams.
+            full_state = self.checkpoints.full_model_state(p.model, p.objective)
+            if not rt.is_main:
+                return {}
+            with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
+                backbone = self._eval_backbone(p.objective, full_state).to(rt.device)
+        elif rt.is_main:
+            backbone = p.objective.eval_backbone()
+        else:
+            return {}  # DDP: the other ranks wait for rank 0 at the next all-reduce
+        row: dict[str, Any] = dict.fromkeys(p.monitor.columns)
+        scores = p.monitor.measure(backbone)
+        row.update(scores)
+        auc, low, high = (scores.get(f"monitor/knn_auc{b}") for b in ("", "_low", "_high"))
+        if auc is not None:
+            interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+            report.note(f"kNN AUC {auc:.3f}{interval} @{step}")
+        return row
+
+    def _watch(
+        self, p: _Parts, step: int, grad_norm: float, sentinels: dict[str, float]
+    ) -> dict[str, Any]:
+        """The sentinel columns of this step; warns on a crossing and, under
+        ``train.stop_on=collapse``, stops on a collapse sentinel's."""
+        row: dict[str, Any] = dict.fromkeys(SENTINEL_COLUMNS)
+        row.update(sentinels)
+        row[GRAD_SPIKE] = p.watch.grad_spike(grad_norm)
+        alarms = p.watch.check(row, step)
+        for alarm in alarms:
+            self._say(alarm.line())
+        self.collapsed = [a for a in alarms if a.sentinel.kind == "collapse"]
+        return row
+
+    def _stop_on_collapse(self, step: int) -> None:
+        """After the step's row is logged (the report shows the crossing), before any
+        checkpoint of the collapsed weights is written."""
+        if not (self.collapsed and self.config.train.stop_on == "collapse"):
+            return
+        first = self.collapsed[0]
+        raise TrainingCollapsed(
+            f"stopped at step {step} (train.stop_on=collapse): {first.sentinel.column} = "
+            f"{first.value:.4g}; likely cause: {first.sentinel.cause}. "
+            + self.checkpoints.last_good_text(
+                what="no collapse sentinel crossed",
+                advice="after changing the knob named above",
+                event="the collapse",
+                risk="collapsing features",
+            )
+        )
 
     def _finish(self, p: _Parts) -> RunResult:
         cfg, rt = self.config, self.rt
@@ -371,6 +499,8 @@ class _Trainer:
                     indent=2,
                 ).encode(),
             )
+            self.loggers.log_artifact(self.run_dir / "export", "export")
+            self.loggers.log_artifact(self.run_dir / "summary.json", "summary.json")
             if len(set(checksums)) > 1:
                 raise BiovfmError(f"ranks ended with different weights: checksums {checksums}")
             skipped = self.bad.summary(self.run_dir)
@@ -392,13 +522,14 @@ class _Trainer:
         data, model, objective = p.data, p.model, p.objective
         optimizer, scaler = p.optimizer, p.scaler
         parts: dict[str, torch.Tensor] = {}
+        signals: dict[str, torch.Tensor] = {}
         waited = 0.0
         for m in range(cfg.optim.accumulate):
             start_wait = _clock()
             with profiler.phase("data"):
                 batch = next(p.stream)
                 waited += _clock() - start_wait
-                batch = batch.to(rt.device)
+                batch = batch.to(rt.device).finish()
             with profiler.phase("augment"):
                 batch = data.batch_recipe.batch_transform(batch)
             with D.no_sync(model, m < cfg.optim.accumulate - 1):
@@ -407,8 +538,15 @@ class _Trainer:
                 loss = out["loss"] / cfg.optim.accumulate
                 with profiler.phase("backward"):
                     (scaler.scale(loss) if scaler else loss).backward()
+            signals = dict(out.pop("signals", None) or {})  # the last micro-batch's
             for key, value in out.items():
                 parts[key] = parts.get(key, 0.0) + value.detach().float() / cfg.optim.accumulate
+        # Sentinels on log steps (and the first, which fixes the metrics.csv columns),
+        # averaged over ranks with the losses: every rank sees the same values.
+        row_step = info.step + 1
+        if row_step == 1 or row_step % cfg.train.log_every == 0 or row_step == info.total_steps:
+            parts.update(sentinel_values(signals))
+        del signals
         with profiler.phase("optimizer"):
             if scaler:
                 scaler.unscale_(optimizer)
@@ -418,9 +556,19 @@ class _Trainer:
             grad_norm = clip_gradients(objective, p.plan.grad_clip, rt.device, cfg.optim.clip_mode)
             values = mean_over_ranks({**parts, "grad_norm": grad_norm}, rt)
             grad_norm = values.pop("grad_norm")
+            sentinels = {k: values.pop(k) for k in list(values) if k.startswith(SENTINEL)}
             # Under fp16 an infinite gradient is the scaler's business (it skips the step).
             finite_norm = scaler is not None or math.isfinite(grad_norm)
-            if not (all(math.isfinite(v) for v in values.values()) and finite_norm):
+            finite = all(math.isfinite(v) for v in values.values()) and finite_norm
+            if not finite and cfg.train.stop_on == "never":
+                # Skip the update, as GradScaler skips an fp16 step with infinite grads.
+                optimizer.zero_grad(set_to_none=True)
+                self._say(
+                    f"warning: loss is not finite at step {info.step + 1} ({_fmt(values)}); "
+                    "skipped this step's update (train.stop_on=never)"
+                )
+                return values, grad_norm, {}, waited, sentinels
+            if not finite:
                 # 1-based, like metrics.csv: the step that would have been row step+1.
                 raise TrainingDiverged(
                     f"loss is not finite at step {info.step + 1} ({_fmt(values)}, grad_norm="
@@ -435,17 +583,24 @@ class _Trainer:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             logged = dict(objective.after_optimizer_step(info))
-        return values, grad_norm, logged, waited
+        return values, grad_norm, logged, waited, sentinels
 
     # ------------------------------------------------------------ output
 
     def _save(self, step: int, p: _Parts) -> None:
         """Checkpoint ``step``, with where the loop stands in the data."""
-        self.checkpoints.save(step, p, p.stream.position, self.bad.count, self.data_order)
+        self.checkpoints.save(
+            step,
+            p,
+            p.stream.position,
+            self.bad.count,
+            self.data_order,
+            extra={"sentinels": p.watch.state_dict()},
+        )
 
-    def _eval_backbone(self, objective, full_state: dict[str, torch.Tensor]):
+    def _eval_backbone(self, objective, full_state: dict[str, torch.Tensor] | None):
         backbone = objective.eval_backbone()
-        if not self.sharded:
+        if not self.sharded or full_state is None:
             return backbone
         # Sharded parameters cannot be exported; rebuild the backbone whole on rank 0.
         prefix = next(n for n, m in objective.named_modules() if m is backbone) + "."

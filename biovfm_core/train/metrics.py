@@ -1,4 +1,4 @@
-"""metrics.csv and TensorBoard events of a run, continued cleanly on resume."""
+"""metrics.csv of a run, continued cleanly on resume (the ``csv`` logger writes it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from biovfm_core.files import write_atomic
 
 
 class MetricsLog:
-    """One CSV row and one set of TensorBoard scalars per optimizer step (rank 0 only).
+    """One CSV row per optimizer step (rank 0 only).
 
     On resume, rows after the checkpoint's step (logged by the killed process after
     its last checkpoint) are dropped, so the curve continues exactly where the
@@ -24,19 +24,10 @@ class MetricsLog:
         self.columns: list[str] | None = None
         self._handle = None
         self._writer = None
-        self._tb = None
         if not enabled:
             return
         if self.path.exists():
             self._truncate_after(resume_step)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is a dependency, but keep training without it
-            SummaryWriter = None
-        if SummaryWriter is not None:
-            self._tb = SummaryWriter(
-                str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
-            )
 
     def _truncate_after(self, step: int) -> None:
         with open(self.path, newline="", encoding="utf-8") as handle:
@@ -63,6 +54,8 @@ class MetricsLog:
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.columns is not None and any(k not in self.columns for k in row):
+            self._widen([k for k in row if k not in self.columns])
         if self._writer is None:
             new_file = self.columns is None
             self.columns = self.columns or list(row)
@@ -75,20 +68,27 @@ class MetricsLog:
                 self._writer.writeheader()
         self._writer.writerow({k: _cell(row.get(k)) for k in self.columns})
         self._handle.flush()  # a killed run keeps every step it logged
-        if self._tb is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"train/{key}", value, step)
+
+    def _widen(self, new: list[str]) -> None:
+        """A column first seen mid-run (a monitor value every N steps): rewrite the
+        file once with the wider header, earlier rows blank there, atomically."""
+        self.close()
+        rows: list[dict[str, str]] = []
+        if self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        self.columns = [*(self.columns or []), *new]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, buffer.getvalue().encode())
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
             self._writer = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
 
 
 def _cell(value: Any) -> Any:

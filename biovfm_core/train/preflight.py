@@ -28,7 +28,8 @@ import torch
 
 from biovfm_core.config import RunConfig
 from biovfm_core.errors import BiovfmError, ConfigError
-from biovfm_core.protocols import Batch, StepInfo, TaskInfo
+from biovfm_core.models.specs import frozen_loader
+from biovfm_core.protocols import Batch, FrozenModel, StepInfo, TaskInfo
 from biovfm_core.train import distributed as D
 from biovfm_core.train.memory import CARDS_GB, Estimate, Pass, gb
 
@@ -111,7 +112,7 @@ def run_preflight(config: RunConfig, registry: Any, *, check_init: bool = False)
                 "objectives",
                 config.objective,
                 backbone,
-                TaskInfo(num_classes=2),
+                TaskInfo(num_classes=2, load_model=frozen_loader(registry)),
                 options=config.options["objective"],
             )
         except ConfigError as exc:
@@ -160,7 +161,7 @@ def _cpu_fallback(config: RunConfig, registry: Any, meta_objective: Any, result:
             "objectives",
             config.objective,
             backbone,
-            TaskInfo(num_classes=2),
+            TaskInfo(num_classes=2, load_model=frozen_loader(registry)),
             options=config.options["objective"],
         )
         views = objective.views
@@ -354,6 +355,11 @@ def _meta_step(config: RunConfig, objective: Any, backbone: Any, per_gpu: int) -
         )
     scale = per_gpu / b
     params = sum(p.numel() for p in objective.parameters())
+    frozen = getattr(objective, "teacher", None)
+    if isinstance(frozen, FrozenModel):
+        # A distillation teacher lives outside the objective's modules, on the same GPU.
+        modules = (frozen.backbone, *frozen.heads.values())
+        params += sum(p.numel() for m in modules for p in m.parameters())
     trainable = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     kept = tuple(Pass(round(p.images * scale), p.tokens, p.width, p.depth) for p in passes)
     precision = config.train.precision

@@ -62,6 +62,7 @@ class ProgressReport:
         self.total = total
         self.log_every = log_every
         self.say = say
+        self.suffix = ""
         self.bar = None
         if shown and wants_progress_bar():
             from tqdm import tqdm
@@ -85,10 +86,16 @@ class ProgressReport:
                 **{_short(k): f"{v:.4f}" for k, v in _loss_parts(values).items()},
                 img_s=f"{images_per_s:.0f}",
                 data_wait=f"{wait_share:.0%}",
+                **({"monitor": self.suffix} if self.suffix else {}),
             )
         elif step % self.log_every == 0 or step == self.total:
             eta = elapsed / (step - self.first_step) * (self.total - step)
-            self.say(progress_line(step, self.total, values, lr, images_per_s, wait_share, eta))
+            line = progress_line(step, self.total, values, lr, images_per_s, wait_share, eta)
+            self.say(line + (f"; {self.suffix}" if self.suffix else ""))
+
+    def note(self, text: str) -> None:
+        """Show ``text`` (the latest monitor score) with every later progress report."""
+        self.suffix = text
 
     def close(self) -> None:
         if self.bar is not None:

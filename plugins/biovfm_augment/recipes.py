@@ -123,11 +123,21 @@ class MultiCropRecipe:
         """Map one crop (float32, raw values) to [0, 1]; modality recipes override this."""
         return to_unit_range(crop, state, dtype)
 
+    # The loader may ask for light views (biovfm_core/data/light_views.py).
+    supports_light_views = True
+
     def sample_views(
-        self, image: np.ndarray, record: SampleRecord, rng: np.random.Generator
-    ) -> dict[str, list[Any]]:
+        self,
+        image: np.ndarray,
+        record: SampleRecord,
+        rng: np.random.Generator,
+        *,
+        light: bool = False,
+    ) -> dict[str, Any]:
         """Views of one image; every random choice is drawn from ``rng``, so the same
-        generator state gives bitwise the same views (resumable, reproducible runs)."""
+        generator state gives bitwise the same views (resumable, reproducible runs).
+        ``light``: leave clip, normalisation and the 3-channel repeat to the device
+        (``Batch.finish``), one channel where the image has one."""
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
@@ -151,7 +161,17 @@ class MultiCropRecipe:
             for _ in range(n):
                 view = crop(image=raw)["image"]
                 view = self.intensity(view, state, dtype, rng)
-                out[key].append(self._finish(view))
+                out[key].append(self._light(view) if light else self._finish(view))
+        if light:
+            out["norm"] = (tuple(self.mean.tolist()), tuple(self.std.tolist()))
+        return out
+
+    def _light(self, view: np.ndarray) -> np.ndarray:
+        # The float32 cast _finish's assignment makes, channel-first, nothing else.
+        if view.ndim == 2:
+            return np.ascontiguousarray(view, np.float32)[None]
+        out = np.empty((view.shape[2], *view.shape[:2]), np.float32)
+        out[...] = view.transpose(2, 0, 1)
         return out
 
     def _finish(self, view: np.ndarray) -> np.ndarray:

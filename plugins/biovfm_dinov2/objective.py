@@ -17,6 +17,7 @@ decay on everything but biases, norms and LayerScale gammas, and each student mo
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -103,6 +104,7 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         super().__init__()
         self.views = views
         self.optim_recipe = RECIPE
+        self.prototypes = prototypes
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
@@ -256,7 +258,8 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
         with torch.no_grad():
             t_out = self.teacher["backbone"].forward_tokens(images)
             t_cls_logits = self.teacher["dino_head"](t_out.cls)
-            t_cls_targets = self.dino_targets(t_cls_logits, teacher_temp).chunk(n_global)
+            t_cls_all = self.dino_targets(t_cls_logits, teacher_temp)
+            t_cls_targets = t_cls_all.chunk(n_global)
             if use_ibot and has_masked:
                 t_patch_logits = self._ibot_head(self.teacher)(masked_patches(t_out.patches))
                 t_patch_targets = self.ibot_targets(t_patch_logits, teacher_temp)
@@ -288,6 +291,14 @@ class DINOv2Objective(ObjectiveBase, nn.Module):
                 loss = loss + self.gram_loss_weight * gram
             out["gram_loss"] = gram.detach()
         out["loss"] = loss
+        # References for the loop's collapse sentinels, turned into numbers only on
+        # log steps (biovfm_core/train/signals.py): no work here.
+        out["signals"] = {
+            "embeddings": t_out.cls,  # the teacher is the evaluation backbone
+            "teacher_probs": t_cls_all,
+            "koleo_embeddings": s_global.cls.detach().unflatten(0, (n_global, -1)),
+            "loss_at_lnk": dino.detach() / math.log(max(2, self.prototypes)),
+        }
         return out
 
     def _gram_term(

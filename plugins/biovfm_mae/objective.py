@@ -82,7 +82,9 @@ class MAEObjective(ObjectiveBase, nn.Module):
 
     def reconstruct(self, images: Tensor, keep: Tensor) -> Tensor:
         """Predicted pixels ``(B, N, p*p*C)`` for every patch, given the kept indices."""
-        enc = self.encoder.forward_tokens(images, keep=keep)
+        return self._decode(self.encoder.forward_tokens(images, keep=keep), keep)
+
+    def _decode(self, enc, keep: Tensor) -> Tensor:
         visible = self.decoder_embed(enc.patches)
         b, _, d = visible.shape
         tokens = self.decoder.mask_token.to(visible.dtype).expand(b, self.num_patches, d)
@@ -101,9 +103,12 @@ class MAEObjective(ObjectiveBase, nn.Module):
                 f"{tuple(images.shape[-2:])}; set the objective's image_size option"
             )
         keep, mask = random_keep(images.shape[0], self.num_patches, self.mask_ratio, images.device)
-        pred = self.reconstruct(images, keep)
+        enc = self.encoder.forward_tokens(images, keep=keep)
+        pred = self._decode(enc, keep)
         loss = mae_loss(pred, patchify(images, self.patch_size), mask, self.norm_pix_loss)
-        return {"loss": loss}
+        # The encoder's CLS embeddings (of the visible patches) for the loop's collapse
+        # sentinels (biovfm_core/train/signals.py).
+        return {"loss": loss, "signals": {"embeddings": enc.cls.detach()}}
 
     def eval_backbone(self) -> Backbone:
         return self.encoder

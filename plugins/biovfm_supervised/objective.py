@@ -64,9 +64,11 @@ class SupervisedObjective(ObjectiveBase, nn.Module):
             )
 
     def logits(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+    def features(self, images: Tensor) -> Tensor:
         out = self.backbone.forward_tokens(images)
-        features = out.cls if self.pool == "cls" else out.patches.mean(dim=1)
-        return self.head(features)
+        return out.cls if self.pool == "cls" else out.patches.mean(dim=1)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.multilabel:
@@ -81,14 +83,16 @@ class SupervisedObjective(ObjectiveBase, nn.Module):
             raise ConfigError("supervised: the batch has no labels; use labelled sources")
         images = torch.cat(batch.global_views)
         labels = torch.cat([batch.labels] * len(batch.global_views))
-        logits = self.logits(images)
+        features = self.features(images)
+        logits = self.head(features)
         loss = self.loss(logits, labels)
         with torch.no_grad():
             if self.multilabel:
                 acc = ((logits > 0) == (labels > 0.5)).float().mean()
             else:
                 acc = (logits.argmax(dim=-1) == labels).float().mean()
-        return {"loss": loss, "accuracy": acc}
+        # The pooled embeddings for the loop's collapse sentinels (train/signals.py).
+        return {"loss": loss, "accuracy": acc, "signals": {"embeddings": features.detach()}}
 
     def eval_backbone(self) -> Backbone:
         return self.backbone

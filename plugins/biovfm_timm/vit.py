@@ -199,6 +199,7 @@ def build_vit(
     swiglu: bool | None = None,
     pos_interpolation: str = "timm",
     pretrained: bool = False,
+    depth: int | None = None,
 ) -> ViTBackbone:
     """Build a ViT of the given size (``tiny`` ... ``giant``).
 
@@ -213,8 +214,10 @@ def build_vit(
     sizes: "timm" (antialiased bicubic), "dinov2" (DINOv2's hub models: bicubic with
     scale factor (n + 0.1) / N, no antialias) or "bicubic" (to the size, no antialias,
     as transformers' Dinov2Model); ``pretrained`` is not available for these
-    configurations. The dinov2 objective sets drop-path 0.3 uniform, LayerScale 1e-5
-    and pos_interpolation "dinov2" unless told otherwise.
+    configurations; ``depth`` the number of blocks, None for the size's own (fewer
+    only for quick checks: the conformance kit uses 2). The dinov2 objective sets
+    drop-path 0.3 uniform, LayerScale 1e-5 and pos_interpolation "dinov2" unless told
+    otherwise.
     """
     if size not in VIT_SIZES:
         raise ConfigError(f"unknown ViT size {size!r}; valid: {', '.join(VIT_SIZES)}")
@@ -226,6 +229,8 @@ def build_vit(
         )
     if num_register_tokens < 0:
         raise ConfigError(f"vit_{size}: num_register_tokens must be >= 0")
+    if depth is not None and depth < 1:
+        raise ConfigError(f"vit_{size}: depth must be >= 1 (or None for the size's own)")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ConfigError(f"vit_{size}: drop_path_rate must be in [0, 1), got {drop_path_rate}")
     if pretrained:
@@ -246,7 +251,7 @@ def build_vit(
         img_size=image_size,
         patch_size=patch_size,
         embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
+        depth=cfg.depth if depth is None else depth,
         num_heads=cfg.num_heads,
         num_classes=0,
         drop_path_rate=drop_path_rate,
@@ -276,6 +281,7 @@ def _size_factory(size: str):
         swiglu: bool | None = None,
         pos_interpolation: str = "timm",
         pretrained: bool = False,
+        depth: int | None = None,
     ) -> ViTBackbone:
         return build_vit(
             size,
@@ -288,6 +294,7 @@ def _size_factory(size: str):
             swiglu=swiglu,
             pos_interpolation=pos_interpolation,
             pretrained=pretrained,
+            depth=depth,
         )
 
     factory.__name__ = f"build_vit_{size}"

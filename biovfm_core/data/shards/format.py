@@ -11,8 +11,8 @@ files of ours beside it:
 - ``biovfm-shards.json``: the manifest (format version, encoding, what was packed,
   how many images). It is written last, so its presence means the set is complete.
 
-One item is a dict: ``image`` (PNG bytes or a raw array, per the manifest's
-``encoding``), ``scale`` and ``offset`` (stored value × scale + offset gives the
+One item is a dict: ``image`` (zstd-compressed array bytes, PNG bytes or a raw
+array, per the manifest's ``encoding``), ``scale`` and ``offset`` (stored value × scale + offset gives the
 reader's value back; 1 and 0 for data stored as it was), and the metadata columns
 (``uri``, ``source``, ``modality``, ``anatomy``, ``label``: -1 none, a class, or a
 multi-label bitmask) so the chunks are usable on their own.
@@ -34,22 +34,29 @@ import numpy as np
 
 from biovfm_core.errors import BadImageError, ConfigError
 
+from .zstd_codec import decode_zstd, encode_zstd
+
 FORMAT = "biovfm-shards"
 VERSION = 1
 MANIFEST = "biovfm-shards.json"
 INDEX = "biovfm-index.npz"
 LITDATA_INDEX = "index.json"
 PROBLEMS = "pack_problems.csv"
-ENCODINGS = ("png", "raw")
+ENCODINGS = ("zstd", "png", "raw")
+# zstd reads back faster than every source kind at 2 loader workers, within ~1.5x of
+# PNG's bytes (benchmarks/README.md, "Shard encodings"); PNG stays for the smallest sets.
+DEFAULT_ENCODING = "zstd"
 
 
-def to_stored(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+def to_stored(image: np.ndarray, keep_float: bool = False) -> tuple[np.ndarray, float, float]:
     """``(stored, scale, offset)`` with ``stored * scale + offset`` = ``image``.
 
     uint8 and uint16 are stored as they are. Integers that fit 16 bits (int16 CT,
-    small int32) are shifted into uint16 exactly. Other values (float MR, wide
-    integers) are spread linearly over 0..65535: a relative error below 1/65535 of
-    the image's range, far under any intensity augmentation.
+    small int32) and whole-valued floats within a 16-bit range are shifted into
+    uint16 exactly. Other values (float MR, wide integers) are spread linearly over
+    0..65535: a relative error below 1/65535 of the image's range, far under any
+    intensity augmentation; with ``keep_float`` (the zstd encoding, which stores any
+    array) non-whole floats are kept as float32 instead, bit for bit.
     """
     if image.dtype in (np.uint8, np.uint16):
         return image, 1.0, 0.0
@@ -62,6 +69,8 @@ def to_stored(image: np.ndarray) -> tuple[np.ndarray, float, float]:
         whole = np.array_equal(data, np.round(data))
     else:
         whole = True
+    if keep_float and not whole and data.dtype == np.float32:
+        return data, 1.0, 0.0
     lo, hi = float(data.min()), float(data.max())
     if whole and hi - lo <= 65535:
         # Exact: shift by the image's minimum (kept in offset).
@@ -98,7 +107,7 @@ def make_item(
 ) -> dict[str, Any]:
     """The litdata item of one image: stored (depth kept, optionally shrunk) and
     encoded, with its metadata. ``label`` is the index's code (-1, class, bitmask)."""
-    stored, scale, offset = to_stored(image)
+    stored, scale, offset = to_stored(image, keep_float=encoding == "zstd")
     return {
         "image": encode(resize_stored(stored, max_side), encoding),
         "scale": float(scale),
@@ -114,6 +123,8 @@ def make_item(
 def encode(stored: np.ndarray, encoding: str) -> bytes | np.ndarray:
     if encoding == "raw":
         return np.ascontiguousarray(stored)
+    if encoding == "zstd":
+        return encode_zstd(stored)
     if encoding != "png":
         raise ConfigError(f"shard encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
     import cv2
@@ -135,6 +146,11 @@ def decode(data: Any, encoding: str, where: str) -> np.ndarray:
         if not isinstance(data, np.ndarray):
             raise BadImageError(where, f"raw shard item is {type(data).__name__}, not an array")
         return data
+    if encoding == "zstd":
+        try:
+            return decode_zstd(data)
+        except (TypeError, ValueError) as exc:
+            raise BadImageError(where, f"zstd item in shard does not decode: {exc}") from exc
     import cv2
 
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

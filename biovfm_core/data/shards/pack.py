@@ -172,7 +172,7 @@ def pack(
     out: str,
     *,
     workers: int | None = None,
-    encoding: str = "png",
+    encoding: str = fmt.DEFAULT_ENCODING,
     max_side: int | None = None,
     planes: str | Iterable[str] = ("axial",),
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,

@@ -18,7 +18,7 @@ class BarlowTwins(ObjectiveBase, nn.Module):
     -------
     projection_dim: width of the projector's three layers.
     lambda_offdiag: weight of the redundancy-reduction (off-diagonal) term.
-    image_size: side of both global crops in pixels.
+    global_size: side of both global crops in pixels (the name dinov2 uses).
     """
 
     def __init__(
@@ -28,7 +28,7 @@ class BarlowTwins(ObjectiveBase, nn.Module):
         *,
         projection_dim: int = 2048,
         lambda_offdiag: float = 5e-3,
-        image_size: int = 224,
+        global_size: int = 224,
     ) -> None:
         super().__init__()
         # Types are checked by biovfm; ranges are the objective's to check. A
@@ -42,7 +42,7 @@ class BarlowTwins(ObjectiveBase, nn.Module):
             backbone.embed_dim, projection_dim, projection_dim
         )
         self.criterion = BarlowTwinsLoss(lambda_param=lambda_offdiag)
-        self.views = ViewSpec(global_crops=2, global_size=image_size, local_crops=0)
+        self.views = ViewSpec(global_crops=2, global_size=global_size, local_crops=0)
 
     def training_step(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
         first, second = batch.global_views[:2]

@@ -10,5 +10,5 @@ def biovfm_register_objectives(register):
         "biovfm_example_plugin.objective:BarlowTwins",
         description="Barlow Twins redundancy reduction on CLS embeddings",
         # What `biovfm train` (and the conformance kit) use on a machine without a GPU.
-        presets={"cpu": {"projection_dim": 256, "image_size": 64}},
+        presets={"cpu": {"projection_dim": 256, "global_size": 64}},
     )

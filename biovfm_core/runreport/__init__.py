@@ -1,0 +1,1 @@
+"""`biovfm report RUN`: one HTML page of a run, finished or still going."""

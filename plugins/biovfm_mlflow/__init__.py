@@ -1,0 +1,1 @@
+"""biovfm logger plugin: MLflow (``pip install 'biovfm[mlflow]'``, then ``--logger mlflow``)."""

@@ -1,0 +1,1 @@
+"""biovfm logger plugin: Weights & Biases (``pip install 'biovfm[wandb]'``, then ``--logger wandb``)."""
