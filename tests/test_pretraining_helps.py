@@ -12,6 +12,7 @@ export recording it, evaluation preparing images the study's way and mapping the
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -120,10 +121,13 @@ def test_self_supervised_dinov2_beats_random_init_on_knn(tmp_path):
     # 0.901 [0.875, 0.925] against the floor's 0.850 [0.818, 0.885]; the linear
     # probe, 0.897 against 0.875, is within the intervals, so only kNN is asserted.
     task = write_patch_task(tmp_path / "patches.npz")
-    biovfm(
+    log = biovfm(
         "train", "--objective", "dinov2", "--data", f"medmnist:{task}?modality=microscopy",
         "--device", "cpu", "--max-steps", "600", "--batch-size", "32",
         "--set", "data.num_workers=2", "--output", str(tmp_path), "--name", "dino",
+        # The in-training monitor and the sentinels on a run that learns (issue 26):
+        # no collapse or instability alarm, and the monitor's kNN rises.
+        "--set", f"train.monitor=medmnist:{task}", "--set", "train.monitor_every=200",
         # Without DINOv2's ViT-L regularisation: with its defaults (drop-path 0.3 in
         # every block, LayerScale 1e-5) this 600-step ViT-Ti run measured kNN AUC 0.734
         # [0.688, 0.774], below the floor's 0.850 [0.815, 0.882] (2026-11-30).
@@ -137,3 +141,8 @@ def test_self_supervised_dinov2_beats_random_init_on_knn(tmp_path):
     trained = eval_record(tmp_path / "eval", "dino", "knn")["metrics"]["auc"]
     floor = eval_record(tmp_path / "eval", "random_vit_tiny", "knn")["metrics"]["auc"]
     assert_beats_floor(trained, floor)
+    assert "warning: step" not in log, log
+    with open(tmp_path / "dino" / "metrics.csv") as f:
+        monitor = [float(r["monitor/knn_auc"]) for r in csv.DictReader(f) if r["monitor/knn_auc"]]
+    print("monitor kNN AUC at steps 200, 400, 600:", monitor)
+    assert len(monitor) == 3 and monitor[-1] > monitor[0], monitor
