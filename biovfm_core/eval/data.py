@@ -109,7 +109,7 @@ def expand_benchmarks(specs: list[str], root: str | None, size: int) -> list[tup
         if not sep or not rest:
             raise ConfigError(
                 f"--benchmark {spec!r}: write demo, medmnist:<flag>, medmnist:all, "
-                "medmnist:<file.npz> or <dataset kind>:<location>"
+                "medmnist:<file.npz>, folder:<labelled folder> or <dataset kind>:<location>"
             )
         if kind != "medmnist":
             out.append((kind, rest))
