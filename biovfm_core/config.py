@@ -126,7 +126,8 @@ class TrainConfig:
     monitor: str | None = None
     """Benchmark the in-training monitor scores the evaluation backbone on: ``demo``
     (``demo:TASK``), ``medmnist:FLAG[:N]`` (``$BIOVFM_MEDMNIST_ROOT``, or a ``.npz``
-    path; ``N`` images per split) or ``KIND:LOCATION[:N]``. ``None``: off."""
+    path; ``N`` images per split), ``folder:PATH[:N]`` (a labelled folder,
+    ``PATH/{train,val,test}/<class>/``) or ``KIND:LOCATION[:N]``. ``None``: off."""
     monitor_every: int = 1000
     """Optimizer steps between monitor evaluations (and one at the last step)."""
     monitor_linear: bool = False

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from biovfm_core.cli.main import cli
 from biovfm_core.config import RunConfig
-from biovfm_core.errors import ConfigError, NotBuiltError
+from biovfm_core.errors import ConfigError
 from biovfm_core.eval.data import Benchmark
 from biovfm_core.eval.monitor import TrainingMonitor, build_monitor, parse_spec
 from biovfm_core.models import checkpoint as ckpt
@@ -167,8 +167,9 @@ def test_monitor_specs_are_parsed_or_refused_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"train\.monitor='nonsense'"):
         parse_spec("nonsense")
     config = RunConfig()
+    # A folder without the train/val/test layout says which folder is missing.
     config.train.monitor = f"folder:{tmp_path}"
-    with pytest.raises(NotBuiltError, match="split_arrays"):
+    with pytest.raises(ConfigError, match=r"train is missing; a labelled folder needs"):
         build_monitor(config, get_registry(), torch.device("cpu"), 32)
     config.train.monitor = "demo"
     with pytest.raises(ConfigError, match="monitor_factory"):

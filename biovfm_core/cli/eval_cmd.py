@@ -34,8 +34,9 @@ def _backbone_options(opts: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     metavar="SPEC",
     help="demo (offline tasks built from bundled images; demo:modality, demo:texture, demo:plane), "
-    "medmnist:<flag>, medmnist:all (the 12), medmnist:<file.npz>, or "
-    "<dataset kind>:<location> for a reader with train/val/test splits (repeatable).",
+    "medmnist:<flag>, medmnist:all (the 12), medmnist:<file.npz>, folder:<path> (a "
+    "path/{train,val,test}/<class>/ image folder), or <dataset kind>:<location> for a "
+    "reader with train/val/test splits (repeatable).",
 )
 @click.option("--medmnist-root", type=click.Path(file_okay=False), help="Folder of MedMNIST .npz.")
 @click.option(

@@ -10,6 +10,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def expand_benchmarks(specs: list[str], root: str | None, size: int) -> list[tup
         if not sep or not rest:
             raise ConfigError(
                 f"--benchmark {spec!r}: write demo, medmnist:<flag>, medmnist:all, "
-                "medmnist:<file.npz> or <dataset kind>:<location>"
+                "medmnist:<file.npz>, folder:<labelled folder> or <dataset kind>:<location>"
             )
         if kind != "medmnist":
             out.append((kind, rest))
@@ -136,7 +137,11 @@ def expand_benchmarks(specs: list[str], root: str | None, size: int) -> list[tup
 
 
 def load_benchmark(kind: str, location: str, registry) -> Benchmark:
-    """Read and check one benchmark through its dataset reader's ``split_arrays``."""
+    """Read and check one benchmark through its dataset reader's ``split_arrays``.
+
+    ``LOCATION?key=value&...`` passes reader options (``folder:PATH?benchmark_side=64``),
+    as ``--data KIND:PATH?...`` does."""
+    location, options = _split_options(location)
     if kind == "medmnist":
         _check_npz_layout(location)
         flag = flag_of(location)
@@ -146,7 +151,7 @@ def load_benchmark(kind: str, location: str, registry) -> Benchmark:
     else:
         flag, known = Path(location).stem, None
         tags = SourceTags(source=flag, modality="auto")
-    reader = registry.build("datasets", kind, location, tags)
+    reader = registry.build("datasets", kind, location, tags, options=options)
     if not callable(getattr(reader, "split_arrays", None)):
         raise NotBuiltError(
             f"dataset kind {kind!r} has no split_arrays(split) (train/val/test arrays), "
@@ -165,6 +170,15 @@ def load_benchmark(kind: str, location: str, registry) -> Benchmark:
     stat = os.stat(location)
     fingerprint = f"{os.path.abspath(location)}:{stat.st_size}:{stat.st_mtime_ns}"
     return Benchmark(flag, location, task, num_classes, side, splits, fingerprint)
+
+
+def _split_options(location: str) -> tuple[str, dict[str, str]]:
+    """``PATH?a=1&b=2`` → ``(PATH, {"a": "1", "b": "2"})``; a ``?`` not followed by
+    ``key=value`` pairs is part of the path."""
+    head, sep, tail = location.rpartition("?")
+    if not sep or "=" not in tail:
+        return location, {}
+    return head, dict(parse_qsl(tail, keep_blank_values=True))
 
 
 def _check_npz_layout(path: str) -> None:

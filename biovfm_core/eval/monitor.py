@@ -58,7 +58,7 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
     if not sep or not rest:
         raise ConfigError(
             f"train.monitor={spec!r}: write demo, demo:TASK ({', '.join(DEMO_TASKS)}), "
-            "medmnist:FLAG[:N], medmnist:FILE.npz[:N] or KIND:LOCATION[:N]"
+            "medmnist:FLAG[:N], medmnist:FILE.npz[:N], folder:PATH[:N] or KIND:LOCATION[:N]"
         )
     if kind == "medmnist" and not rest.lower().endswith(".npz"):
         return "medmnist", str(_medmnist_file(spec, rest)), samples

@@ -3,6 +3,11 @@
 Images are decoded as stored: 8-bit stays uint8, 16-bit PNG/TIFF stays uint16 (the
 augmentation recipe maps the range later). Palette, alpha and CMYK images become
 RGB; two-level images become 8-bit gray.
+
+A folder in the ``PATH/{train,val,test}/<class>/`` layout is also a benchmark
+(``--benchmark folder:PATH``, ``train.monitor=folder:PATH[:N]``): ``split_arrays``
+builds it into a cached MedMNIST-layout ``.npz`` (``labelled_folder.py`` has the
+rules). Pretraining (``scan``/``load``) never looks at that layout.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class FolderReader:
         faster; ``load`` still reports them).
     max_pixels: images with more pixels are refused (decompression-bomb guard); it
         replaces Pillow's own limit for this reader, above or below it.
+    benchmark_side: used only as a benchmark (``split_arrays``): the side images are
+        resized to; 0 (default) takes the median short side of the images, at most 224.
     """
 
     def __init__(
@@ -47,12 +54,15 @@ class FolderReader:
         labels_from_subfolders: bool = False,
         verify: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        benchmark_side: int = 0,
     ) -> None:
         self.location = require_location(location, "folder")
         self.tags = tags
         self.labels_from_subfolders = labels_from_subfolders
         self.verify = verify
         self.max_pixels = max_pixels
+        self.benchmark_side = benchmark_side
+        self._benchmark_file: str | None = None
         self._modality = ModalityGuess("folder", self.location, tags)
         self.allowed = self._modality.allowed
         self.classes: list[str] = []
@@ -120,6 +130,35 @@ class FolderReader:
     # ------------------------------------------------------------------ load
     def load(self, record: SampleRecord) -> np.ndarray:
         return load_image_file(record.uri, self.max_pixels)
+
+    # ------------------------------------------------------------- benchmark
+    @property
+    def benchmark_name(self) -> str:
+        return os.path.basename(os.path.abspath(self.location).rstrip("/\\")) or "folder"
+
+    @property
+    def benchmark_file(self) -> str:
+        """The folder's train/val/test arrays as a MedMNIST-layout ``.npz``, built on
+        first use (``ConfigError`` when the folder lacks the layout)."""
+        if self._benchmark_file is None:
+            from .labelled_folder import benchmark_file
+
+            path = benchmark_file(
+                self.location,
+                IMAGE_EXTENSIONS,
+                load=lambda p: load_image_file(p, self.max_pixels),
+                size_of=lambda p: _image_size(p, os.path.splitext(p)[1].lower()),
+                side=self.benchmark_side,
+            )
+            self._benchmark_file = str(path)
+        return self._benchmark_file
+
+    def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, labels)`` of one split of a ``train/val/test/<class>/`` folder:
+        uint8 ``(N, S, S)`` or ``(N, S, S, 3)`` images, int64 labels ``(N,)``."""
+        from .labelled_folder import read_split
+
+        return read_split(self.benchmark_file, split)
 
 
 def _image_size(path: str, ext: str) -> tuple[int, int]:
