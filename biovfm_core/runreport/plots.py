@@ -99,11 +99,15 @@ def schedules(record: RunRecord) -> Figure | None:
     return Figure("Schedules: lr, weight decay, teacher momentum and temperature", _png(fig))
 
 
+# Seconds, not a score: drawn on its own axis so the scores (0-1) keep their scale.
+MONITOR_SECONDS = "monitor/seconds"
+
+
 def monitor_columns(record: RunRecord) -> dict[str, tuple[str, str] | None]:
     """Each monitor value column and its interval pair (None without one)."""
     interval_columns = set()
     found: dict[str, tuple[str, str] | None] = {}
-    names = [c for c in record.columns if c.startswith("monitor/")]
+    names = [c for c in record.columns if c.startswith("monitor/") and c != MONITOR_SECONDS]
     for name in names:
         for low, high in INTERVAL_SUFFIXES:
             if name + low in record.columns and name + high in record.columns:
@@ -148,6 +152,11 @@ def monitor(record: RunRecord) -> Figure | None:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if record.has(MONITOR_SECONDS):
+        xs, ys = _xy(record, MONITOR_SECONDS)
+        right = ax.twinx()
+        right.plot(xs, ys, color="0.6", linestyle=":", marker=".", label="seconds")
+        right.set_ylabel("monitor seconds (dotted)", color="0.4")
     return Figure("Monitor (features of the evaluation backbone, with intervals)", _png(fig))
 
 
