@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from biovfm_dinov2.head import DINOHead
 from biovfm_dinov2.loss import DINOClsTokenLoss, IBOTPatchLoss, KoLeoLoss
 from biovfm_dinov2.masking import sample_ibot_masks
+from biovfm_dinov2.objective import RECIPE as DINOV2_RECIPE
 from biovfm_dinov2.sinkhorn import sinkhorn_knopp
 from torch import Tensor, nn
 
@@ -48,7 +49,6 @@ from biovfm_core.protocols import (
     Batch,
     FrozenModel,
     ObjectiveBase,
-    OptimRecipe,
     StepInfo,
     TaskInfo,
     ViewSpec,
@@ -61,21 +61,7 @@ from biovfm_distill.grid import match_grid, patch_grid
 # layer decay 0.9, patch embedding at 0.2x. DINOv3's distillation config continues a
 # student instead (dinov3_vitl16_lvd1689m_distilled.yaml:178-196: lr 2e-4, no warm-up,
 # wd 0.04 -> 0.2, layer decay 0.99); set those with --opt optim.* for that case.
-RECIPE = OptimRecipe(
-    base_lr=0.004,
-    reference_batch=1024,
-    lr_scaling="sqrt",
-    min_lr=1e-6,
-    warmup_epochs=10.0,
-    weight_decay=0.04,
-    weight_decay_end=0.4,
-    betas=(0.9, 0.999),
-    grad_clip=3.0,
-    layer_decay=0.9,
-    patch_embed_lr_mult=0.2,
-    warmup="linspace",
-    decay_exempt="bias_norm_gamma",
-)
+RECIPE = DINOV2_RECIPE
 
 TARGETS = ("auto", "features", "heads")
 IDENTITY_BYTES = 32
