@@ -16,9 +16,9 @@ from biovfm_readers import labelled_folder as LF
 from biovfm_readers.folder import FolderReader
 from click.testing import CliRunner
 from PIL import Image
+from tiny_runs import tiny_dinov2
 
 from biovfm_core.cli.main import cli
-from biovfm_core.config import RunConfig
 from biovfm_core.errors import ConfigError
 from biovfm_core.eval.data import load_benchmark
 from biovfm_core.eval.monitor import build_monitor
@@ -160,21 +160,16 @@ def test_eval_on_a_folder_writes_a_results_table(tmp_path, cache):
 
 def test_a_folder_monitors_a_two_step_run(tmp_path, cache):
     root = make_folder(tmp_path / "lesions")
-    config = RunConfig(backbone="vit_tiny", output=str(tmp_path / "runs"), name="mon")
-    for key, value in {
-        "data.sources": [f"folder:{root / 'train'}"],
-        "train.batch_size": 4,
-        "train.max_steps": 2,
-        "train.monitor": f"folder:{root}:4",
-        "train.monitor_every": 2,
-        "data.num_workers": 0,
-        "options.objective.prototypes": 128,
-        "options.objective.head_hidden_dim": 64,
-        "options.objective.head_bottleneck_dim": 32,
-        "options.objective.local_crops": 0,
-        "options.objective.global_size": 32,
-    }.items():
-        config.set(key, value)
+    config = tiny_dinov2(
+        tmp_path / "runs",
+        "mon",
+        **{
+            "data.sources": [f"folder:{root / 'train'}"],
+            "train.max_steps": 2,
+            "train.monitor": f"folder:{root}:4",
+            "train.monitor_every": 2,
+        },
+    )
     monitor = build_monitor(config, get_registry(), torch.device("cpu"), 32)
     assert [len(y) for y in monitor.labels.values()] == [4, 4, 4]
     assert monitor.bench.name == "lesions" and monitor.bench.num_classes == 3

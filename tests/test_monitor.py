@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from tiny_runs import tiny_dinov2
 
 from biovfm_core.cli.main import cli
 from biovfm_core.config import RunConfig
@@ -58,22 +59,16 @@ def test_a_monitored_demo_run_logs_monitor_and_sentinel_columns_and_no_alarm(tmp
 
 
 def _tiny(tmp_path: Path, name: str, **sets) -> RunConfig:
-    config = RunConfig(backbone="vit_tiny", output=str(tmp_path), name=name)
-    for key, value in {
-        "train.batch_size": 4,
-        "train.max_steps": 3,
-        "train.checkpoint_every": 2,
-        "data.num_workers": 0,
-        "options.objective.prototypes": 128,
-        "options.objective.head_hidden_dim": 64,
-        "options.objective.head_bottleneck_dim": 32,
-        "options.objective.local_crops": 0,
-        "options.objective.global_size": 32,
-        "options.backbone.drop_path_rate": 0.1,  # the student draws random numbers
-        **sets,
-    }.items():
-        config.set(key, value)
-    return config
+    return tiny_dinov2(
+        tmp_path,
+        name,
+        **{
+            "train.max_steps": 3,
+            "train.checkpoint_every": 2,
+            "options.backbone.drop_path_rate": 0.1,  # the student draws random numbers
+            **sets,
+        },
+    )
 
 
 class _Killed(Exception):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_dinov2
 
 from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
@@ -118,20 +119,7 @@ def test_docs_show_the_sentinel_table_as_the_code_has_it():
 
 
 def _tiny(tmp_path: Path, name: str, **sets) -> RunConfig:
-    config = RunConfig(backbone="vit_tiny", output=str(tmp_path), name=name)
-    for key, value in {
-        "train.batch_size": 8,
-        "train.log_every": 1,
-        "data.num_workers": 0,
-        "options.objective.prototypes": 128,
-        "options.objective.head_hidden_dim": 64,
-        "options.objective.head_bottleneck_dim": 32,
-        "options.objective.local_crops": 0,
-        "options.objective.global_size": 32,
-        **sets,
-    }.items():
-        config.set(key, value)
-    return config
+    return tiny_dinov2(tmp_path, name, **{"train.batch_size": 8, "train.log_every": 1, **sets})
 
 
 def test_a_collapsing_dinov2_is_flagged_and_stopped_keeping_the_last_good_checkpoint(
