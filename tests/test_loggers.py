@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
+from test_train_engine import TINY
 
 from biovfm_core import hookimpl
 from biovfm_core.config import RunConfig
@@ -19,19 +20,7 @@ from biovfm_core.errors import ConfigError
 from biovfm_core.registry import get_registry
 from biovfm_core.testing import ConformanceError, check_logger
 
-TINY_RUN = [
-    "--backbone", "vit_tiny",
-    "--batch-size", "8",
-    "--max-steps", "3",
-    "--set", "data.num_workers=0",
-    "--set", "train.log_every=1",
-    "--opt", "objective.prototypes=128",
-    "--opt", "objective.head_hidden_dim=64",
-    "--opt", "objective.head_bottleneck_dim=32",
-    "--opt", "objective.local_crops=2",
-    "--opt", "objective.global_size=32",
-    "--opt", "objective.local_size=16",
-]  # fmt: skip
+TINY_RUN = [*TINY, "--max-steps", "3"]
 
 
 @pytest.fixture(autouse=True)
