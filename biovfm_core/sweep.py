@@ -54,6 +54,7 @@ from typing import Any
 import yaml
 
 from biovfm_core.config import RunConfig
+from biovfm_core.data.catalog import split_query
 from biovfm_core.errors import ConfigError
 from biovfm_core.files import write_atomic
 from biovfm_core.recipes import apply_recipe
@@ -250,11 +251,8 @@ def _data_path(spec: str, root: Path) -> str:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest or "://" in spec:
         return spec
-    location, query_sep, query = rest, "", ""
-    if "?" in rest:
-        head, _, tail = rest.rpartition("?")
-        if "=" in tail:
-            location, query_sep, query = head, "?", tail
+    location, query = split_query(rest)
+    query_sep = "?" if query else ""
     location = os.path.expanduser(location)
     if not os.path.isabs(location):
         location = str(root / location)

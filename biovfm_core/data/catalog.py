@@ -218,6 +218,15 @@ def load_catalog(path: str, *, root: str | None = None, check_paths: bool = True
     return Catalog(path=path, root=cat_root, sources=sources, missing=missing)
 
 
+def split_query(location: str) -> tuple[str, str]:
+    """``PATH?a=1&b=2`` → ``("PATH", "a=1&b=2")``; a ``?`` not followed by ``key=value``
+    pairs is part of the path."""
+    head, sep, tail = location.rpartition("?")
+    if sep and "=" in tail:
+        return head, tail
+    return location, ""
+
+
 def parse_kind_path(spec: str, *, check_paths: bool = True) -> SourceSpec:
     """``KIND:PATH[?key=value&...]`` → one source (``check_paths=False``: a missing
     path is left for the scan to report, as ``--dry-run`` needs)."""
@@ -227,11 +236,7 @@ def parse_kind_path(spec: str, *, check_paths: bool = True) -> SourceSpec:
         rest = ""
     elif not sep or not kind or (len(kind) == 1 and os.name == "nt"):
         raise ConfigError(f"{where}: expected a catalog YAML or KIND:PATH (e.g. folder:/data/cxr)")
-    path, query = rest, ""
-    if "?" in rest:
-        head, _, tail = rest.rpartition("?")
-        if "=" in tail:
-            path, query = head, tail
+    path, query = split_query(rest)
     params = dict(parse_qsl(query, keep_blank_values=True))
     _check_reader(kind, where, _known_readers())
     if path and not is_url(path):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from biovfm_core.data.catalog import split_query
 from biovfm_core.errors import ConfigError, NotBuiltError
 from biovfm_core.protocols import SourceTags
 
@@ -141,7 +142,8 @@ def load_benchmark(kind: str, location: str, registry) -> Benchmark:
 
     ``LOCATION?key=value&...`` passes reader options (``folder:PATH?benchmark_side=64``),
     as ``--data KIND:PATH?...`` does."""
-    location, options = _split_options(location)
+    location, query = split_query(location)
+    options = dict(parse_qsl(query, keep_blank_values=True))
     if kind == "medmnist":
         _check_npz_layout(location)
         flag = flag_of(location)
@@ -170,15 +172,6 @@ def load_benchmark(kind: str, location: str, registry) -> Benchmark:
     stat = os.stat(location)
     fingerprint = f"{os.path.abspath(location)}:{stat.st_size}:{stat.st_mtime_ns}"
     return Benchmark(flag, location, task, num_classes, side, splits, fingerprint)
-
-
-def _split_options(location: str) -> tuple[str, dict[str, str]]:
-    """``PATH?a=1&b=2`` → ``(PATH, {"a": "1", "b": "2"})``; a ``?`` not followed by
-    ``key=value`` pairs is part of the path."""
-    head, sep, tail = location.rpartition("?")
-    if not sep or "=" not in tail:
-        return location, {}
-    return head, dict(parse_qsl(tail, keep_blank_values=True))
 
 
 def _check_npz_layout(path: str) -> None:
